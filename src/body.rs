@@ -1,0 +1,81 @@
+//! The response body the gateway hands to hyper: either the backend's streamed body, carrying
+//! the tenant's concurrency slot, or a small body the gateway made itself.
+//!
+//! The slot lives inside the body so that it is released exactly when the body is done: at its
+//! last frame, or when hyper drops it because the client went away mid-stream.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+
+use crate::limit::SlotGuard;
+
+pin_project! {
+    /// Body of every response the gateway sends.
+    #[project = ProxyBodyProj]
+    pub enum ProxyBody {
+        /// Streamed from the backend, frame by frame, without buffering.
+        Upstream { #[pin] body: Incoming, slot: Option<SlotGuard> },
+        /// Made by the gateway (errors, preflights); sent in one frame.
+        Full { data: Option<Bytes> },
+    }
+}
+
+impl ProxyBody {
+    /// A body of the given bytes.
+    pub fn full(data: impl Into<Bytes>) -> Self {
+        let data: Bytes = data.into();
+        ProxyBody::Full { data: (!data.is_empty()).then_some(data) }
+    }
+
+    /// An empty body.
+    pub fn empty() -> Self {
+        ProxyBody::Full { data: None }
+    }
+
+    /// The backend's body, holding `slot` until its last frame has gone out.
+    pub fn upstream(body: Incoming, slot: Option<SlotGuard>) -> Self {
+        ProxyBody::Upstream { body, slot }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.project() {
+            ProxyBodyProj::Upstream { body, slot } => {
+                let polled = body.poll_frame(cx);
+                if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+                    // Done (or failed): free the tenant's slot now rather than when hyper
+                    // gets round to dropping the body.
+                    slot.take();
+                }
+                polled
+            }
+            ProxyBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Upstream { body, .. } => body.is_end_stream(),
+            ProxyBody::Full { data } => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Upstream { body, .. } => body.size_hint(),
+            ProxyBody::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+        }
+    }
+}

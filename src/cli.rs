@@ -1,0 +1,324 @@
+//! The command line (a contract: see DESIGN.md).
+//!
+//! ```text
+//! tenantgate run --config gateway.toml      serve
+//! tenantgate check --config gateway.toml    validate the config, reach the store, summarise
+//! tenantgate demo                           zero set-up: sample backend + gateway + tenants
+//! tenantgate tenants list|get|put|import|export|enable|disable|delete --config gateway.toml
+//! ```
+//!
+//! Exit codes (sysexits): 0 fine, 64 invalid config or arguments, 65 invalid tenant document,
+//! 69 store unreachable, 1 anything else (a port in use, an unknown tenant).
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, StoreConfig};
+use crate::logging::{self, LogFormat};
+use crate::store::file::FileDocuments;
+use crate::store::{StoreError, TenantDocuments};
+use crate::tenant::TenantRecord;
+
+pub const EXIT_CONFIG: u8 = 64;
+pub const EXIT_DATA: u8 = 65;
+pub const EXIT_UNAVAILABLE: u8 = 69;
+
+#[derive(Debug, Parser)]
+#[command(name = "tenantgate", version, about = "Multi-tenant sidecar reverse proxy: tenant lookup, dynamic CORS, per-tenant concurrency caps, header injection.")]
+struct Cli {
+    /// Log lines as text or as one JSON object each.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate the config and reach the store; print a summary (exit 0, 64 or 69).
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Start a sample backend and the gateway with example tenants, and print commands to try.
+    Demo {
+        /// Where the demo gateway listens (a free port is used when this one is taken).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+    /// Manage tenant documents in the store the config names.
+    Tenants {
+        #[arg(long, short, global = true, required = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: TenantsAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TenantsAction {
+    /// One line per tenant: key, state, cap, origins.
+    List,
+    /// Print one tenant's document.
+    Get { key: String },
+    /// Insert or replace one document (JSON object) read from FILE or standard input.
+    Put {
+        #[arg(default_value = "-")]
+        file: PathBuf,
+    },
+    /// Insert or replace every document of a JSON array read from FILE or standard input
+    /// (idempotent: upsert by apiKey).
+    Import {
+        #[arg(default_value = "-")]
+        file: PathBuf,
+    },
+    /// Print every document as a JSON array.
+    Export,
+    /// Set isActive = true.
+    Enable { key: String },
+    /// Set isActive = false.
+    Disable { key: String },
+    /// Remove a tenant.
+    Delete { key: String },
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config } => run(&config, cli.log_format),
+        Command::Check { config } => check(&config),
+        Command::Demo { listen } => {
+            let _guard = logging::init(cli.log_format);
+            runtime().block_on(crate::demo::run(listen))
+        }
+        Command::Tenants { config, action } => tenants(config.as_deref().unwrap_or(Path::new("gateway.toml")), action),
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    // Worker threads: the number of cores, or TOKIO_WORKER_THREADS.
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("cannot start the Tokio runtime")
+}
+
+fn load_config(path: &Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("tenantgate: invalid config: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn run(path: &Path, format: LogFormat) -> ExitCode {
+    let config = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let _guard = logging::init(format);
+    runtime().block_on(async {
+        let running = match crate::server::start(config).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("{e}");
+                eprintln!("tenantgate: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let signal = shutdown_signal().await;
+        tracing::info!(signal, "shutdown requested");
+        running.shutdown();
+        running.wait().await;
+        tracing::info!("stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+/// Waits for SIGTERM or SIGINT; returns its name.
+pub async fn shutdown_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            },
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "ctrl-c"
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    let config = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    println!("config {}: ok", path.display());
+    println!("  listen   {}", config.listen);
+    println!("  admin    {}", config.admin_listen.map_or("disabled".into(), |a| a.to_string()));
+    println!("  upstream {:?}", config.forward.default_upstream);
+    runtime().block_on(async {
+        let store = crate::server::open_store(&config);
+        println!("  store    {}", store.describe());
+        if let Err(e) = store.ping().await {
+            println!("store unreachable: {e}");
+            eprintln!("tenantgate: store unreachable: {e}");
+            return ExitCode::from(EXIT_UNAVAILABLE);
+        }
+        let docs = match documents(&config).list().await {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("tenantgate: store unreachable: {e}");
+                return ExitCode::from(EXIT_UNAVAILABLE);
+            }
+        };
+        let (mut active, mut inactive, mut invalid) = (0, 0, Vec::new());
+        for doc in docs {
+            match TenantRecord::from_json(doc) {
+                Ok(TenantRecord::Valid(t)) if t.active => active += 1,
+                Ok(TenantRecord::Valid(_)) => inactive += 1,
+                Ok(TenantRecord::Misconfigured { key, reason }) => invalid.push(format!("{key}: {reason}")),
+                Err(reason) => invalid.push(format!("(skipped document) {reason}")),
+            }
+        }
+        println!("  tenants  {active} active, {inactive} inactive, {} invalid", invalid.len());
+        for problem in &invalid {
+            println!("    invalid: {problem}");
+        }
+        ExitCode::SUCCESS
+    })
+}
+
+fn documents(config: &Config) -> Box<dyn TenantDocuments> {
+    match &config.store {
+        StoreConfig::File { path, .. } => Box::new(FileDocuments::new(path.clone())),
+    }
+}
+
+fn read_input(file: &Path) -> Result<serde_json::Value, String> {
+    let text = if file == Path::new("-") {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s).map_err(|e| format!("cannot read standard input: {e}"))?;
+        s
+    } else {
+        std::fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?
+    };
+    serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", file.display()))
+}
+
+fn tenants(config_path: &Path, action: TenantsAction) -> ExitCode {
+    let config = match load_config(config_path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let docs = documents(&config);
+    let result = runtime().block_on(tenants_action(docs.as_ref(), action));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Store(e @ StoreError::Invalid(_))) => {
+            eprintln!("tenantgate: refused: {e}");
+            ExitCode::from(EXIT_DATA)
+        }
+        Err(Failure::Store(e)) => {
+            eprintln!("tenantgate: store unreachable: {e}");
+            ExitCode::from(EXIT_UNAVAILABLE)
+        }
+        Err(Failure::Input(e)) => {
+            eprintln!("tenantgate: {e}");
+            ExitCode::from(EXIT_DATA)
+        }
+        Err(Failure::NotFound(key)) => {
+            eprintln!("tenantgate: no tenant has apiKey {key:?}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+enum Failure {
+    Store(StoreError),
+    Input(String),
+    NotFound(String),
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        Failure::Store(e)
+    }
+}
+
+async fn tenants_action(docs: &dyn TenantDocuments, action: TenantsAction) -> Result<(), Failure> {
+    let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
+    match action {
+        TenantsAction::List => {
+            for doc in docs.list().await? {
+                let key = doc.get("apiKey").and_then(|k| k.as_str()).unwrap_or("?").to_string();
+                let line = match TenantRecord::from_json(doc) {
+                    Ok(TenantRecord::Valid(t)) => format!(
+                        "{key}\t{}\tmax={}\torigins={}",
+                        if t.active { "active" } else { "inactive" },
+                        t.max_concurrent,
+                        t.origins.index_keys().collect::<Vec<_>>().join(",")
+                    ),
+                    Ok(TenantRecord::Misconfigured { reason, .. }) => format!("{key}\tinvalid\t{reason}"),
+                    Err(reason) => format!("{key}\tinvalid\t{reason}"),
+                };
+                println!("{line}");
+            }
+        }
+        TenantsAction::Get { key } => {
+            let doc = docs.get(&key).await?.ok_or(Failure::NotFound(key))?;
+            println!("{}", pretty(&doc));
+        }
+        TenantsAction::Put { file } => {
+            let doc = read_input(&file).map_err(Failure::Input)?;
+            if !doc.is_object() {
+                return Err(Failure::Input("put takes one JSON object; use import for an array".into()));
+            }
+            docs.upsert(vec![doc]).await?;
+            println!("stored 1 tenant");
+        }
+        TenantsAction::Import { file } => {
+            let serde_json::Value::Array(all) = read_input(&file).map_err(Failure::Input)? else {
+                return Err(Failure::Input("import takes a JSON array of tenant documents".into()));
+            };
+            let n = docs.upsert(all).await?;
+            println!("imported {n} tenants");
+        }
+        TenantsAction::Export => {
+            println!("{}", pretty(&serde_json::Value::Array(docs.list().await?)));
+        }
+        TenantsAction::Enable { key } => set_active(docs, key, true).await?,
+        TenantsAction::Disable { key } => set_active(docs, key, false).await?,
+        TenantsAction::Delete { key } => {
+            if !docs.delete(&key).await? {
+                return Err(Failure::NotFound(key));
+            }
+            println!("deleted {key}");
+        }
+    }
+    Ok(())
+}
+
+async fn set_active(docs: &dyn TenantDocuments, key: String, active: bool) -> Result<(), Failure> {
+    let mut doc = docs.get(&key).await?.ok_or_else(|| Failure::NotFound(key.clone()))?;
+    doc["isActive"] = serde_json::Value::Bool(active);
+    docs.upsert(vec![doc]).await?;
+    println!("{key} {}", if active { "enabled" } else { "disabled" });
+    Ok(())
+}

@@ -1,0 +1,376 @@
+//! Configuration: the TOML file as written ([`RawConfig`], every key optional with a default,
+//! unknown keys rejected), then validated into the types the gateway runs on ([`Config`]).
+//! Every error names the file, the key and what is wrong. `gateway.example.toml` documents each
+//! key with its default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::HeaderName;
+use serde::Deserialize;
+
+use crate::directory::CacheSettings;
+use crate::forward::{ForwardSettings, Upstream};
+
+/// Environment variable that overrides `[store] uri`, so a password need not sit in a file.
+pub const STORE_URI_ENV: &str = "TENANTGATE_STORE_URI";
+
+/// A configuration problem: always names the file and the key.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub message: String,
+}
+
+/// `[server]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawServer {
+    /// Address of the proxy listener.
+    pub listen: String,
+    /// Gateway-wide cap on open client connections; further clients wait in the accept queue.
+    pub max_connections: usize,
+    /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
+    pub shutdown_grace_secs: u64,
+    /// Seconds a client has to send a complete request head (slowloris guard).
+    pub header_read_timeout_secs: u64,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            listen: "0.0.0.0:8080".into(),
+            max_connections: 10_000,
+            shutdown_grace_secs: 30,
+            header_read_timeout_secs: 30,
+        }
+    }
+}
+
+/// `[upstream]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawUpstream {
+    pub url: String,
+    pub connect_timeout_ms: u64,
+    pub response_timeout_ms: u64,
+    pub pool_idle_timeout_secs: u64,
+    pub pool_max_idle_per_host: usize,
+}
+
+impl Default for RawUpstream {
+    fn default() -> Self {
+        RawUpstream {
+            url: "http://127.0.0.1:3000".into(),
+            connect_timeout_ms: 2_000,
+            response_timeout_ms: 30_000,
+            pool_idle_timeout_secs: 90,
+            pool_max_idle_per_host: 1_024,
+        }
+    }
+}
+
+/// `[store]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawStore {
+    pub kind: String,
+    pub path: String,
+    pub poll_interval_ms: u64,
+    pub uri: Option<String>,
+    pub database: String,
+    pub collection: String,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        RawStore {
+            kind: "file".into(),
+            path: "tenants.json".into(),
+            poll_interval_ms: 500,
+            uri: None,
+            database: "tenantgate".into(),
+            collection: "tenants".into(),
+        }
+    }
+}
+
+/// `[cache]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCache {
+    pub ttl_secs: u64,
+    pub negative_ttl_secs: u64,
+    pub max_stale_secs: u64,
+    pub max_entries: u64,
+    pub lookup_timeout_ms: u64,
+}
+
+impl Default for RawCache {
+    fn default() -> Self {
+        RawCache { ttl_secs: 30, negative_ttl_secs: 10, max_stale_secs: 300, max_entries: 100_000, lookup_timeout_ms: 2_000 }
+    }
+}
+
+/// `[admin]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAdmin {
+    /// Address of the admin listener; empty disables it.
+    pub listen: String,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        RawAdmin { listen: "127.0.0.1:9090".into() }
+    }
+}
+
+/// `[tenancy]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTenancy {
+    pub header: String,
+    pub require_origin: bool,
+    pub inject_connection_string: bool,
+}
+
+impl Default for RawTenancy {
+    fn default() -> Self {
+        RawTenancy { header: "X-Tenant-ID".into(), require_origin: true, inject_connection_string: false }
+    }
+}
+
+/// `[cors]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCors {
+    pub allow_methods: Vec<String>,
+    pub allow_headers: Vec<String>,
+    pub expose_headers: Vec<String>,
+    pub allow_credentials: bool,
+    pub max_age_secs: u64,
+}
+
+impl Default for RawCors {
+    fn default() -> Self {
+        RawCors {
+            allow_methods: ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"].map(String::from).to_vec(),
+            allow_headers: ["Content-Type", "Authorization", "X-Request-Id"].map(String::from).to_vec(),
+            expose_headers: vec!["X-Request-Id".into()],
+            allow_credentials: false,
+            max_age_secs: 600,
+        }
+    }
+}
+
+/// `[tls]`: both or neither.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTls {
+    pub cert: Option<String>,
+    pub key: Option<String>,
+}
+
+/// The file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    pub server: RawServer,
+    pub upstream: RawUpstream,
+    pub store: RawStore,
+    pub cache: RawCache,
+    pub admin: RawAdmin,
+    pub tenancy: RawTenancy,
+    pub cors: RawCors,
+    pub tls: RawTls,
+}
+
+/// Which store holds the tenants.
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    File { path: PathBuf, poll_interval: Duration },
+}
+
+/// CORS answers (`[cors]`), pre-rendered as header values.
+#[derive(Debug, Clone)]
+pub struct CorsSettings {
+    pub allow_methods: http::HeaderValue,
+    /// Always includes the tenant header.
+    pub allow_headers: http::HeaderValue,
+    pub expose_headers: Option<http::HeaderValue>,
+    pub allow_credentials: bool,
+    pub max_age: http::HeaderValue,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub max_connections: usize,
+    pub shutdown_grace: Duration,
+    pub header_read_timeout: Duration,
+    pub admin_listen: Option<SocketAddr>,
+    pub forward: ForwardSettings,
+    pub store: StoreConfig,
+    pub cache: CacheSettings,
+    pub tenant_header: HeaderName,
+    pub require_origin: bool,
+    pub cors: CorsSettings,
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError { file: file.clone(), message: format!("cannot read: {e}") })?;
+        Config::parse(&text, &file)
+    }
+
+    /// Parses and validates config text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| ConfigError { file: file.into(), message: e.to_string().trim_end().replace('\n', "\n  ") })?;
+        raw.validate().map_err(|message| ConfigError { file: file.into(), message })
+    }
+}
+
+fn addr(key: &str, v: &str) -> Result<SocketAddr, String> {
+    v.parse().map_err(|_| format!("{key}: {v:?} is not an address like \"0.0.0.0:8080\""))
+}
+
+fn positive(key: &str, v: u64) -> Result<u64, String> {
+    if v == 0 {
+        return Err(format!("{key}: must be greater than 0"));
+    }
+    Ok(v)
+}
+
+fn header_list(key: &str, items: &[String]) -> Result<http::HeaderValue, String> {
+    for item in items {
+        if HeaderName::from_bytes(item.as_bytes()).is_err() && http::Method::from_bytes(item.as_bytes()).is_err() {
+            return Err(format!("{key}: {item:?} is not a header or method name"));
+        }
+    }
+    http::HeaderValue::from_str(&items.join(", ")).map_err(|_| format!("{key}: invalid characters"))
+}
+
+impl RawConfig {
+    /// Checks every key and builds the runtime types.
+    pub fn validate(self) -> Result<Config, String> {
+        let s = &self.server;
+        let listen = addr("[server] listen", &s.listen)?;
+        let max_connections = positive("[server] max_connections", s.max_connections as u64)? as usize;
+        let u = &self.upstream;
+        let default_upstream = Upstream::parse(&u.url).map_err(|e| format!("[upstream] url: {e}"))?;
+        let forward = ForwardSettings {
+            default_upstream,
+            connect_timeout: Duration::from_millis(positive("[upstream] connect_timeout_ms", u.connect_timeout_ms)?),
+            response_timeout: Duration::from_millis(positive("[upstream] response_timeout_ms", u.response_timeout_ms)?),
+            pool_idle_timeout: Duration::from_secs(u.pool_idle_timeout_secs),
+            pool_max_idle_per_host: u.pool_max_idle_per_host,
+            inject_connection_string: self.tenancy.inject_connection_string,
+        };
+        let st = &self.store;
+        let store = match st.kind.as_str() {
+            "file" => {
+                if st.path.is_empty() {
+                    return Err("[store] path: must name the tenants JSON file".into());
+                }
+                StoreConfig::File {
+                    path: PathBuf::from(&st.path),
+                    poll_interval: Duration::from_millis(positive("[store] poll_interval_ms", st.poll_interval_ms)?),
+                }
+            }
+            "mongodb" => {
+                return Err("[store] kind: \"mongodb\" is not available in this version yet; use \"file\"".into())
+            }
+            other => return Err(format!("[store] kind: {other:?} is not one of \"file\", \"mongodb\"")),
+        };
+        let c = &self.cache;
+        let cache = CacheSettings {
+            ttl: Duration::from_secs(positive("[cache] ttl_secs", c.ttl_secs)?),
+            negative_ttl: Duration::from_secs(positive("[cache] negative_ttl_secs", c.negative_ttl_secs)?),
+            max_stale: Duration::from_secs(c.max_stale_secs),
+            max_entries: positive("[cache] max_entries", c.max_entries)?,
+            lookup_timeout: Duration::from_millis(positive("[cache] lookup_timeout_ms", c.lookup_timeout_ms)?),
+        };
+        let admin_listen = match self.admin.listen.as_str() {
+            "" => None,
+            v => Some(addr("[admin] listen", v)?),
+        };
+        let tenant_header = HeaderName::from_bytes(self.tenancy.header.as_bytes())
+            .map_err(|_| format!("[tenancy] header: {:?} is not a header name", self.tenancy.header))?;
+        let mut allow_headers = self.cors.allow_headers.clone();
+        if !allow_headers.iter().any(|h| h.eq_ignore_ascii_case(tenant_header.as_str())) {
+            allow_headers.push(self.tenancy.header.clone());
+        }
+        let cors = CorsSettings {
+            allow_methods: header_list("[cors] allow_methods", &self.cors.allow_methods)?,
+            allow_headers: header_list("[cors] allow_headers", &allow_headers)?,
+            expose_headers: match self.cors.expose_headers.as_slice() {
+                [] => None,
+                list => Some(header_list("[cors] expose_headers", list)?),
+            },
+            allow_credentials: self.cors.allow_credentials,
+            max_age: http::HeaderValue::from(self.cors.max_age_secs),
+        };
+        if self.tls.cert.is_some() || self.tls.key.is_some() {
+            return Err("[tls] cert / key: TLS termination is not available in this version yet; terminate TLS in front of tenantgate".into());
+        }
+        Ok(Config {
+            listen,
+            max_connections,
+            shutdown_grace: Duration::from_secs(s.shutdown_grace_secs),
+            header_read_timeout: Duration::from_secs(positive("[server] header_read_timeout_secs", s.header_read_timeout_secs)?),
+            admin_listen,
+            forward,
+            store,
+            cache,
+            tenant_header,
+            require_origin: self.tenancy.require_origin,
+            cors,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_the_tenant_header_is_always_allowed() {
+        let c = Config::parse("", "g.toml").unwrap();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.admin_listen.unwrap().to_string(), "127.0.0.1:9090");
+        assert!(c.require_origin);
+        assert!(c.cors.allow_headers.to_str().unwrap().contains("X-Tenant-ID"));
+        let c = Config::parse("[tenancy]\nheader = \"X-Api-Key\"\n[admin]\nlisten = \"\"", "g.toml").unwrap();
+        assert!(c.cors.allow_headers.to_str().unwrap().ends_with("X-Api-Key"));
+        assert!(c.admin_listen.is_none());
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_key() {
+        let cases = [
+            ("[server]\nlisen = \"x\"", "lisen"),
+            ("[nope]\na = 1", "nope"),
+            ("[server]\nlisten = \"localhost\"", "[server] listen"),
+            ("[upstream]\nurl = \"chat:3000\"", "[upstream] url"),
+            ("[upstream]\nresponse_timeout_ms = 0", "[upstream] response_timeout_ms"),
+            ("[upstream]\nconnect_timeout_ms = \"soon\"", "connect_timeout_ms"),
+            ("[store]\nkind = \"redis\"", "[store] kind"),
+            ("[cache]\nttl_secs = 0", "[cache] ttl_secs"),
+            ("[tenancy]\nheader = \"bad header\"", "[tenancy] header"),
+            ("[cors]\nallow_headers = [\"a b\"]", "[cors] allow_headers"),
+        ];
+        for (text, key) in cases {
+            let err = Config::parse(text, "gw.toml").unwrap_err().to_string();
+            assert!(err.starts_with("gw.toml: "), "{err}");
+            assert!(err.contains(key), "{text:?} -> {err}");
+        }
+    }
+}

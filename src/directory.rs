@@ -1,0 +1,345 @@
+//! The cache in front of every tenant store: the only way the request path reaches tenants.
+//!
+//! - **Hit**: a sharded concurrent map lookup (moka) and an `Arc` clone — no store I/O, no
+//!   global lock.
+//! - **TTL**: an entry is fresh for `ttl`; unknown keys are remembered for `negative_ttl`, so
+//!   random keys cannot hammer the store.
+//! - **Stale-while-revalidate, bounded**: a known tenant past its TTL is still served (for at most
+//!   `max_stale` more) while one background query refreshes it, so a slow or failing store never
+//!   stalls requests for tenants the gateway already knows. A failed refresh is retried at most
+//!   once a second per tenant.
+//! - **Coalescing**: concurrent misses for one key share one store query.
+//! - **Invalidation**: stores that notice changes (the file poller; MongoDB change streams) drop
+//!   entries at once; a query that started before an invalidation does not write back its now
+//!   possibly old answer.
+//!
+//! Entries carry the tenant's concurrency counter ([`Slots`]) so the hot path finds it with the
+//! tenant, and every copy of one tenant shares the same counter.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::future::{BoxFuture, FutureExt, Shared};
+use moka::sync::Cache;
+
+use crate::limit::{SlotRegistry, Slots};
+use crate::store::{Invalidation, StoreError, TenantStore};
+use crate::tenant::{Tenant, TenantRecord};
+
+/// Cache settings (`[cache]`).
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    pub ttl: Duration,
+    pub negative_ttl: Duration,
+    pub max_stale: Duration,
+    pub max_entries: u64,
+    pub lookup_timeout: Duration,
+}
+
+/// A tenant as the request path sees it: the validated document and its in-flight counter.
+#[derive(Debug)]
+pub struct TenantEntry {
+    pub tenant: Arc<Tenant>,
+    pub slots: Arc<Slots>,
+}
+
+/// The answer for one key.
+#[derive(Debug, Clone)]
+pub enum Resolved {
+    Tenant(Arc<TenantEntry>),
+    /// The document exists but is invalid; the reason has been logged by the store.
+    Misconfigured,
+    Unknown,
+}
+
+#[derive(Clone)]
+struct Entry {
+    value: Resolved,
+    fetched: Instant,
+    /// No background refresh before this instant (set after a failed refresh).
+    quiet_until: Option<Instant>,
+}
+
+#[derive(Clone)]
+struct OriginEntry {
+    in_use: bool,
+    fetched: Instant,
+}
+
+type Fetch = Shared<BoxFuture<'static, Result<Resolved, StoreError>>>;
+
+/// The tenant cache. Cheap to share behind an `Arc`.
+pub struct Directory {
+    store: Arc<dyn TenantStore>,
+    settings: CacheSettings,
+    tenants: Cache<Arc<str>, Entry>,
+    origins: Cache<String, OriginEntry>,
+    in_flight: Mutex<HashMap<Arc<str>, Fetch>>,
+    slots: SlotRegistry,
+    /// Bumped by every invalidation; a fetch writes back only if it is unchanged.
+    generation: AtomicU64,
+}
+
+impl Directory {
+    /// Builds the cache and subscribes it to the store's change notifications. Must be called
+    /// inside a Tokio runtime.
+    pub fn new(store: Arc<dyn TenantStore>, settings: CacheSettings) -> Arc<Directory> {
+        let dir = Arc::new(Directory {
+            tenants: Cache::builder().max_capacity(settings.max_entries).build(),
+            origins: Cache::builder().max_capacity(settings.max_entries.min(10_000)).build(),
+            in_flight: Mutex::new(HashMap::new()),
+            slots: SlotRegistry::default(),
+            generation: AtomicU64::new(0),
+            store: store.clone(),
+            settings,
+        });
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        store.watch(tx);
+        let weak = Arc::downgrade(&dir);
+        tokio::spawn(async move {
+            while let Some(change) = rx.recv().await {
+                let Some(dir) = weak.upgrade() else { return };
+                dir.invalidate(change);
+            }
+        });
+        dir
+    }
+
+    /// The store behind the cache.
+    pub fn store(&self) -> &Arc<dyn TenantStore> {
+        &self.store
+    }
+
+    /// Drops cached answers at once (store change notifications; tests feed it directly).
+    pub fn invalidate(&self, change: Invalidation) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        match change {
+            Invalidation::Tenant(key) => self.tenants.invalidate(&key),
+            Invalidation::All => self.tenants.invalidate_all(),
+        }
+        // Any tenant change may add or remove an origin: the origin answers are few and cheap.
+        self.origins.invalidate_all();
+    }
+
+    /// Resolves a (well-formed) tenant key.
+    pub async fn resolve(self: &Arc<Self>, key: &str) -> Result<Resolved, StoreError> {
+        if let Some(entry) = self.tenants.get(key) {
+            let age = entry.fetched.elapsed();
+            match &entry.value {
+                Resolved::Unknown if age < self.settings.negative_ttl => return Ok(entry.value),
+                Resolved::Unknown => {}
+                _ if age < self.settings.ttl => return Ok(entry.value),
+                _ if age < self.settings.ttl + self.settings.max_stale => {
+                    if entry.quiet_until.is_none_or(|t| Instant::now() >= t) {
+                        self.refresh_in_background(key);
+                    }
+                    return Ok(entry.value);
+                }
+                _ => {}
+            }
+        }
+        self.fetch(key).await
+    }
+
+    fn refresh_in_background(self: &Arc<Self>, key: &str) {
+        let fetch = self.fetch_shared(key);
+        let dir = self.clone();
+        let key: Arc<str> = Arc::from(key);
+        tokio::spawn(async move {
+            if let Err(e) = fetch.await {
+                tracing::warn!(tenant = %key, error = %e, "tenant refresh failed; serving the cached copy");
+                if let Some(mut entry) = dir.tenants.get(&key) {
+                    entry.quiet_until = Some(Instant::now() + Duration::from_secs(1));
+                    dir.tenants.insert(key, entry);
+                }
+            }
+        });
+    }
+
+    async fn fetch(self: &Arc<Self>, key: &str) -> Result<Resolved, StoreError> {
+        self.fetch_shared(key).await
+    }
+
+    /// The one store query in flight for `key`, started when there is none.
+    fn fetch_shared(self: &Arc<Self>, key: &str) -> Fetch {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = in_flight.get(key) {
+            return f.clone();
+        }
+        let key: Arc<str> = Arc::from(key);
+        let dir = self.clone();
+        let k = key.clone();
+        // Spawned, so the query completes and fills the cache even if every waiter goes away.
+        let task = tokio::spawn(async move {
+            let result = dir.query(&k).await;
+            dir.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&k);
+            result
+        });
+        let fetch = async move {
+            task.await.unwrap_or_else(|e| Err(StoreError::Unavailable(format!("tenant lookup task failed: {e}"))))
+        }
+        .boxed()
+        .shared();
+        in_flight.insert(key, fetch.clone());
+        fetch
+    }
+
+    async fn query(&self, key: &Arc<str>) -> Result<Resolved, StoreError> {
+        let generation = self.generation.load(Ordering::Acquire);
+        let timeout = self.settings.lookup_timeout;
+        let record = match tokio::time::timeout(timeout, self.store.find(key)).await {
+            Ok(r) => r?,
+            Err(_) => return Err(StoreError::Timeout(timeout)),
+        };
+        let value = match record {
+            None => Resolved::Unknown,
+            Some(TenantRecord::Misconfigured { .. }) => Resolved::Misconfigured,
+            Some(TenantRecord::Valid(tenant)) => {
+                Resolved::Tenant(Arc::new(TenantEntry { slots: self.slots.counter(&tenant.key), tenant }))
+            }
+        };
+        if self.generation.load(Ordering::Acquire) == generation {
+            self.tenants.insert(key.clone(), Entry { value: value.clone(), fetched: Instant::now(), quiet_until: None });
+        }
+        Ok(value)
+    }
+
+    /// Whether any active tenant lists this preflight origin (already split into index
+    /// candidates), cached like tenants: TTL, and the last answer served while the store fails.
+    pub async fn origin_in_use(&self, origin: &str, candidates: &[String]) -> Result<bool, StoreError> {
+        let cached = self.origins.get(origin);
+        if let Some(e) = &cached {
+            if e.fetched.elapsed() < self.settings.ttl {
+                return Ok(e.in_use);
+            }
+        }
+        let generation = self.generation.load(Ordering::Acquire);
+        let timeout = self.settings.lookup_timeout;
+        let answer = match tokio::time::timeout(timeout, self.store.origin_in_use(candidates)).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Timeout(timeout)),
+        };
+        match answer {
+            Ok(in_use) => {
+                if self.generation.load(Ordering::Acquire) == generation {
+                    self.origins.insert(origin.to_string(), OriginEntry { in_use, fetched: Instant::now() });
+                }
+                Ok(in_use)
+            }
+            Err(e) => match cached {
+                Some(c) if c.fetched.elapsed() < self.settings.ttl + self.settings.max_stale => Ok(c.in_use),
+                _ => Err(e),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tenant::TenantDocument;
+    use async_trait::async_trait;
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+
+    /// A store that counts queries, can be made to fail, and answers after a delay.
+    #[derive(Default)]
+    struct FakeStore {
+        finds: AtomicUsize,
+        failing: AtomicBool,
+        active: AtomicBool,
+        delay_ms: AtomicU64,
+    }
+
+    #[async_trait]
+    impl TenantStore for FakeStore {
+        fn describe(&self) -> String {
+            "fake".into()
+        }
+        async fn find(&self, key: &str) -> Result<Option<TenantRecord>, StoreError> {
+            self.finds.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(self.delay_ms.load(Ordering::SeqCst))).await;
+            if self.failing.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("down".into()));
+            }
+            if key != "tnt_a" {
+                return Ok(None);
+            }
+            let doc: TenantDocument = serde_json::from_value(serde_json::json!({
+                "apiKey": "tnt_a", "allowedOrigins": [], "isActive": self.active.load(Ordering::SeqCst),
+                "maxConcurrentConnections": 1, "providerConfig": {"resources": {"endpoint": "e", "region": "r"}}
+            }))
+            .unwrap();
+            Ok(Some(TenantRecord::from_document(doc).unwrap()))
+        }
+        async fn origin_in_use(&self, _: &[String]) -> Result<bool, StoreError> {
+            Ok(false)
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    fn settings(ttl_ms: u64) -> CacheSettings {
+        CacheSettings {
+            ttl: Duration::from_millis(ttl_ms),
+            negative_ttl: Duration::from_millis(ttl_ms),
+            max_stale: Duration::from_secs(60),
+            max_entries: 1000,
+            lookup_timeout: Duration::from_millis(200),
+        }
+    }
+
+    fn active(r: &Resolved) -> bool {
+        matches!(r, Resolved::Tenant(t) if t.tenant.active)
+    }
+
+    #[tokio::test]
+    async fn hits_and_negative_hits_do_not_query_and_misses_coalesce() {
+        let store = Arc::new(FakeStore { active: AtomicBool::new(true), ..Default::default() });
+        store.delay_ms.store(50, Ordering::SeqCst);
+        let dir = Directory::new(store.clone(), settings(60_000));
+        let all = futures_util::future::join_all((0..100).map(|_| dir.resolve("tnt_a"))).await;
+        assert!(all.iter().all(|r| active(r.as_ref().unwrap())));
+        assert_eq!(store.finds.load(Ordering::SeqCst), 1, "100 concurrent misses, one query");
+        for _ in 0..10 {
+            dir.resolve("tnt_a").await.unwrap();
+            assert!(matches!(dir.resolve("tnt_nope").await.unwrap(), Resolved::Unknown));
+        }
+        assert_eq!(store.finds.load(Ordering::SeqCst), 2, "hits and negative hits never query");
+    }
+
+    #[tokio::test]
+    async fn stale_entries_are_served_while_one_refresh_runs_and_survive_store_failure() {
+        let store = Arc::new(FakeStore { active: AtomicBool::new(true), ..Default::default() });
+        let dir = Directory::new(store.clone(), settings(20));
+        assert!(active(&dir.resolve("tnt_a").await.unwrap()));
+        store.active.store(false, Ordering::SeqCst);
+        store.failing.store(true, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        for _ in 0..50 {
+            assert!(active(&dir.resolve("tnt_a").await.unwrap()), "stale copy served while the store fails");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(store.finds.load(Ordering::SeqCst), 2, "one failed refresh, then quiet for a second");
+        assert!(dir.resolve("tnt_other").await.is_err(), "nothing cached and the store is down");
+        store.failing.store(false, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        dir.resolve("tnt_a").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!active(&dir.resolve("tnt_a").await.unwrap()), "the edit shows once the store is back");
+    }
+
+    #[tokio::test]
+    async fn invalidation_drops_the_entry_at_once_and_slow_stores_time_out() {
+        let store = Arc::new(FakeStore { active: AtomicBool::new(true), ..Default::default() });
+        let dir = Directory::new(store.clone(), settings(60_000));
+        assert!(active(&dir.resolve("tnt_a").await.unwrap()));
+        store.active.store(false, Ordering::SeqCst);
+        dir.invalidate(Invalidation::Tenant(Arc::from("tnt_a")));
+        assert!(!active(&dir.resolve("tnt_a").await.unwrap()));
+        store.delay_ms.store(1000, Ordering::SeqCst);
+        assert!(matches!(dir.resolve("tnt_slow").await, Err(StoreError::Timeout(_))));
+    }
+}

@@ -1,0 +1,347 @@
+//! Stage 4 — forward: rewrite the request's headers, send it to the tenant's backend over a
+//! pooled keep-alive connection, and stream the answer back.
+//!
+//! Header rules, in the order they apply to a request:
+//! 1. **remove** hop-by-hop headers ([`HOP_BY_HOP`], RFC 9110 §7.6.1) and every header that
+//!    `Connection` names;
+//! 2. **remove** any client-sent copy of a header the gateway injects ([`INJECTED`]), so nothing
+//!    can be spoofed;
+//! 3. **set** `X-Tenant-ID`, `X-Tenant-Provider-Endpoint`, `X-Tenant-Provider-Region`, and
+//!    `X-Tenant-Provider-Connection-String` only when the operator opted in;
+//! 4. **append** the peer address to `X-Forwarded-For`; **set** `X-Forwarded-Proto`,
+//!    `X-Forwarded-Host` and `X-Request-Id`;
+//! 5. `Host` becomes the backend's authority (the client's host travels in `X-Forwarded-Host`).
+//!
+//! Responses lose their hop-by-hop headers the same way.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::{Request, Response, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::error::GatewayError;
+use crate::tenant::Tenant;
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1, plus the legacy `Keep-Alive` and `Proxy-Connection`):
+/// they describe one connection and are never forwarded.
+pub const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// `X-Tenant-ID`: the resolved tenant key.
+pub const X_TENANT_ID: HeaderName = HeaderName::from_static("x-tenant-id");
+/// `X-Tenant-Provider-Endpoint`: `providerConfig.resources.endpoint`.
+pub const X_PROVIDER_ENDPOINT: HeaderName = HeaderName::from_static("x-tenant-provider-endpoint");
+/// `X-Tenant-Provider-Region`: `providerConfig.resources.region`.
+pub const X_PROVIDER_REGION: HeaderName = HeaderName::from_static("x-tenant-provider-region");
+/// `X-Tenant-Provider-Connection-String`: the secret, only when opted in.
+pub const X_PROVIDER_CONNECTION_STRING: HeaderName = HeaderName::from_static("x-tenant-provider-connection-string");
+/// `X-Request-Id`: propagated from the client or generated; returned on the response.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Headers the gateway owns on the way to the backend: client-sent copies are always removed.
+pub const INJECTED: [HeaderName; 7] = [
+    X_TENANT_ID,
+    X_PROVIDER_ENDPOINT,
+    X_PROVIDER_REGION,
+    X_PROVIDER_CONNECTION_STRING,
+    X_REQUEST_ID,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+];
+
+/// A backend base URL: `http://host[:port]`, no path.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Upstream {
+    scheme: Scheme,
+    authority: Authority,
+}
+
+impl fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}", self.scheme, self.authority)
+    }
+}
+
+impl Upstream {
+    /// Parses `http://host[:port]` (a trailing `/` is fine; a path, query or user info is not).
+    pub fn parse(url: &str) -> Result<Upstream, String> {
+        let uri: Uri = url.parse().map_err(|e| format!("{url:?} is not a URL ({e})"))?;
+        let scheme = uri.scheme().cloned().ok_or_else(|| format!("{url:?} has no scheme (want http://host:port)"))?;
+        if scheme != Scheme::HTTP {
+            return Err(format!("{url:?}: only http:// backends are supported"));
+        }
+        let authority = uri.authority().cloned().ok_or_else(|| format!("{url:?} has no host"))?;
+        if authority.as_str().contains('@') {
+            return Err(format!("{url:?}: user info is not supported"));
+        }
+        if !matches!(uri.path_and_query().map(|p| p.as_str()), None | Some("/") | Some("")) {
+            return Err(format!("{url:?}: a backend URL has no path or query"));
+        }
+        Ok(Upstream { scheme, authority })
+    }
+
+    fn uri_for(&self, path: Option<&PathAndQuery>) -> Result<Uri, http::Error> {
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path.cloned().unwrap_or_else(|| PathAndQuery::from_static("/")))
+            .build()
+    }
+}
+
+/// Settings of the upstream side.
+#[derive(Debug, Clone)]
+pub struct ForwardSettings {
+    pub default_upstream: Upstream,
+    pub connect_timeout: Duration,
+    /// Longest wait for the response head once the request is sent.
+    pub response_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+    /// Inject `X-Tenant-Provider-Connection-String` (a secret) — off unless opted in.
+    pub inject_connection_string: bool,
+}
+
+/// Facts about the client connection and request that the forwarded request reports.
+pub struct Forwarded<'a> {
+    pub client_ip: IpAddr,
+    /// `http` or `https`, as the client reached the gateway.
+    pub proto: &'static HeaderValue,
+    pub request_id: &'a HeaderValue,
+}
+
+/// The upstream client: one pool of keep-alive connections shared by every tenant.
+pub struct Forwarder {
+    client: Client<HttpConnector, Incoming>,
+    settings: ForwardSettings,
+}
+
+impl Forwarder {
+    pub fn new(settings: ForwardSettings) -> Forwarder {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(settings.connect_timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(settings.pool_idle_timeout)
+            .pool_max_idle_per_host(settings.pool_max_idle_per_host)
+            .build(connector);
+        Forwarder { client, settings }
+    }
+
+    /// Sends the request to the tenant's backend and returns its response head with the body
+    /// still streaming.
+    pub async fn forward(
+        &self,
+        req: Request<Incoming>,
+        tenant: &Tenant,
+        fwd: &Forwarded<'_>,
+    ) -> Result<Response<Incoming>, GatewayError> {
+        let (mut parts, body) = req.into_parts();
+        let upstream = tenant.upstream.as_ref().unwrap_or(&self.settings.default_upstream);
+        parts.uri = upstream.uri_for(parts.uri.path_and_query()).map_err(|e| {
+            tracing::warn!(error = %e, "cannot build the upstream URI");
+            GatewayError::UpstreamUnavailable
+        })?;
+        // The pool speaks HTTP/1.1 to the backend whatever the client spoke to us.
+        parts.version = Version::HTTP_11;
+        rewrite_request_headers(&mut parts.headers, tenant, fwd, self.settings.inject_connection_string);
+
+        let sent = self.client.request(Request::from_parts(parts, body));
+        let mut resp = match tokio::time::timeout(self.settings.response_timeout, sent).await {
+            Err(_elapsed) => return Err(GatewayError::UpstreamTimeout),
+            Ok(Err(e)) => return Err(classify(upstream, &e)),
+            Ok(Ok(resp)) => resp,
+        };
+        strip_hop_by_hop(resp.headers_mut());
+        Ok(resp)
+    }
+}
+
+fn classify(upstream: &Upstream, e: &hyper_util::client::legacy::Error) -> GatewayError {
+    let timed_out = {
+        let mut source = std::error::Error::source(e);
+        let mut found = false;
+        while let Some(s) = source {
+            if s.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut) {
+                found = true;
+            }
+            source = s.source();
+        }
+        found
+    };
+    let err = if timed_out { GatewayError::UpstreamTimeout } else { GatewayError::UpstreamUnavailable };
+    tracing::warn!(upstream = ?upstream, connect = e.is_connect(), error = %error_chain(e), code = err.code(), "upstream request failed");
+    err
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+/// Removes the hop-by-hop headers and every header that `Connection` names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Applies the request rules listed at the top of this module.
+pub fn rewrite_request_headers(headers: &mut HeaderMap, tenant: &Tenant, fwd: &Forwarded<'_>, inject_secret: bool) {
+    strip_hop_by_hop(headers);
+    let client_host = headers.remove(header::HOST);
+    for name in &INJECTED {
+        headers.remove(name);
+    }
+    headers.insert(X_TENANT_ID, tenant.key_header.clone());
+    headers.insert(X_PROVIDER_ENDPOINT, tenant.endpoint.clone());
+    headers.insert(X_PROVIDER_REGION, tenant.region.clone());
+    if inject_secret {
+        if let Some(cs) = &tenant.connection_string {
+            headers.insert(X_PROVIDER_CONNECTION_STRING, cs.clone());
+        }
+    }
+    let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {}", fwd.client_ip),
+        None => fwd.client_ip.to_string(),
+    };
+    if let Ok(xff) = HeaderValue::try_from(xff) {
+        headers.insert(X_FORWARDED_FOR, xff);
+    }
+    headers.insert(X_FORWARDED_PROTO, fwd.proto.clone());
+    if let Some(host) = client_host {
+        headers.insert(X_FORWARDED_HOST, host);
+    }
+    headers.insert(X_REQUEST_ID, fwd.request_id.clone());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tenant::{TenantDocument, TenantRecord};
+
+    fn tenant() -> Tenant {
+        let doc: TenantDocument = serde_json::from_value(serde_json::json!({
+            "apiKey": "tnt_a", "allowedOrigins": ["https://a.com"], "isActive": true,
+            "maxConcurrentConnections": 5,
+            "providerConfig": {"connectionString": "secret-cs", "resources": {"endpoint": "https://ep", "region": "eu"}}
+        }))
+        .unwrap();
+        match TenantRecord::from_document(doc).unwrap() {
+            TenantRecord::Valid(t) => (*t).clone(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn forwarded<'a>(id: &'a HeaderValue) -> Forwarded<'a> {
+        static HTTP: HeaderValue = HeaderValue::from_static("http");
+        Forwarded { client_ip: "10.0.0.7".parse().unwrap(), proto: &HTTP, request_id: id }
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_removed() {
+        let mut h = headers(&[
+            ("connection", "keep-alive, X-Secret-Hop"),
+            ("connection", "x-other-hop"),
+            ("x-secret-hop", "1"),
+            ("x-other-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("trailer", "x-t"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("x-end-to-end", "kept"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-end-to-end"], "kept");
+    }
+
+    #[test]
+    fn injected_headers_override_client_copies() {
+        let id = HeaderValue::from_static("req-9");
+        let mut h = headers(&[
+            ("host", "gw.example"),
+            ("x-tenant-id", "tnt_a"),
+            ("x-tenant-provider-endpoint", "https://evil"),
+            ("x-tenant-provider-region", "evil"),
+            ("x-tenant-provider-connection-string", "evil"),
+            ("x-forwarded-proto", "gopher"),
+            ("x-forwarded-host", "evil"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-request-id", "client-id"),
+        ]);
+        rewrite_request_headers(&mut h, &tenant(), &forwarded(&id), false);
+        assert_eq!(h.get_all("x-tenant-provider-endpoint").iter().collect::<Vec<_>>(), ["https://ep"]);
+        assert_eq!(h.get_all("x-tenant-provider-region").iter().collect::<Vec<_>>(), ["eu"]);
+        assert_eq!(h.get_all("x-tenant-id").iter().collect::<Vec<_>>(), ["tnt_a"]);
+        assert!(h.get("x-tenant-provider-connection-string").is_none(), "secret injected without opt-in");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "gw.example");
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.7");
+        assert_eq!(h["x-request-id"], "req-9");
+        assert!(h.get("host").is_none(), "Host is set from the backend URL by the client");
+    }
+
+    #[test]
+    fn connection_string_only_when_opted_in() {
+        let id = HeaderValue::from_static("r");
+        let mut h = HeaderMap::new();
+        rewrite_request_headers(&mut h, &tenant(), &forwarded(&id), true);
+        assert_eq!(h["x-tenant-provider-connection-string"], "secret-cs");
+        assert_eq!(h["x-forwarded-for"], "10.0.0.7");
+    }
+
+    #[test]
+    fn upstream_urls() {
+        assert_eq!(format!("{:?}", Upstream::parse("http://chat:3000/").unwrap()), "http://chat:3000");
+        for bad in ["chat:3000", "ftp://chat", "http://chat/api", "http://u:p@chat", "http://chat?x=1", ""] {
+            assert!(Upstream::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

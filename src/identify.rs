@@ -1,0 +1,72 @@
+//! Stage 1 — identify: which tenant is this request for?
+//!
+//! The key comes from the tenant header (`X-Tenant-ID` unless configured otherwise). It is
+//! checked for shape before anything else, so malformed keys never reach the cache or the
+//! store; then the directory resolves it.
+
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName};
+
+use crate::directory::{Directory, Resolved, TenantEntry};
+use crate::error::GatewayError;
+use crate::store::StoreError;
+use crate::tenant::is_valid_key;
+
+/// The tenant key of the request: `None` when absent, `400 tenant_malformed` when not 1-128
+/// characters of `[A-Za-z0-9._-]` or when the header appears twice with different values.
+pub fn tenant_key<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Result<Option<&'a str>, GatewayError> {
+    let mut values = headers.get_all(name).iter();
+    let Some(first) = values.next() else { return Ok(None) };
+    if values.any(|other| other != first) {
+        return Err(GatewayError::TenantMalformed);
+    }
+    if !is_valid_key(first.as_bytes()) {
+        return Err(GatewayError::TenantMalformed);
+    }
+    // Valid keys are ASCII, so this cannot fail.
+    first.to_str().map(Some).map_err(|_| GatewayError::TenantMalformed)
+}
+
+/// Resolves a key to a servable tenant, or the outcome that refuses it.
+pub async fn resolve(directory: &Arc<Directory>, key: &str) -> Result<Arc<TenantEntry>, GatewayError> {
+    match directory.resolve(key).await {
+        Ok(Resolved::Tenant(entry)) if entry.tenant.active => Ok(entry),
+        Ok(Resolved::Tenant(_)) => Err(GatewayError::TenantInactive),
+        Ok(Resolved::Misconfigured) => Err(GatewayError::TenantMisconfigured),
+        Ok(Resolved::Unknown) => Err(GatewayError::TenantUnknown),
+        Err(e) => {
+            log_store_error(key, &e);
+            Err(GatewayError::StoreUnavailable)
+        }
+    }
+}
+
+pub(crate) fn log_store_error(what: &str, e: &StoreError) {
+    tracing::warn!(lookup = what, error = %e, "tenant store unavailable and nothing usable cached");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn key(values: &[&str]) -> Result<Option<String>, GatewayError> {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append("x-tenant-id", HeaderValue::from_str(v).unwrap());
+        }
+        tenant_key(&h, &HeaderName::from_static("x-tenant-id")).map(|k| k.map(String::from))
+    }
+
+    #[test]
+    fn reads_checks_and_refuses_conflicts() {
+        assert_eq!(key(&[]), Ok(None));
+        assert_eq!(key(&["tnt_a"]), Ok(Some("tnt_a".into())));
+        assert_eq!(key(&["tnt_a", "tnt_a"]), Ok(Some("tnt_a".into())), "repeated but equal is fine");
+        assert_eq!(key(&["tnt_a", "tnt_b"]), Err(GatewayError::TenantMalformed));
+        assert_eq!(key(&["tnt_a, tnt_b"]), Err(GatewayError::TenantMalformed));
+        assert_eq!(key(&[""]), Err(GatewayError::TenantMalformed));
+        assert_eq!(key(&[&"a".repeat(129)]), Err(GatewayError::TenantMalformed));
+    }
+}

@@ -1,0 +1,4 @@
+//! The `tenantgate` binary: see [`tenantgate::cli`].
+fn main() -> std::process::ExitCode {
+    tenantgate::cli::main()
+}

@@ -1,0 +1,178 @@
+//! The request pipeline: every request goes through these stages, in this order.
+//!
+//! ```text
+//!   preflight? ──► answered here (cors), never forwarded
+//!   1 identify   key from the tenant header → tenant (cache → store)      401/400/403/503
+//!   2 cors       Origin against the tenant's allow-list                   403
+//!   3 limit      take one of the tenant's concurrency slots               429
+//!   4 forward    rewrite headers, stream to the backend and back          502/504
+//! ```
+//!
+//! The order is the point: a malformed key never costs a lookup, a foreign origin never costs
+//! a slot, and nothing refused ever reaches the backend. Errors from any stage become the JSON
+//! body of [`GatewayError`]; once the origin is known to be allowed, error responses carry the
+//! CORS headers too, so browser code can read a 429 instead of an opaque network error.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use crate::body::ProxyBody;
+use crate::config::CorsSettings;
+use crate::directory::Directory;
+use crate::error::GatewayError;
+use crate::forward::{Forwarded, Forwarder, X_REQUEST_ID};
+use crate::{cors, identify, origin};
+
+/// What the pipeline needs besides the request: built once from the config.
+pub struct Gateway {
+    pub directory: Arc<Directory>,
+    pub forwarder: Forwarder,
+    pub tenant_header: HeaderName,
+    pub require_origin: bool,
+    pub cors: CorsSettings,
+}
+
+/// The client connection a request arrived on.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientConn {
+    pub peer: SocketAddr,
+    /// `http` or `https`.
+    pub proto: &'static HeaderValue,
+}
+
+/// Per-request state the stages fill in, used for the error response and the log line.
+struct RequestContext {
+    request_id: HeaderValue,
+    /// The tenant key, once it is known to be well-formed.
+    tenant: Option<Arc<str>>,
+    /// The request's origin, once it is known to be allowed for the tenant.
+    allowed_origin: Option<HeaderValue>,
+}
+
+impl Gateway {
+    /// Runs one request through the pipeline and logs it. Never fails: every outcome is a
+    /// response.
+    pub async fn handle(&self, req: Request<Incoming>, conn: ClientConn) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let method = req.method().clone();
+        let uri = req.uri().clone();
+        let mut ctx = RequestContext { request_id: request_id(req.headers()), tenant: None, allowed_origin: None };
+
+        let (mut resp, rejected) = match self.process(req, conn, &mut ctx).await {
+            Ok(resp) => (resp, None),
+            Err(err) => (err.to_response(&ctx.request_id), Some(err)),
+        };
+        if let Some(origin) = ctx.allowed_origin.take() {
+            cors::decorate(resp.headers_mut(), origin, &self.cors);
+        }
+        resp.headers_mut().insert(X_REQUEST_ID, ctx.request_id.clone());
+
+        tracing::info!(
+            target: "tenantgate::access",
+            method = %method,
+            path = uri.path(),
+            status = resp.status().as_u16(),
+            tenant = ctx.tenant.as_deref().unwrap_or("-"),
+            code = rejected.map_or("-", GatewayError::code),
+            latency_us = started.elapsed().as_micros() as u64,
+            request_id = ctx.request_id.to_str().unwrap_or("-"),
+        );
+        resp
+    }
+
+    async fn process(
+        &self,
+        req: Request<Incoming>,
+        conn: ClientConn,
+        ctx: &mut RequestContext,
+    ) -> Result<Response<ProxyBody>, GatewayError> {
+        if cors::is_preflight(&req) {
+            return self.preflight(req.headers(), ctx).await;
+        }
+
+        // 1. identify
+        let key = identify::tenant_key(req.headers(), &self.tenant_header)?.ok_or(GatewayError::TenantMissing)?;
+        ctx.tenant = Some(Arc::from(key));
+        let entry = identify::resolve(&self.directory, key).await?;
+        let tenant = &entry.tenant;
+
+        // 2. cors
+        ctx.allowed_origin = cors::check_origin(req.headers(), &tenant.origins, self.require_origin)?;
+
+        // 3. limit
+        let slot = entry.slots.try_acquire(tenant.max_concurrent)?;
+
+        // 4. forward
+        let fwd = Forwarded { client_ip: conn.peer.ip(), proto: conn.proto, request_id: &ctx.request_id };
+        let resp = self.forwarder.forward(req, tenant, &fwd).await?;
+        Ok(resp.map(|body| ProxyBody::upstream(body, Some(slot))))
+    }
+
+    /// A preflight: by the tenant's allow-list when the key is present, otherwise by whether any
+    /// active tenant lists the origin. Refusals carry no `Access-Control-Allow-*` header.
+    async fn preflight(&self, headers: &HeaderMap, ctx: &mut RequestContext) -> Result<Response<ProxyBody>, GatewayError> {
+        let origin = headers.get(header::ORIGIN).cloned().ok_or(GatewayError::OriginMissing)?;
+        let raw = origin.to_str().map_err(|_| GatewayError::OriginNotAllowed)?;
+        let allowed = match identify::tenant_key(headers, &self.tenant_header)? {
+            Some(key) => {
+                ctx.tenant = Some(Arc::from(key));
+                identify::resolve(&self.directory, key).await?.tenant.origins.allows(raw)
+            }
+            None => {
+                let candidates = origin::index_candidates(raw).ok_or(GatewayError::OriginNotAllowed)?;
+                match self.directory.origin_in_use(&candidates[0], &candidates).await {
+                    Ok(in_use) => in_use,
+                    Err(e) => {
+                        identify::log_store_error(raw, &e);
+                        return Err(GatewayError::StoreUnavailable);
+                    }
+                }
+            }
+        };
+        if !allowed {
+            return Err(GatewayError::OriginNotAllowed);
+        }
+        Ok(cors::preflight_allowed(origin, &self.cors))
+    }
+}
+
+/// The client's `X-Request-Id` when it is a sane token (1-128 visible ASCII characters),
+/// otherwise a new one: 32 hex digits, a per-process random prefix and a counter.
+fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(id) = headers.get(X_REQUEST_ID) {
+        let b = id.as_bytes();
+        if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic()) {
+            return id.clone();
+        }
+    }
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| fastrand::u64(..));
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let id = format!("{prefix:016x}{n:016x}");
+    HeaderValue::try_from(id).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_propagated_when_sane_and_generated_unique_otherwise() {
+        let mut h = HeaderMap::new();
+        h.insert(X_REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&h), "abc-123");
+        h.insert(X_REQUEST_ID, HeaderValue::from_static("has space"));
+        let a = request_id(&h);
+        let b = request_id(&HeaderMap::new());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
+        assert!(a.to_str().unwrap().bytes().all(|c| c.is_ascii_hexdigit()));
+    }
+}

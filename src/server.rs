@@ -1,0 +1,161 @@
+//! The listeners: accept loop with the gateway-wide connection cap, HTTP/1.1 and HTTP/2
+//! (cleartext, prior knowledge) on one port, and graceful shutdown.
+//!
+//! [`start`] builds everything from a [`Config`] and returns a [`Running`] gateway whose
+//! addresses are known (tests bind `127.0.0.1:0`).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, StoreConfig};
+use crate::directory::Directory;
+use crate::forward::Forwarder;
+use crate::proxy::{ClientConn, Gateway};
+use crate::store::file::FileStore;
+use crate::store::TenantStore;
+
+static HTTP: HeaderValue = HeaderValue::from_static("http");
+
+/// A listener could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {what} {addr}: {source}")]
+pub struct BindError {
+    what: &'static str,
+    addr: SocketAddr,
+    source: std::io::Error,
+}
+
+/// A started gateway.
+pub struct Running {
+    /// Where the proxy listens.
+    pub addr: SocketAddr,
+    /// Where the admin endpoints listen, when enabled.
+    pub admin_addr: Option<SocketAddr>,
+    pub directory: Arc<Directory>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting; in-flight requests get the grace period.
+    pub fn shutdown(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Waits until the gateway has stopped (after [`Running::shutdown`]).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// The store the config names.
+pub fn open_store(config: &Config) -> Arc<dyn TenantStore> {
+    match &config.store {
+        StoreConfig::File { path, poll_interval } => FileStore::open(path.clone(), *poll_interval),
+    }
+}
+
+/// Binds the listeners and starts serving with the store the config names.
+pub async fn start(config: Config) -> Result<Running, BindError> {
+    let store = open_store(&config);
+    start_with_store(config, store).await
+}
+
+/// Binds the listeners and starts serving with the given store.
+pub async fn start_with_store(config: Config, store: Arc<dyn TenantStore>) -> Result<Running, BindError> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| BindError { what: "[server] listen", addr: config.listen, source })?;
+    let addr = listener.local_addr().map_err(|source| BindError { what: "[server] listen", addr: config.listen, source })?;
+    let admin = match config.admin_listen {
+        Some(a) => Some(TcpListener::bind(a).await.map_err(|source| BindError { what: "[admin] listen", addr: a, source })?),
+        None => None,
+    };
+    let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
+
+    let directory = Directory::new(store, config.cache.clone());
+    let gateway = Arc::new(Gateway {
+        directory: directory.clone(),
+        forwarder: Forwarder::new(config.forward.clone()),
+        tenant_header: config.tenant_header.clone(),
+        require_origin: config.require_origin,
+        cors: config.cors.clone(),
+    });
+    let (stop, stopped) = watch::channel(false);
+    if let Some(admin) = admin {
+        tokio::spawn(crate::admin::serve(admin, directory.clone(), wait_for(stopped.clone())));
+    }
+    tracing::info!(%addr, admin = ?admin_addr, store = %directory.store().describe(), "tenantgate listening");
+    let task = tokio::spawn(serve(listener, gateway, config, wait_for(stopped)));
+    Ok(Running { addr, admin_addr, directory, stop, task })
+}
+
+async fn wait_for(mut stopped: watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|s| *s).await;
+}
+
+/// The accept loop. Returns once `shutdown` has fired and the connections have finished (or the
+/// grace period ran out).
+async fn serve(listener: TcpListener, gateway: Arc<Gateway>, config: Config, shutdown: impl Future<Output = ()>) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(config.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    let permits = Arc::new(Semaphore::new(config.max_connections));
+    tokio::pin!(shutdown);
+
+    loop {
+        // The gateway-wide cap: no accept while every permit is taken, so extra clients wait in
+        // the kernel's queue instead of costing memory here.
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let gw = gateway.clone();
+        let conn = ClientConn { peer, proto: &HTTP };
+        let service = service_fn(move |req| {
+            let gw = gw.clone();
+            async move { Ok::<_, Infallible>(gw.handle(req, conn).await) }
+        });
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%peer, error = %e, "client connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+
+    drop(listener);
+    let grace = config.shutdown_grace;
+    tracing::info!(grace_secs = grace.as_secs(), "shutting down: no new connections; finishing in-flight requests");
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!("all connections finished"),
+        _ = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing the remaining connections"),
+    }
+}
