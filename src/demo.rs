@@ -11,6 +11,8 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -109,12 +111,26 @@ fn tokio_stream_from<T: Send + 'static>(
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
+/// What the sample backend has seen (tests use it to prove that refused requests never reach
+/// the backend and that the gateway reuses its connections).
+#[derive(Debug, Default)]
+pub struct BackendStats {
+    pub requests: AtomicU64,
+    pub connections: AtomicU64,
+}
+
 /// Serves the sample backend on `listener` until the task is dropped.
-pub async fn serve_backend(listener: TcpListener) {
+pub async fn serve_backend(listener: TcpListener, stats: Arc<BackendStats>) {
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
-        let conn = builder.serve_connection(TokioIo::new(stream), service_fn(backend)).into_owned();
+        stats.connections.fetch_add(1, Ordering::Relaxed);
+        let stats = stats.clone();
+        let service = service_fn(move |req| {
+            stats.requests.fetch_add(1, Ordering::Relaxed);
+            backend(req)
+        });
+        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -131,7 +147,7 @@ pub async fn run(listen: SocketAddr) -> ExitCode {
         }
     };
     let backend_addr = backend.local_addr().expect("bound listener has an address");
-    tokio::spawn(serve_backend(backend));
+    tokio::spawn(serve_backend(backend, Arc::default()));
 
     let dir = std::env::temp_dir().join(format!("tenantgate-demo-{}", std::process::id()));
     let tenants = dir.join("tenants.json");

@@ -1,0 +1,218 @@
+//! The end-to-end harness: a sample backend and a gateway on `127.0.0.1:0`, a tenants file in a
+//! temporary directory, and small HTTP client helpers.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+use tenantgate::config::Config;
+use tenantgate::demo::{serve_backend, BackendStats};
+use tenantgate::server::{start_with_store, Running};
+use tenantgate::store::file::FileStore;
+use tenantgate::store::TenantStore;
+use tokio::net::TcpListener;
+
+/// A running sample backend.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub stats: Arc<BackendStats>,
+}
+
+impl Backend {
+    pub async fn start() -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stats = Arc::new(BackendStats::default());
+        tokio::spawn(serve_backend(listener, stats.clone()));
+        Backend { addr, stats }
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.stats.requests.load(Ordering::SeqCst)
+    }
+
+    pub fn connections(&self) -> u64 {
+        self.stats.connections.load(Ordering::SeqCst)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// A tenant document with the given key, origins and cap.
+pub fn tenant(key: &str, origins: &[&str], max: u64) -> Value {
+    json!({
+        "apiKey": key,
+        "allowedOrigins": origins,
+        "providerConfig": {
+            "connectionString": format!("endpoint=https://{key}.example/;accesskey=SECRET-{key}"),
+            "resources": {"endpoint": format!("https://{key}.communication.azure.com"), "region": "us-east-1"}
+        },
+        "isActive": true,
+        "maxConcurrentConnections": max,
+    })
+}
+
+/// A gateway in front of a backend, with its tenants file.
+pub struct Gateway {
+    pub running: Running,
+    pub backend: Backend,
+    pub tenants_path: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    /// Starts a backend and a gateway with these tenants; `extra` is appended to the config
+    /// (whole sections, e.g. "[tenancy]\nrequire_origin = false").
+    pub async fn start(tenants: &[Value], extra: &str) -> Gateway {
+        Gateway::start_with(tenants, extra, |store| store).await
+    }
+
+    /// Like [`Gateway::start`], letting the test wrap the file store (to count lookups).
+    pub async fn start_with(
+        tenants: &[Value],
+        extra: &str,
+        wrap: impl FnOnce(Arc<FileStore>) -> Arc<dyn TenantStore>,
+    ) -> Gateway {
+        let backend = Backend::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let tenants_path = dir.path().join("tenants.json");
+        write_json(&tenants_path, &Value::Array(tenants.to_vec()));
+        let config = config(&backend.url(), &tenants_path, extra);
+        let store = FileStore::open(tenants_path.clone(), Duration::from_millis(50));
+        let running = start_with_store(config, wrap(store)).await.unwrap();
+        Gateway { running, backend, tenants_path, dir }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.running.addr)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.running.admin_addr.unwrap())
+    }
+
+    pub fn write_tenants(&self, tenants: &[Value]) {
+        write_json(&self.tenants_path, &Value::Array(tenants.to_vec()));
+    }
+
+    /// Slots the tenant holds right now.
+    pub async fn in_flight(&self, key: &str) -> u32 {
+        match self.running.directory.resolve(key).await.unwrap() {
+            tenantgate::directory::Resolved::Tenant(t) => t.slots.in_flight(),
+            other => panic!("{key}: {other:?}"),
+        }
+    }
+}
+
+/// The gateway config used by the tests: ephemeral ports, fast polling; `extra` (TOML) adds or
+/// overrides keys.
+pub fn config(upstream: &str, tenants: &std::path::Path, extra: &str) -> Config {
+    let base = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace_secs = 5\n\
+         [upstream]\nurl = \"{upstream}\"\nresponse_timeout_ms = 5000\n\
+         [store]\nkind = \"file\"\npath = {:?}\npoll_interval_ms = 50\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n",
+        tenants.display().to_string()
+    );
+    let mut table: toml::Table = base.parse().unwrap();
+    let extra: toml::Table = extra.parse().unwrap();
+    for (section, values) in extra {
+        let target = table.entry(section).or_insert_with(|| toml::Value::Table(Default::default()));
+        for (k, v) in values.as_table().unwrap() {
+            target.as_table_mut().unwrap().insert(k.clone(), v.clone());
+        }
+    }
+    Config::parse(&table.to_string(), "test config").unwrap()
+}
+
+/// Writes JSON atomically (as editors do: write then rename).
+pub fn write_json(path: &std::path::Path, v: &Value) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_string_pretty(v).unwrap()).unwrap();
+    std::fs::rename(tmp, path).unwrap();
+}
+
+/// A response read to the end.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+
+    /// The `code` of a gateway error body, checking the body's shape on the way.
+    pub fn error_code(&self) -> String {
+        let v = self.json();
+        assert_eq!(self.headers["content-type"], "application/json");
+        assert!(v["error"]["message"].is_string(), "{v}");
+        assert_eq!(v["error"]["requestId"].as_str().unwrap(), self.headers["x-request-id"].to_str().unwrap());
+        v["error"]["code"].as_str().unwrap().to_string()
+    }
+
+    /// Every value the backend saw for a request header (from the sample backend's echo).
+    pub fn seen(&self, name: &str) -> Vec<String> {
+        self.json()["headers"][name]
+            .as_array()
+            .map(|a| a.iter().map(|v| v.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+}
+
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+pub fn h2_client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).http2_only(true).build(HttpConnector::new())
+}
+
+/// Sends a request with the given headers and reads the whole response.
+pub async fn send(client: &HttpClient, method: &str, url: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client.request(req.body(Full::new(Bytes::new())).unwrap()).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Reply { status: parts.status, headers: parts.headers, body }
+}
+
+pub async fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
+    send(&client(), "GET", url, headers).await
+}
+
+/// Polls `check` until it is true or `secs` have passed.
+pub async fn eventually<F, Fut>(secs: u64, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "condition not met within {secs}s");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
