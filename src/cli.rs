@@ -57,7 +57,8 @@ enum Command {
     },
     /// Manage tenant documents in the store the config names.
     Tenants {
-        #[arg(long, short, global = true, required = true)]
+        /// The gateway config that names the store (required).
+        #[arg(long, short, global = true)]
         config: Option<PathBuf>,
         #[command(subcommand)]
         action: TenantsAction,
@@ -101,7 +102,11 @@ pub fn main() -> ExitCode {
             let _guard = logging::init(cli.log_format);
             runtime().block_on(crate::demo::run(listen))
         }
-        Command::Tenants { config, action } => tenants(config.as_deref().unwrap_or(Path::new("gateway.toml")), action),
+        Command::Tenants { config: Some(config), action } => tenants(&config, action),
+        Command::Tenants { config: None, .. } => {
+            eprintln!("tenantgate: tenants: --config FILE is required (the config names the store)");
+            ExitCode::from(EXIT_CONFIG)
+        }
     }
 }
 
