@@ -17,7 +17,11 @@ use crate::body::ProxyBody;
 use crate::directory::Directory;
 
 /// Serves the admin endpoints until `shutdown` fires.
-pub async fn serve(listener: TcpListener, directory: Arc<Directory>, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    directory: Arc<Directory>,
+    shutdown: impl Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
@@ -30,7 +34,9 @@ pub async fn serve(listener: TcpListener, directory: Arc<Directory>, shutdown: i
             let dir = dir.clone();
             async move { Ok::<_, Infallible>(route(req, &dir).await) }
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -57,6 +63,9 @@ async fn route(req: Request<Incoming>, directory: &Directory) -> Response<ProxyB
 fn json(status: StatusCode, body: serde_json::Value) -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody::full(Bytes::from(body.to_string())));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     resp
 }

@@ -13,13 +13,15 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
 use crate::limit::SlotGuard;
+use crate::pool::Lease;
 
 pin_project! {
     /// Body of every response the gateway sends.
     #[project = ProxyBodyProj]
     pub enum ProxyBody {
-        /// Streamed from the backend, frame by frame, without buffering.
-        Upstream { #[pin] body: Incoming, slot: Option<SlotGuard> },
+        /// Streamed from the backend, frame by frame, without buffering. Polling it drives the
+        /// backend connection (`lease`), which goes back to the pool after the last frame.
+        Upstream { #[pin] body: Incoming, lease: Option<Lease>, slot: Option<SlotGuard> },
         /// Made by the gateway (errors, preflights); sent in one frame.
         Full { data: Option<Bytes> },
     }
@@ -29,7 +31,9 @@ impl ProxyBody {
     /// A body of the given bytes.
     pub fn full(data: impl Into<Bytes>) -> Self {
         let data: Bytes = data.into();
-        ProxyBody::Full { data: (!data.is_empty()).then_some(data) }
+        ProxyBody::Full {
+            data: (!data.is_empty()).then_some(data),
+        }
     }
 
     /// An empty body.
@@ -37,9 +41,17 @@ impl ProxyBody {
         ProxyBody::Full { data: None }
     }
 
-    /// The backend's body, holding `slot` until its last frame has gone out.
-    pub fn upstream(body: Incoming, slot: Option<SlotGuard>) -> Self {
-        ProxyBody::Upstream { body, slot }
+    /// The backend's body on its connection, holding `slot` until its last frame has gone out.
+    pub fn upstream(body: Incoming, lease: Lease, slot: Option<SlotGuard>) -> Self {
+        // A body that is already complete (no content) frees its connection at once: hyper
+        // may never poll such a body.
+        let lease = if body.is_end_stream() {
+            lease.release();
+            None
+        } else {
+            Some(lease)
+        };
+        ProxyBody::Upstream { body, lease, slot }
     }
 }
 
@@ -52,12 +64,35 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.project() {
-            ProxyBodyProj::Upstream { body, slot } => {
-                let polled = body.poll_frame(cx);
-                if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-                    // Done (or failed): free the tenant's slot now rather than when hyper
-                    // gets round to dropping the body.
-                    slot.take();
+            ProxyBodyProj::Upstream {
+                mut body,
+                lease,
+                slot,
+            } => {
+                if let Some(lease) = lease.as_mut() {
+                    lease.poll_driver(cx);
+                }
+                let polled = body.as_mut().poll_frame(cx);
+                match &polled {
+                    Poll::Ready(None) => {
+                        // Complete: the connection can carry the next request.
+                        if let Some(lease) = lease.take() {
+                            lease.release();
+                        }
+                        slot.take();
+                    }
+                    Poll::Ready(Some(Ok(frame))) if frame.is_data() && body.is_end_stream() => {
+                        if let Some(lease) = lease.take() {
+                            lease.release();
+                        }
+                        slot.take();
+                    }
+                    // Failed: the connection is dropped with the lease, never reused.
+                    Poll::Ready(Some(Err(_))) => {
+                        lease.take();
+                        slot.take();
+                    }
+                    _ => {}
                 }
                 polled
             }
@@ -75,7 +110,9 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ProxyBody::Upstream { body, .. } => body.size_hint(),
-            ProxyBody::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            ProxyBody::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
         }
     }
 }

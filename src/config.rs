@@ -110,7 +110,13 @@ pub struct RawCache {
 
 impl Default for RawCache {
     fn default() -> Self {
-        RawCache { ttl_secs: 30, negative_ttl_secs: 10, max_stale_secs: 300, max_entries: 100_000, lookup_timeout_ms: 2_000 }
+        RawCache {
+            ttl_secs: 30,
+            negative_ttl_secs: 10,
+            max_stale_secs: 300,
+            max_entries: 100_000,
+            lookup_timeout_ms: 2_000,
+        }
     }
 }
 
@@ -124,7 +130,9 @@ pub struct RawAdmin {
 
 impl Default for RawAdmin {
     fn default() -> Self {
-        RawAdmin { listen: "127.0.0.1:9090".into() }
+        RawAdmin {
+            listen: "127.0.0.1:9090".into(),
+        }
     }
 }
 
@@ -139,7 +147,11 @@ pub struct RawTenancy {
 
 impl Default for RawTenancy {
     fn default() -> Self {
-        RawTenancy { header: "X-Tenant-ID".into(), require_origin: true, inject_connection_string: false }
+        RawTenancy {
+            header: "X-Tenant-ID".into(),
+            require_origin: true,
+            inject_connection_string: false,
+        }
     }
 }
 
@@ -157,8 +169,12 @@ pub struct RawCors {
 impl Default for RawCors {
     fn default() -> Self {
         RawCors {
-            allow_methods: ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"].map(String::from).to_vec(),
-            allow_headers: ["Content-Type", "Authorization", "X-Request-Id"].map(String::from).to_vec(),
+            allow_methods: ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+                .map(String::from)
+                .to_vec(),
+            allow_headers: ["Content-Type", "Authorization", "X-Request-Id"]
+                .map(String::from)
+                .to_vec(),
             expose_headers: vec!["X-Request-Id".into()],
             allow_credentials: false,
             max_age_secs: 600,
@@ -191,7 +207,10 @@ pub struct RawConfig {
 /// Which store holds the tenants.
 #[derive(Debug, Clone)]
 pub enum StoreConfig {
-    File { path: PathBuf, poll_interval: Duration },
+    File {
+        path: PathBuf,
+        poll_interval: Duration,
+    },
 }
 
 /// CORS answers (`[cors]`), pre-rendered as header values.
@@ -225,21 +244,29 @@ impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError { file: file.clone(), message: format!("cannot read: {e}") })?;
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            message: format!("cannot read: {e}"),
+        })?;
         Config::parse(&text, &file)
     }
 
     /// Parses and validates config text; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text)
-            .map_err(|e| ConfigError { file: file.into(), message: e.to_string().trim_end().replace('\n', "\n  ") })?;
-        raw.validate().map_err(|message| ConfigError { file: file.into(), message })
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
+            file: file.into(),
+            message: e.to_string().trim_end().replace('\n', "\n  "),
+        })?;
+        raw.validate().map_err(|message| ConfigError {
+            file: file.into(),
+            message,
+        })
     }
 }
 
 fn addr(key: &str, v: &str) -> Result<SocketAddr, String> {
-    v.parse().map_err(|_| format!("{key}: {v:?} is not an address like \"0.0.0.0:8080\""))
+    v.parse()
+        .map_err(|_| format!("{key}: {v:?} is not an address like \"0.0.0.0:8080\""))
 }
 
 fn positive(key: &str, v: u64) -> Result<u64, String> {
@@ -251,7 +278,9 @@ fn positive(key: &str, v: u64) -> Result<u64, String> {
 
 fn header_list(key: &str, items: &[String]) -> Result<http::HeaderValue, String> {
     for item in items {
-        if HeaderName::from_bytes(item.as_bytes()).is_err() && http::Method::from_bytes(item.as_bytes()).is_err() {
+        if HeaderName::from_bytes(item.as_bytes()).is_err()
+            && http::Method::from_bytes(item.as_bytes()).is_err()
+        {
             return Err(format!("{key}: {item:?} is not a header or method name"));
         }
     }
@@ -263,49 +292,80 @@ impl RawConfig {
     pub fn validate(self) -> Result<Config, String> {
         let s = &self.server;
         let listen = addr("[server] listen", &s.listen)?;
-        let max_connections = positive("[server] max_connections", s.max_connections as u64)? as usize;
+        let max_connections =
+            positive("[server] max_connections", s.max_connections as u64)? as usize;
         let u = &self.upstream;
-        let default_upstream = Upstream::parse(&u.url).map_err(|e| format!("[upstream] url: {e}"))?;
+        let default_upstream =
+            Upstream::parse(&u.url).map_err(|e| format!("[upstream] url: {e}"))?;
         let forward = ForwardSettings {
             default_upstream,
-            connect_timeout: Duration::from_millis(positive("[upstream] connect_timeout_ms", u.connect_timeout_ms)?),
-            response_timeout: Duration::from_millis(positive("[upstream] response_timeout_ms", u.response_timeout_ms)?),
+            connect_timeout: Duration::from_millis(positive(
+                "[upstream] connect_timeout_ms",
+                u.connect_timeout_ms,
+            )?),
+            response_timeout: Duration::from_millis(positive(
+                "[upstream] response_timeout_ms",
+                u.response_timeout_ms,
+            )?),
             pool_idle_timeout: Duration::from_secs(u.pool_idle_timeout_secs),
             pool_max_idle_per_host: u.pool_max_idle_per_host,
             inject_connection_string: self.tenancy.inject_connection_string,
         };
         let st = &self.store;
-        let store = match st.kind.as_str() {
-            "file" => {
-                if st.path.is_empty() {
-                    return Err("[store] path: must name the tenants JSON file".into());
+        let store =
+            match st.kind.as_str() {
+                "file" => {
+                    if st.path.is_empty() {
+                        return Err("[store] path: must name the tenants JSON file".into());
+                    }
+                    StoreConfig::File {
+                        path: PathBuf::from(&st.path),
+                        poll_interval: Duration::from_millis(positive(
+                            "[store] poll_interval_ms",
+                            st.poll_interval_ms,
+                        )?),
+                    }
                 }
-                StoreConfig::File {
-                    path: PathBuf::from(&st.path),
-                    poll_interval: Duration::from_millis(positive("[store] poll_interval_ms", st.poll_interval_ms)?),
+                "mongodb" => return Err(
+                    "[store] kind: \"mongodb\" is not available in this version yet; use \"file\""
+                        .into(),
+                ),
+                other => {
+                    return Err(format!(
+                        "[store] kind: {other:?} is not one of \"file\", \"mongodb\""
+                    ))
                 }
-            }
-            "mongodb" => {
-                return Err("[store] kind: \"mongodb\" is not available in this version yet; use \"file\"".into())
-            }
-            other => return Err(format!("[store] kind: {other:?} is not one of \"file\", \"mongodb\"")),
-        };
+            };
         let c = &self.cache;
         let cache = CacheSettings {
             ttl: Duration::from_secs(positive("[cache] ttl_secs", c.ttl_secs)?),
-            negative_ttl: Duration::from_secs(positive("[cache] negative_ttl_secs", c.negative_ttl_secs)?),
+            negative_ttl: Duration::from_secs(positive(
+                "[cache] negative_ttl_secs",
+                c.negative_ttl_secs,
+            )?),
             max_stale: Duration::from_secs(c.max_stale_secs),
             max_entries: positive("[cache] max_entries", c.max_entries)?,
-            lookup_timeout: Duration::from_millis(positive("[cache] lookup_timeout_ms", c.lookup_timeout_ms)?),
+            lookup_timeout: Duration::from_millis(positive(
+                "[cache] lookup_timeout_ms",
+                c.lookup_timeout_ms,
+            )?),
         };
         let admin_listen = match self.admin.listen.as_str() {
             "" => None,
             v => Some(addr("[admin] listen", v)?),
         };
-        let tenant_header = HeaderName::from_bytes(self.tenancy.header.as_bytes())
-            .map_err(|_| format!("[tenancy] header: {:?} is not a header name", self.tenancy.header))?;
+        let tenant_header =
+            HeaderName::from_bytes(self.tenancy.header.as_bytes()).map_err(|_| {
+                format!(
+                    "[tenancy] header: {:?} is not a header name",
+                    self.tenancy.header
+                )
+            })?;
         let mut allow_headers = self.cors.allow_headers.clone();
-        if !allow_headers.iter().any(|h| h.eq_ignore_ascii_case(tenant_header.as_str())) {
+        if !allow_headers
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(tenant_header.as_str()))
+        {
             allow_headers.push(self.tenancy.header.clone());
         }
         let cors = CorsSettings {
@@ -325,7 +385,10 @@ impl RawConfig {
             listen,
             max_connections,
             shutdown_grace: Duration::from_secs(s.shutdown_grace_secs),
-            header_read_timeout: Duration::from_secs(positive("[server] header_read_timeout_secs", s.header_read_timeout_secs)?),
+            header_read_timeout: Duration::from_secs(positive(
+                "[server] header_read_timeout_secs",
+                s.header_read_timeout_secs,
+            )?),
             admin_listen,
             forward,
             store,
@@ -347,9 +410,23 @@ mod tests {
         assert_eq!(c.listen.to_string(), "0.0.0.0:8080");
         assert_eq!(c.admin_listen.unwrap().to_string(), "127.0.0.1:9090");
         assert!(c.require_origin);
-        assert!(c.cors.allow_headers.to_str().unwrap().contains("X-Tenant-ID"));
-        let c = Config::parse("[tenancy]\nheader = \"X-Api-Key\"\n[admin]\nlisten = \"\"", "g.toml").unwrap();
-        assert!(c.cors.allow_headers.to_str().unwrap().ends_with("X-Api-Key"));
+        assert!(c
+            .cors
+            .allow_headers
+            .to_str()
+            .unwrap()
+            .contains("X-Tenant-ID"));
+        let c = Config::parse(
+            "[tenancy]\nheader = \"X-Api-Key\"\n[admin]\nlisten = \"\"",
+            "g.toml",
+        )
+        .unwrap();
+        assert!(c
+            .cors
+            .allow_headers
+            .to_str()
+            .unwrap()
+            .ends_with("X-Api-Key"));
         assert!(c.admin_listen.is_none());
     }
 
@@ -360,8 +437,14 @@ mod tests {
             ("[nope]\na = 1", "nope"),
             ("[server]\nlisten = \"localhost\"", "[server] listen"),
             ("[upstream]\nurl = \"chat:3000\"", "[upstream] url"),
-            ("[upstream]\nresponse_timeout_ms = 0", "[upstream] response_timeout_ms"),
-            ("[upstream]\nconnect_timeout_ms = \"soon\"", "connect_timeout_ms"),
+            (
+                "[upstream]\nresponse_timeout_ms = 0",
+                "[upstream] response_timeout_ms",
+            ),
+            (
+                "[upstream]\nconnect_timeout_ms = \"soon\"",
+                "connect_timeout_ms",
+            ),
             ("[store]\nkind = \"redis\"", "[store] kind"),
             ("[cache]\nttl_secs = 0", "[cache] ttl_secs"),
             ("[tenancy]\nheader = \"bad header\"", "[tenancy] header"),

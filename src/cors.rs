@@ -16,14 +16,18 @@ use crate::config::CorsSettings;
 use crate::error::GatewayError;
 use crate::origin::AllowedOrigins;
 
-const VARY_PREFLIGHT: HeaderValue = HeaderValue::from_static("Origin, Access-Control-Request-Method, Access-Control-Request-Headers");
+const VARY_PREFLIGHT: HeaderValue = HeaderValue::from_static(
+    "Origin, Access-Control-Request-Method, Access-Control-Request-Headers",
+);
 const VARY_ORIGIN: HeaderValue = HeaderValue::from_static("Origin");
 
 /// Whether the request is a CORS preflight.
 pub fn is_preflight<B>(req: &Request<B>) -> bool {
     req.method() == Method::OPTIONS
         && req.headers().contains_key(header::ORIGIN)
-        && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+        && req
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
 }
 
 /// Checks an actual request's `Origin` against the tenant. Returns the origin to echo, `None`
@@ -35,7 +39,11 @@ pub fn check_origin(
 ) -> Result<Option<HeaderValue>, GatewayError> {
     let mut origins = headers.get_all(header::ORIGIN).iter();
     let Some(origin) = origins.next() else {
-        return if require_origin { Err(GatewayError::OriginMissing) } else { Ok(None) };
+        return if require_origin {
+            Err(GatewayError::OriginMissing)
+        } else {
+            Ok(None)
+        };
     };
     // Browsers send exactly one Origin; two are not a browser and cannot both be echoed.
     if origins.next().is_some() {
@@ -52,7 +60,10 @@ pub fn decorate(headers: &mut HeaderMap, origin: HeaderValue, cors: &CorsSetting
     headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
     headers.append(header::VARY, VARY_ORIGIN);
     if cors.allow_credentials {
-        headers.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
     }
     if let Some(expose) = &cors.expose_headers {
         headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, expose.clone());
@@ -65,11 +76,20 @@ pub fn preflight_allowed(origin: HeaderValue, cors: &CorsSettings) -> Response<P
     *resp.status_mut() = StatusCode::NO_CONTENT;
     let h = resp.headers_mut();
     h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-    h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, cors.allow_methods.clone());
-    h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, cors.allow_headers.clone());
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        cors.allow_methods.clone(),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        cors.allow_headers.clone(),
+    );
     h.insert(header::ACCESS_CONTROL_MAX_AGE, cors.max_age.clone());
     if cors.allow_credentials {
-        h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
     }
     h.insert(header::VARY, VARY_PREFLIGHT);
     resp
@@ -90,17 +110,34 @@ mod tests {
     #[test]
     fn origin_outcomes() {
         let allowed = AllowedOrigins::parse(&["https://a.com"]).unwrap();
-        assert_eq!(check_origin(&headers(&["https://a.com"]), &allowed, true).unwrap().unwrap(), "https://a.com");
         assert_eq!(
-            check_origin(&headers(&["HTTPS://A.com:443"]), &allowed, true).unwrap().unwrap(),
+            check_origin(&headers(&["https://a.com"]), &allowed, true)
+                .unwrap()
+                .unwrap(),
+            "https://a.com"
+        );
+        assert_eq!(
+            check_origin(&headers(&["HTTPS://A.com:443"]), &allowed, true)
+                .unwrap()
+                .unwrap(),
             "HTTPS://A.com:443",
             "the browser's own spelling is echoed"
         );
-        assert_eq!(check_origin(&headers(&["https://b.com"]), &allowed, true), Err(GatewayError::OriginNotAllowed));
-        assert_eq!(check_origin(&headers(&[]), &allowed, true), Err(GatewayError::OriginMissing));
+        assert_eq!(
+            check_origin(&headers(&["https://b.com"]), &allowed, true),
+            Err(GatewayError::OriginNotAllowed)
+        );
+        assert_eq!(
+            check_origin(&headers(&[]), &allowed, true),
+            Err(GatewayError::OriginMissing)
+        );
         assert_eq!(check_origin(&headers(&[]), &allowed, false), Ok(None));
         assert_eq!(
-            check_origin(&headers(&["https://a.com", "https://a.com"]), &allowed, true),
+            check_origin(
+                &headers(&["https://a.com", "https://a.com"]),
+                &allowed,
+                true
+            ),
             Err(GatewayError::OriginNotAllowed)
         );
     }
@@ -114,7 +151,10 @@ mod tests {
             }
             b.body(()).unwrap()
         };
-        let full = [("origin", "https://a.com"), ("access-control-request-method", "POST")];
+        let full = [
+            ("origin", "https://a.com"),
+            ("access-control-request-method", "POST"),
+        ];
         assert!(is_preflight(&req(Method::OPTIONS, &full)));
         assert!(!is_preflight(&req(Method::OPTIONS, &full[..1])));
         assert!(!is_preflight(&req(Method::POST, &full)));

@@ -45,7 +45,10 @@ fn query_u64(req: &Request<Incoming>, name: &str, default: u64) -> u64 {
 fn json_response(value: serde_json::Value) -> Response<BoxBody> {
     let body = http_body_util::Full::new(Bytes::from(value.to_string())).boxed();
     let mut resp = Response::new(body);
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
@@ -80,7 +83,11 @@ async fn backend(req: Request<Incoming>) -> Result<Response<BoxBody>, Infallible
             let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
             tokio::spawn(async move {
                 for i in 0..chunks {
-                    if tx.send(Ok(Frame::data(Bytes::from(format!("chunk {i}\n"))))).await.is_err() {
+                    if tx
+                        .send(Ok(Frame::data(Bytes::from(format!("chunk {i}\n")))))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                     tokio::time::sleep(interval).await;
@@ -123,14 +130,18 @@ pub struct BackendStats {
 pub async fn serve_backend(listener: TcpListener, stats: Arc<BackendStats>) {
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         stats.connections.fetch_add(1, Ordering::Relaxed);
         let stats = stats.clone();
         let service = service_fn(move |req| {
             stats.requests.fetch_add(1, Ordering::Relaxed);
             backend(req)
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -151,7 +162,9 @@ pub async fn run(listen: SocketAddr) -> ExitCode {
 
     let dir = std::env::temp_dir().join(format!("tenantgate-demo-{}", std::process::id()));
     let tenants = dir.join("tenants.json");
-    if let Err(e) = std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&tenants, EXAMPLE_TENANTS)) {
+    if let Err(e) =
+        std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&tenants, EXAMPLE_TENANTS))
+    {
         eprintln!("tenantgate demo: cannot write {}: {e}", tenants.display());
         return ExitCode::FAILURE;
     }
@@ -178,7 +191,10 @@ pub async fn run(listen: SocketAddr) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!("{}", instructions(running.addr, running.admin_addr, backend_addr, &tenants));
+    println!(
+        "{}",
+        instructions(running.addr, running.admin_addr, backend_addr, &tenants)
+    );
     crate::cli::shutdown_signal().await;
     running.shutdown();
     running.wait().await;
@@ -186,7 +202,12 @@ pub async fn run(listen: SocketAddr) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn instructions(gw: SocketAddr, admin: Option<SocketAddr>, backend: SocketAddr, tenants: &std::path::Path) -> String {
+fn instructions(
+    gw: SocketAddr,
+    admin: Option<SocketAddr>,
+    backend: SocketAddr,
+    tenants: &std::path::Path,
+) -> String {
     let a = "-H 'X-Tenant-ID: tnt_client_a'";
     let b = "-H 'X-Tenant-ID: tnt_client_b' -H 'Origin: https://chat.client-b.io'";
     let admin = admin.map_or(String::new(), |a| format!("\n  curl -s http://{a}/readyz"));

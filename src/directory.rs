@@ -88,7 +88,9 @@ impl Directory {
     pub fn new(store: Arc<dyn TenantStore>, settings: CacheSettings) -> Arc<Directory> {
         let dir = Arc::new(Directory {
             tenants: Cache::builder().max_capacity(settings.max_entries).build(),
-            origins: Cache::builder().max_capacity(settings.max_entries.min(10_000)).build(),
+            origins: Cache::builder()
+                .max_capacity(settings.max_entries.min(10_000))
+                .build(),
             in_flight: Mutex::new(HashMap::new()),
             slots: SlotRegistry::default(),
             generation: AtomicU64::new(0),
@@ -140,7 +142,8 @@ impl Directory {
                 _ => {}
             }
         }
-        self.fetch(key).await
+        // Boxed: the miss path is rare and its state would bloat every request's future.
+        Box::pin(self.fetch(key)).await
     }
 
     fn refresh_in_background(self: &Arc<Self>, key: &str) {
@@ -174,11 +177,18 @@ impl Directory {
         // Spawned, so the query completes and fills the cache even if every waiter goes away.
         let task = tokio::spawn(async move {
             let result = dir.query(&k).await;
-            dir.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&k);
+            dir.in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&k);
             result
         });
         let fetch = async move {
-            task.await.unwrap_or_else(|e| Err(StoreError::Unavailable(format!("tenant lookup task failed: {e}"))))
+            task.await.unwrap_or_else(|e| {
+                Err(StoreError::Unavailable(format!(
+                    "tenant lookup task failed: {e}"
+                )))
+            })
         }
         .boxed()
         .shared();
@@ -196,19 +206,31 @@ impl Directory {
         let value = match record {
             None => Resolved::Unknown,
             Some(TenantRecord::Misconfigured { .. }) => Resolved::Misconfigured,
-            Some(TenantRecord::Valid(tenant)) => {
-                Resolved::Tenant(Arc::new(TenantEntry { slots: self.slots.counter(&tenant.key), tenant }))
-            }
+            Some(TenantRecord::Valid(tenant)) => Resolved::Tenant(Arc::new(TenantEntry {
+                slots: self.slots.counter(&tenant.key),
+                tenant,
+            })),
         };
         if self.generation.load(Ordering::Acquire) == generation {
-            self.tenants.insert(key.clone(), Entry { value: value.clone(), fetched: Instant::now(), quiet_until: None });
+            self.tenants.insert(
+                key.clone(),
+                Entry {
+                    value: value.clone(),
+                    fetched: Instant::now(),
+                    quiet_until: None,
+                },
+            );
         }
         Ok(value)
     }
 
     /// Whether any active tenant lists this preflight origin (already split into index
     /// candidates), cached like tenants: TTL, and the last answer served while the store fails.
-    pub async fn origin_in_use(&self, origin: &str, candidates: &[String]) -> Result<bool, StoreError> {
+    pub async fn origin_in_use(
+        &self,
+        origin: &str,
+        candidates: &[String],
+    ) -> Result<bool, StoreError> {
         let cached = self.origins.get(origin);
         if let Some(e) = &cached {
             if e.fetched.elapsed() < self.settings.ttl {
@@ -217,19 +239,28 @@ impl Directory {
         }
         let generation = self.generation.load(Ordering::Acquire);
         let timeout = self.settings.lookup_timeout;
-        let answer = match tokio::time::timeout(timeout, self.store.origin_in_use(candidates)).await {
+        let answer = match tokio::time::timeout(timeout, self.store.origin_in_use(candidates)).await
+        {
             Ok(r) => r,
             Err(_) => Err(StoreError::Timeout(timeout)),
         };
         match answer {
             Ok(in_use) => {
                 if self.generation.load(Ordering::Acquire) == generation {
-                    self.origins.insert(origin.to_string(), OriginEntry { in_use, fetched: Instant::now() });
+                    self.origins.insert(
+                        origin.to_string(),
+                        OriginEntry {
+                            in_use,
+                            fetched: Instant::now(),
+                        },
+                    );
                 }
                 Ok(in_use)
             }
             Err(e) => match cached {
-                Some(c) if c.fetched.elapsed() < self.settings.ttl + self.settings.max_stale => Ok(c.in_use),
+                Some(c) if c.fetched.elapsed() < self.settings.ttl + self.settings.max_stale => {
+                    Ok(c.in_use)
+                }
                 _ => Err(e),
             },
         }
@@ -297,49 +328,85 @@ mod tests {
 
     #[tokio::test]
     async fn hits_and_negative_hits_do_not_query_and_misses_coalesce() {
-        let store = Arc::new(FakeStore { active: AtomicBool::new(true), ..Default::default() });
+        let store = Arc::new(FakeStore {
+            active: AtomicBool::new(true),
+            ..Default::default()
+        });
         store.delay_ms.store(50, Ordering::SeqCst);
         let dir = Directory::new(store.clone(), settings(60_000));
         let all = futures_util::future::join_all((0..100).map(|_| dir.resolve("tnt_a"))).await;
         assert!(all.iter().all(|r| active(r.as_ref().unwrap())));
-        assert_eq!(store.finds.load(Ordering::SeqCst), 1, "100 concurrent misses, one query");
+        assert_eq!(
+            store.finds.load(Ordering::SeqCst),
+            1,
+            "100 concurrent misses, one query"
+        );
         for _ in 0..10 {
             dir.resolve("tnt_a").await.unwrap();
-            assert!(matches!(dir.resolve("tnt_nope").await.unwrap(), Resolved::Unknown));
+            assert!(matches!(
+                dir.resolve("tnt_nope").await.unwrap(),
+                Resolved::Unknown
+            ));
         }
-        assert_eq!(store.finds.load(Ordering::SeqCst), 2, "hits and negative hits never query");
+        assert_eq!(
+            store.finds.load(Ordering::SeqCst),
+            2,
+            "hits and negative hits never query"
+        );
     }
 
     #[tokio::test]
     async fn stale_entries_are_served_while_one_refresh_runs_and_survive_store_failure() {
-        let store = Arc::new(FakeStore { active: AtomicBool::new(true), ..Default::default() });
+        let store = Arc::new(FakeStore {
+            active: AtomicBool::new(true),
+            ..Default::default()
+        });
         let dir = Directory::new(store.clone(), settings(20));
         assert!(active(&dir.resolve("tnt_a").await.unwrap()));
         store.active.store(false, Ordering::SeqCst);
         store.failing.store(true, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(40)).await;
         for _ in 0..50 {
-            assert!(active(&dir.resolve("tnt_a").await.unwrap()), "stale copy served while the store fails");
+            assert!(
+                active(&dir.resolve("tnt_a").await.unwrap()),
+                "stale copy served while the store fails"
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert_eq!(store.finds.load(Ordering::SeqCst), 2, "one failed refresh, then quiet for a second");
-        assert!(dir.resolve("tnt_other").await.is_err(), "nothing cached and the store is down");
+        assert_eq!(
+            store.finds.load(Ordering::SeqCst),
+            2,
+            "one failed refresh, then quiet for a second"
+        );
+        assert!(
+            dir.resolve("tnt_other").await.is_err(),
+            "nothing cached and the store is down"
+        );
         store.failing.store(false, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(1100)).await;
         dir.resolve("tnt_a").await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!active(&dir.resolve("tnt_a").await.unwrap()), "the edit shows once the store is back");
+        assert!(
+            !active(&dir.resolve("tnt_a").await.unwrap()),
+            "the edit shows once the store is back"
+        );
     }
 
     #[tokio::test]
     async fn invalidation_drops_the_entry_at_once_and_slow_stores_time_out() {
-        let store = Arc::new(FakeStore { active: AtomicBool::new(true), ..Default::default() });
+        let store = Arc::new(FakeStore {
+            active: AtomicBool::new(true),
+            ..Default::default()
+        });
         let dir = Directory::new(store.clone(), settings(60_000));
         assert!(active(&dir.resolve("tnt_a").await.unwrap()));
         store.active.store(false, Ordering::SeqCst);
         dir.invalidate(Invalidation::Tenant(Arc::from("tnt_a")));
         assert!(!active(&dir.resolve("tnt_a").await.unwrap()));
         store.delay_ms.store(1000, Ordering::SeqCst);
-        assert!(matches!(dir.resolve("tnt_slow").await, Err(StoreError::Timeout(_))));
+        assert!(matches!(
+            dir.resolve("tnt_slow").await,
+            Err(StoreError::Timeout(_))
+        ));
     }
 }

@@ -105,7 +105,10 @@ impl GatewayError {
         let mut resp = Response::new(ProxyBody::full(Bytes::from(body.to_string())));
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if self == GatewayError::ConcurrencyExceeded {
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -127,12 +130,27 @@ mod tests {
             (TenantMalformed, 400, "tenant_malformed", Cause::Client),
             (TenantUnknown, 401, "tenant_unknown", Cause::Client),
             (TenantInactive, 403, "tenant_inactive", Cause::Client),
-            (TenantMisconfigured, 503, "tenant_misconfigured", Cause::Gateway),
+            (
+                TenantMisconfigured,
+                503,
+                "tenant_misconfigured",
+                Cause::Gateway,
+            ),
             (StoreUnavailable, 503, "store_unavailable", Cause::Gateway),
             (OriginMissing, 403, "origin_missing", Cause::Client),
             (OriginNotAllowed, 403, "origin_not_allowed", Cause::Client),
-            (ConcurrencyExceeded, 429, "tenant_concurrency_exceeded", Cause::Client),
-            (UpstreamUnavailable, 502, "upstream_unavailable", Cause::Upstream),
+            (
+                ConcurrencyExceeded,
+                429,
+                "tenant_concurrency_exceeded",
+                Cause::Client,
+            ),
+            (
+                UpstreamUnavailable,
+                502,
+                "upstream_unavailable",
+                Cause::Upstream,
+            ),
             (UpstreamTimeout, 504, "upstream_timeout", Cause::Upstream),
         ];
         for (err, status, code, cause) in table {
@@ -152,6 +170,9 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["error"]["code"], "tenant_concurrency_exceeded");
         assert_eq!(v["error"]["requestId"], "req-1");
-        assert!(v["error"]["message"].as_str().unwrap().contains("concurrency"));
+        assert!(v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("concurrency"));
     }
 }

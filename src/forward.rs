@@ -22,11 +22,9 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::error::GatewayError;
+use crate::pool::{Lease, Pool, PoolSettings, SendError};
 use crate::tenant::Tenant;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1, plus the legacy `Keep-Alive` and `Proxy-Connection`):
@@ -48,7 +46,8 @@ pub const X_PROVIDER_ENDPOINT: HeaderName = HeaderName::from_static("x-tenant-pr
 /// `X-Tenant-Provider-Region`: `providerConfig.resources.region`.
 pub const X_PROVIDER_REGION: HeaderName = HeaderName::from_static("x-tenant-provider-region");
 /// `X-Tenant-Provider-Connection-String`: the secret, only when opted in.
-pub const X_PROVIDER_CONNECTION_STRING: HeaderName = HeaderName::from_static("x-tenant-provider-connection-string");
+pub const X_PROVIDER_CONNECTION_STRING: HeaderName =
+    HeaderName::from_static("x-tenant-provider-connection-string");
 /// `X-Request-Id`: propagated from the client or generated; returned on the response.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -71,6 +70,10 @@ pub const INJECTED: [HeaderName; 7] = [
 pub struct Upstream {
     scheme: Scheme,
     authority: Authority,
+    /// `host:port` to connect to (the port defaulted).
+    addr: String,
+    /// The `Host` header sent to it.
+    host: HeaderValue,
 }
 
 impl fmt::Debug for Upstream {
@@ -82,27 +85,42 @@ impl fmt::Debug for Upstream {
 impl Upstream {
     /// Parses `http://host[:port]` (a trailing `/` is fine; a path, query or user info is not).
     pub fn parse(url: &str) -> Result<Upstream, String> {
-        let uri: Uri = url.parse().map_err(|e| format!("{url:?} is not a URL ({e})"))?;
-        let scheme = uri.scheme().cloned().ok_or_else(|| format!("{url:?} has no scheme (want http://host:port)"))?;
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| format!("{url:?} is not a URL ({e})"))?;
+        let scheme = uri
+            .scheme()
+            .cloned()
+            .ok_or_else(|| format!("{url:?} has no scheme (want http://host:port)"))?;
         if scheme != Scheme::HTTP {
             return Err(format!("{url:?}: only http:// backends are supported"));
         }
-        let authority = uri.authority().cloned().ok_or_else(|| format!("{url:?} has no host"))?;
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| format!("{url:?} has no host"))?;
         if authority.as_str().contains('@') {
             return Err(format!("{url:?}: user info is not supported"));
         }
-        if !matches!(uri.path_and_query().map(|p| p.as_str()), None | Some("/") | Some("")) {
+        if !matches!(
+            uri.path_and_query().map(|p| p.as_str()),
+            None | Some("/") | Some("")
+        ) {
             return Err(format!("{url:?}: a backend URL has no path or query"));
         }
-        Ok(Upstream { scheme, authority })
-    }
-
-    fn uri_for(&self, path: Option<&PathAndQuery>) -> Result<Uri, http::Error> {
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(path.cloned().unwrap_or_else(|| PathAndQuery::from_static("/")))
-            .build()
+        let addr = format!(
+            "{}:{}",
+            authority.host(),
+            authority.port_u16().unwrap_or(80)
+        );
+        let host = HeaderValue::from_str(authority.as_str())
+            .map_err(|_| format!("{url:?}: invalid host"))?;
+        Ok(Upstream {
+            scheme,
+            authority,
+            addr,
+            host,
+        })
     }
 }
 
@@ -127,68 +145,75 @@ pub struct Forwarded<'a> {
     pub request_id: &'a HeaderValue,
 }
 
-/// The upstream client: one pool of keep-alive connections shared by every tenant.
+/// The upstream side: one pool of keep-alive connections shared by every tenant.
 pub struct Forwarder {
-    client: Client<HttpConnector, Incoming>,
+    pool: Pool,
     settings: ForwardSettings,
 }
 
 impl Forwarder {
     pub fn new(settings: ForwardSettings) -> Forwarder {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(settings.connect_timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(settings.pool_idle_timeout)
-            .pool_max_idle_per_host(settings.pool_max_idle_per_host)
-            .build(connector);
-        Forwarder { client, settings }
+        let pool = Pool::new(PoolSettings {
+            connect_timeout: settings.connect_timeout,
+            idle_timeout: settings.pool_idle_timeout,
+            max_idle_per_host: settings.pool_max_idle_per_host,
+        });
+        Forwarder { pool, settings }
     }
 
-    /// Sends the request to the tenant's backend and returns its response head with the body
-    /// still streaming.
+    /// Sends the request to the tenant's backend and returns its response head, with the body
+    /// still streaming on the returned connection lease.
     pub async fn forward(
         &self,
         req: Request<Incoming>,
         tenant: &Tenant,
         fwd: &Forwarded<'_>,
-    ) -> Result<Response<Incoming>, GatewayError> {
+    ) -> Result<(Response<Incoming>, Lease), GatewayError> {
         let (mut parts, body) = req.into_parts();
-        let upstream = tenant.upstream.as_ref().unwrap_or(&self.settings.default_upstream);
-        parts.uri = upstream.uri_for(parts.uri.path_and_query()).map_err(|e| {
-            tracing::warn!(error = %e, "cannot build the upstream URI");
-            GatewayError::UpstreamUnavailable
-        })?;
+        let upstream = tenant
+            .upstream
+            .as_ref()
+            .unwrap_or(&self.settings.default_upstream);
+        // Origin-form towards the backend ("GET /path?query HTTP/1.1"), whatever the client sent.
+        parts.uri = Uri::from(
+            parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
         // The pool speaks HTTP/1.1 to the backend whatever the client spoke to us.
         parts.version = Version::HTTP_11;
-        rewrite_request_headers(&mut parts.headers, tenant, fwd, self.settings.inject_connection_string);
+        rewrite_request_headers(
+            &mut parts.headers,
+            tenant,
+            fwd,
+            self.settings.inject_connection_string,
+        );
+        parts.headers.insert(header::HOST, upstream.host.clone());
 
-        let sent = self.client.request(Request::from_parts(parts, body));
-        let mut resp = match tokio::time::timeout(self.settings.response_timeout, sent).await {
-            Err(_elapsed) => return Err(GatewayError::UpstreamTimeout),
-            Ok(Err(e)) => return Err(classify(upstream, &e)),
-            Ok(Ok(resp)) => resp,
-        };
+        let sent = self.pool.send(
+            &upstream.authority,
+            &upstream.addr,
+            Request::from_parts(parts, body),
+        );
+        let (mut resp, lease) =
+            match tokio::time::timeout(self.settings.response_timeout, sent).await {
+                Err(_elapsed) => return Err(GatewayError::UpstreamTimeout),
+                Ok(Err(e)) => return Err(classify(upstream, &e)),
+                Ok(Ok(sent)) => sent,
+            };
         strip_hop_by_hop(resp.headers_mut());
-        Ok(resp)
+        Ok((resp, lease))
     }
 }
 
-fn classify(upstream: &Upstream, e: &hyper_util::client::legacy::Error) -> GatewayError {
-    let timed_out = {
-        let mut source = std::error::Error::source(e);
-        let mut found = false;
-        while let Some(s) = source {
-            if s.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut) {
-                found = true;
-            }
-            source = s.source();
-        }
-        found
+fn classify(upstream: &Upstream, e: &SendError) -> GatewayError {
+    let err = match e {
+        SendError::ConnectTimeout(_) => GatewayError::UpstreamTimeout,
+        SendError::Connect { .. } | SendError::Http(_) => GatewayError::UpstreamUnavailable,
     };
-    let err = if timed_out { GatewayError::UpstreamTimeout } else { GatewayError::UpstreamUnavailable };
-    tracing::warn!(upstream = ?upstream, connect = e.is_connect(), error = %error_chain(e), code = err.code(), "upstream request failed");
+    tracing::warn!(upstream = ?upstream, error = %error_chain(e), code = err.code(), "upstream request failed");
     err
 }
 
@@ -223,7 +248,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Applies the request rules listed at the top of this module.
-pub fn rewrite_request_headers(headers: &mut HeaderMap, tenant: &Tenant, fwd: &Forwarded<'_>, inject_secret: bool) {
+pub fn rewrite_request_headers(
+    headers: &mut HeaderMap,
+    tenant: &Tenant,
+    fwd: &Forwarded<'_>,
+    inject_secret: bool,
+) {
     strip_hop_by_hop(headers);
     let client_host = headers.remove(header::HOST);
     for name in &INJECTED {
@@ -271,13 +301,20 @@ mod tests {
 
     fn forwarded<'a>(id: &'a HeaderValue) -> Forwarded<'a> {
         static HTTP: HeaderValue = HeaderValue::from_static("http");
-        Forwarded { client_ip: "10.0.0.7".parse().unwrap(), proto: &HTTP, request_id: id }
+        Forwarded {
+            client_ip: "10.0.0.7".parse().unwrap(),
+            proto: &HTTP,
+            request_id: id,
+        }
     }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         h
     }
@@ -317,15 +354,34 @@ mod tests {
             ("x-request-id", "client-id"),
         ]);
         rewrite_request_headers(&mut h, &tenant(), &forwarded(&id), false);
-        assert_eq!(h.get_all("x-tenant-provider-endpoint").iter().collect::<Vec<_>>(), ["https://ep"]);
-        assert_eq!(h.get_all("x-tenant-provider-region").iter().collect::<Vec<_>>(), ["eu"]);
-        assert_eq!(h.get_all("x-tenant-id").iter().collect::<Vec<_>>(), ["tnt_a"]);
-        assert!(h.get("x-tenant-provider-connection-string").is_none(), "secret injected without opt-in");
+        assert_eq!(
+            h.get_all("x-tenant-provider-endpoint")
+                .iter()
+                .collect::<Vec<_>>(),
+            ["https://ep"]
+        );
+        assert_eq!(
+            h.get_all("x-tenant-provider-region")
+                .iter()
+                .collect::<Vec<_>>(),
+            ["eu"]
+        );
+        assert_eq!(
+            h.get_all("x-tenant-id").iter().collect::<Vec<_>>(),
+            ["tnt_a"]
+        );
+        assert!(
+            h.get("x-tenant-provider-connection-string").is_none(),
+            "secret injected without opt-in"
+        );
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "gw.example");
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.7");
         assert_eq!(h["x-request-id"], "req-9");
-        assert!(h.get("host").is_none(), "Host is set from the backend URL by the client");
+        assert!(
+            h.get("host").is_none(),
+            "Host is set from the backend URL by the client"
+        );
     }
 
     #[test]
@@ -339,8 +395,18 @@ mod tests {
 
     #[test]
     fn upstream_urls() {
-        assert_eq!(format!("{:?}", Upstream::parse("http://chat:3000/").unwrap()), "http://chat:3000");
-        for bad in ["chat:3000", "ftp://chat", "http://chat/api", "http://u:p@chat", "http://chat?x=1", ""] {
+        assert_eq!(
+            format!("{:?}", Upstream::parse("http://chat:3000/").unwrap()),
+            "http://chat:3000"
+        );
+        for bad in [
+            "chat:3000",
+            "ftp://chat",
+            "http://chat/api",
+            "http://u:p@chat",
+            "http://chat?x=1",
+            "",
+        ] {
             assert!(Upstream::parse(bad).is_err(), "{bad}");
         }
     }

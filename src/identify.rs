@@ -15,9 +15,14 @@ use crate::tenant::is_valid_key;
 
 /// The tenant key of the request: `None` when absent, `400 tenant_malformed` when not 1-128
 /// characters of `[A-Za-z0-9._-]` or when the header appears twice with different values.
-pub fn tenant_key<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Result<Option<&'a str>, GatewayError> {
+pub fn tenant_key<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+) -> Result<Option<&'a str>, GatewayError> {
     let mut values = headers.get_all(name).iter();
-    let Some(first) = values.next() else { return Ok(None) };
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
     if values.any(|other| other != first) {
         return Err(GatewayError::TenantMalformed);
     }
@@ -25,11 +30,17 @@ pub fn tenant_key<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Result<Optio
         return Err(GatewayError::TenantMalformed);
     }
     // Valid keys are ASCII, so this cannot fail.
-    first.to_str().map(Some).map_err(|_| GatewayError::TenantMalformed)
+    first
+        .to_str()
+        .map(Some)
+        .map_err(|_| GatewayError::TenantMalformed)
 }
 
 /// Resolves a key to a servable tenant, or the outcome that refuses it.
-pub async fn resolve(directory: &Arc<Directory>, key: &str) -> Result<Arc<TenantEntry>, GatewayError> {
+pub async fn resolve(
+    directory: &Arc<Directory>,
+    key: &str,
+) -> Result<Arc<TenantEntry>, GatewayError> {
     match directory.resolve(key).await {
         Ok(Resolved::Tenant(entry)) if entry.tenant.active => Ok(entry),
         Ok(Resolved::Tenant(_)) => Err(GatewayError::TenantInactive),
@@ -63,7 +74,11 @@ mod tests {
     fn reads_checks_and_refuses_conflicts() {
         assert_eq!(key(&[]), Ok(None));
         assert_eq!(key(&["tnt_a"]), Ok(Some("tnt_a".into())));
-        assert_eq!(key(&["tnt_a", "tnt_a"]), Ok(Some("tnt_a".into())), "repeated but equal is fine");
+        assert_eq!(
+            key(&["tnt_a", "tnt_a"]),
+            Ok(Some("tnt_a".into())),
+            "repeated but equal is fine"
+        );
         assert_eq!(key(&["tnt_a", "tnt_b"]), Err(GatewayError::TenantMalformed));
         assert_eq!(key(&["tnt_a, tnt_b"]), Err(GatewayError::TenantMalformed));
         assert_eq!(key(&[""]), Err(GatewayError::TenantMalformed));

@@ -79,7 +79,10 @@ mod tests {
         let slots = Arc::new(Slots::default());
         let a = slots.try_acquire(2).unwrap();
         let _b = slots.try_acquire(2).unwrap();
-        assert_eq!(slots.try_acquire(2).unwrap_err(), GatewayError::ConcurrencyExceeded);
+        assert_eq!(
+            slots.try_acquire(2).unwrap_err(),
+            GatewayError::ConcurrencyExceeded
+        );
         assert_eq!(slots.in_flight(), 2);
         drop(a);
         assert_eq!(slots.in_flight(), 1);
@@ -94,7 +97,10 @@ mod tests {
         let guard = first.try_acquire(1).unwrap();
         let again = reg.counter(&key);
         assert!(Arc::ptr_eq(&first, &again));
-        assert!(again.try_acquire(1).is_err(), "a reloaded copy must see the slot in flight");
+        assert!(
+            again.try_acquire(1).is_err(),
+            "a reloaded copy must see the slot in flight"
+        );
         drop(guard);
         drop((first, again));
         assert_eq!(reg.counter(&key).in_flight(), 0);

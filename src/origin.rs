@@ -30,12 +30,17 @@ impl Origin {
             .ok_or_else(|| OriginError(format!("{raw:?} is not scheme://host[:port]")))?;
         let scheme = scheme.to_ascii_lowercase();
         let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
-            && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
         if !scheme_ok {
             return Err(OriginError(format!("{raw:?} has an invalid scheme")));
         }
-        let (host, port) = split_host_port(rest)
-            .ok_or_else(|| OriginError(format!("{raw:?} is not scheme://host[:port] (no path, no trailing slash)")))?;
+        let (host, port) = split_host_port(rest).ok_or_else(|| {
+            OriginError(format!(
+                "{raw:?} is not scheme://host[:port] (no path, no trailing slash)"
+            ))
+        })?;
         let host = host.to_ascii_lowercase();
         let port = match port {
             Some(p) if Some(p) == default_port(&scheme) => None,
@@ -49,7 +54,9 @@ impl Origin {
     fn parent_domains(&self) -> impl Iterator<Item = &str> {
         let is_ip = self.host.starts_with('[') || self.host.parse::<std::net::Ipv4Addr>().is_ok();
         let host = if is_ip { "" } else { self.host.as_str() };
-        host.match_indices('.').map(move |(i, _)| &host[i + 1..]).filter(|d| !d.is_empty())
+        host.match_indices('.')
+            .map(move |(i, _)| &host[i + 1..])
+            .filter(|d| !d.is_empty())
     }
 
     /// The allow-list entries that would admit this origin: itself and every wildcard over one
@@ -58,7 +65,10 @@ impl Origin {
     pub fn lookup_candidates(&self) -> Vec<String> {
         let port = self.port.map(|p| format!(":{p}")).unwrap_or_default();
         let mut out = vec![self.to_string()];
-        out.extend(self.parent_domains().map(|d| format!("{}://*.{d}{port}", self.scheme)));
+        out.extend(
+            self.parent_domains()
+                .map(|d| format!("{}://*.{d}{port}", self.scheme)),
+        );
         out
     }
 }
@@ -98,7 +108,9 @@ fn split_host_port(s: &str) -> Option<(&str, Option<u16>)> {
     };
     let host_ok = !host.is_empty()
         && (host.starts_with('[')
-            || host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '*'));
+            || host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '*'));
     if !host_ok || host.starts_with('.') || host.ends_with('.') || host.contains("..") {
         return None;
     }
@@ -119,7 +131,11 @@ enum Pattern {
     Null,
     Exact(String),
     /// `scheme://*.domain[:port]`; `suffix` is `.domain`.
-    Subdomains { scheme: String, suffix: String, port: Option<u16> },
+    Subdomains {
+        scheme: String,
+        suffix: String,
+        port: Option<u16>,
+    },
 }
 
 /// The allow-list of one tenant, ready for matching.
@@ -140,13 +156,21 @@ impl AllowedOrigins {
                 // Validate the domain part by parsing it as the origin it stands for.
                 let o = Origin::parse(&format!("{scheme}://{rest}"))?;
                 if o.host.contains('*') || o.host.starts_with('[') {
-                    return Err(OriginError(format!("{entry:?}: a wildcard covers a domain name, nothing else")));
+                    return Err(OriginError(format!(
+                        "{entry:?}: a wildcard covers a domain name, nothing else"
+                    )));
                 }
-                Pattern::Subdomains { suffix: format!(".{}", o.host), scheme: o.scheme, port: o.port }
+                Pattern::Subdomains {
+                    suffix: format!(".{}", o.host),
+                    scheme: o.scheme,
+                    port: o.port,
+                }
             } else {
                 let o = Origin::parse(entry)?;
                 if o.host.contains('*') {
-                    return Err(OriginError(format!("{entry:?}: a wildcard must be written scheme://*.domain")));
+                    return Err(OriginError(format!(
+                        "{entry:?}: a wildcard must be written scheme://*.domain"
+                    )));
                 }
                 Pattern::Exact(o.to_string())
             };
@@ -159,18 +183,28 @@ impl AllowedOrigins {
     pub fn allows(&self, raw: &str) -> bool {
         // Fast path: browsers send origins already in normal form, so a byte-equal exact entry
         // decides without allocating.
-        if self.patterns.iter().any(|p| matches!(p, Pattern::Exact(e) if e == raw)) {
+        if self
+            .patterns
+            .iter()
+            .any(|p| matches!(p, Pattern::Exact(e) if e == raw))
+        {
             return true;
         }
         if raw == "null" {
             return self.patterns.contains(&Pattern::Null);
         }
-        let Ok(origin) = Origin::parse(raw) else { return false };
+        let Ok(origin) = Origin::parse(raw) else {
+            return false;
+        };
         let normal = origin.to_string();
         self.patterns.iter().any(|p| match p {
             Pattern::Null => false,
             Pattern::Exact(e) => *e == normal,
-            Pattern::Subdomains { scheme, suffix, port } => {
+            Pattern::Subdomains {
+                scheme,
+                suffix,
+                port,
+            } => {
                 *scheme == origin.scheme
                     && *port == origin.port
                     && origin.host.len() > suffix.len()
@@ -185,7 +219,11 @@ impl AllowedOrigins {
         self.patterns.iter().map(|p| match p {
             Pattern::Null => "null".to_string(),
             Pattern::Exact(e) => e.clone(),
-            Pattern::Subdomains { scheme, suffix, port } => match port {
+            Pattern::Subdomains {
+                scheme,
+                suffix,
+                port,
+            } => match port {
                 Some(port) => format!("{scheme}://*{suffix}:{port}"),
                 None => format!("{scheme}://*{suffix}"),
             },
@@ -212,19 +250,45 @@ mod tests {
 
     #[test]
     fn normalises_case_and_default_ports() {
-        assert_eq!(Origin::parse("HTTPS://App.Example.COM:443").unwrap().to_string(), "https://app.example.com");
-        assert_eq!(Origin::parse("http://a.com:80").unwrap().to_string(), "http://a.com");
-        assert_eq!(Origin::parse("http://a.com:8080").unwrap().to_string(), "http://a.com:8080");
-        assert_eq!(Origin::parse("https://a.com:80").unwrap().to_string(), "https://a.com:80");
-        assert_eq!(Origin::parse("http://[::1]:3000").unwrap().to_string(), "http://[::1]:3000");
+        assert_eq!(
+            Origin::parse("HTTPS://App.Example.COM:443")
+                .unwrap()
+                .to_string(),
+            "https://app.example.com"
+        );
+        assert_eq!(
+            Origin::parse("http://a.com:80").unwrap().to_string(),
+            "http://a.com"
+        );
+        assert_eq!(
+            Origin::parse("http://a.com:8080").unwrap().to_string(),
+            "http://a.com:8080"
+        );
+        assert_eq!(
+            Origin::parse("https://a.com:80").unwrap().to_string(),
+            "https://a.com:80"
+        );
+        assert_eq!(
+            Origin::parse("http://[::1]:3000").unwrap().to_string(),
+            "http://[::1]:3000"
+        );
     }
 
     #[test]
     fn rejects_what_is_not_an_origin() {
         for bad in [
-            "https://a.com/", "https://a.com/path", "a.com", "https://", "https://user@a.com",
-            "https://a.com:", "https://a.com:99999", "https://a.com:0", "https://a..com",
-            "https://a.com?x", "1http://a.com", "https://a com",
+            "https://a.com/",
+            "https://a.com/path",
+            "a.com",
+            "https://",
+            "https://user@a.com",
+            "https://a.com:",
+            "https://a.com:99999",
+            "https://a.com:0",
+            "https://a..com",
+            "https://a.com?x",
+            "1http://a.com",
+            "https://a com",
         ] {
             assert!(Origin::parse(bad).is_err(), "{bad} should be rejected");
         }
@@ -239,7 +303,10 @@ mod tests {
         assert!(a.allows("http://localhost:3000"));
         assert!(!a.allows("http://client-a.com"), "another scheme");
         assert!(!a.allows("https://client-a.com:8443"), "another port");
-        assert!(!a.allows("https://client-a.com/"), "a trailing slash is not an origin");
+        assert!(
+            !a.allows("https://client-a.com/"),
+            "a trailing slash is not an origin"
+        );
         assert!(!a.allows("https://evil-client-a.com"));
         assert!(!a.allows("http://localhost"));
     }
@@ -252,8 +319,14 @@ mod tests {
         assert!(a.allows("https://APP.Client-A.com"));
         assert!(!a.allows("https://client-a.com"), "never the domain itself");
         assert!(!a.allows("http://app.client-a.com"), "never another scheme");
-        assert!(!a.allows("https://app.client-a.com:8443"), "never another port");
-        assert!(!a.allows("https://appclient-a.com"), "a label boundary is required");
+        assert!(
+            !a.allows("https://app.client-a.com:8443"),
+            "never another port"
+        );
+        assert!(
+            !a.allows("https://appclient-a.com"),
+            "a label boundary is required"
+        );
         assert!(!a.allows("https://app.client-a.com.evil.com"));
     }
 
@@ -266,9 +339,19 @@ mod tests {
 
     #[test]
     fn bad_entries_are_named() {
-        for bad in ["https://a.com/", "*.a.com", "https://*", "https://a.*.com", "https://*.[::1]"] {
+        for bad in [
+            "https://a.com/",
+            "*.a.com",
+            "https://*",
+            "https://a.*.com",
+            "https://*.[::1]",
+        ] {
             let err = AllowedOrigins::parse(&[bad]).unwrap_err();
-            assert!(err.to_string().contains(bad.split("://").last().unwrap_or(bad)), "{err}");
+            assert!(
+                err.to_string()
+                    .contains(bad.split("://").last().unwrap_or(bad)),
+                "{err}"
+            );
         }
     }
 
@@ -284,7 +367,11 @@ mod tests {
             ("https://www.b.com", false),
         ] {
             let cands = index_candidates(origin).unwrap();
-            assert_eq!(cands.iter().any(|c| keys.contains(c)), hit, "{origin}: {cands:?}");
+            assert_eq!(
+                cands.iter().any(|c| keys.contains(c)),
+                hit,
+                "{origin}: {cands:?}"
+            );
             assert_eq!(list.allows(origin), hit, "{origin}");
         }
         assert_eq!(index_candidates("null").unwrap(), ["null"]);

@@ -62,7 +62,11 @@ impl Gateway {
         let started = Instant::now();
         let method = req.method().clone();
         let uri = req.uri().clone();
-        let mut ctx = RequestContext { request_id: request_id(req.headers()), tenant: None, allowed_origin: None };
+        let mut ctx = RequestContext {
+            request_id: request_id(req.headers()),
+            tenant: None,
+            allowed_origin: None,
+        };
 
         let (mut resp, rejected) = match self.process(req, conn, &mut ctx).await {
             Ok(resp) => (resp, None),
@@ -71,18 +75,18 @@ impl Gateway {
         if let Some(origin) = ctx.allowed_origin.take() {
             cors::decorate(resp.headers_mut(), origin, &self.cors);
         }
-        resp.headers_mut().insert(X_REQUEST_ID, ctx.request_id.clone());
+        resp.headers_mut()
+            .insert(X_REQUEST_ID, ctx.request_id.clone());
 
-        tracing::info!(
-            target: "tenantgate::access",
-            method = %method,
-            path = uri.path(),
-            status = resp.status().as_u16(),
-            tenant = ctx.tenant.as_deref().unwrap_or("-"),
-            code = rejected.map_or("-", GatewayError::code),
-            latency_us = started.elapsed().as_micros() as u64,
-            request_id = ctx.request_id.to_str().unwrap_or("-"),
-        );
+        crate::logging::access(&crate::logging::AccessRecord {
+            method: method.as_str(),
+            path: uri.path(),
+            status: resp.status().as_u16(),
+            tenant: ctx.tenant.as_deref().unwrap_or("-"),
+            code: rejected.map_or("-", GatewayError::code),
+            latency_us: started.elapsed().as_micros() as u64,
+            request_id: ctx.request_id.to_str().unwrap_or("-"),
+        });
         resp
     }
 
@@ -97,36 +101,62 @@ impl Gateway {
         }
 
         // 1. identify
-        let key = identify::tenant_key(req.headers(), &self.tenant_header)?.ok_or(GatewayError::TenantMissing)?;
-        ctx.tenant = Some(Arc::from(key));
-        let entry = identify::resolve(&self.directory, key).await?;
+        let key = identify::tenant_key(req.headers(), &self.tenant_header)?
+            .ok_or(GatewayError::TenantMissing)?;
+        let entry = identify::resolve(&self.directory, key)
+            .await
+            .inspect_err(|_| ctx.tenant = Some(Arc::from(key)))?;
         let tenant = &entry.tenant;
+        ctx.tenant = Some(tenant.key.clone());
 
         // 2. cors
-        ctx.allowed_origin = cors::check_origin(req.headers(), &tenant.origins, self.require_origin)?;
+        ctx.allowed_origin =
+            cors::check_origin(req.headers(), &tenant.origins, self.require_origin)?;
 
         // 3. limit
         let slot = entry.slots.try_acquire(tenant.max_concurrent)?;
 
         // 4. forward
-        let fwd = Forwarded { client_ip: conn.peer.ip(), proto: conn.proto, request_id: &ctx.request_id };
-        let resp = self.forwarder.forward(req, tenant, &fwd).await?;
-        Ok(resp.map(|body| ProxyBody::upstream(body, Some(slot))))
+        let fwd = Forwarded {
+            client_ip: conn.peer.ip(),
+            proto: conn.proto,
+            request_id: &ctx.request_id,
+        };
+        let (resp, lease) = self.forwarder.forward(req, tenant, &fwd).await?;
+        Ok(resp.map(|body| ProxyBody::upstream(body, lease, Some(slot))))
     }
 
     /// A preflight: by the tenant's allow-list when the key is present, otherwise by whether any
     /// active tenant lists the origin. Refusals carry no `Access-Control-Allow-*` header.
-    async fn preflight(&self, headers: &HeaderMap, ctx: &mut RequestContext) -> Result<Response<ProxyBody>, GatewayError> {
-        let origin = headers.get(header::ORIGIN).cloned().ok_or(GatewayError::OriginMissing)?;
-        let raw = origin.to_str().map_err(|_| GatewayError::OriginNotAllowed)?;
+    async fn preflight(
+        &self,
+        headers: &HeaderMap,
+        ctx: &mut RequestContext,
+    ) -> Result<Response<ProxyBody>, GatewayError> {
+        let origin = headers
+            .get(header::ORIGIN)
+            .cloned()
+            .ok_or(GatewayError::OriginMissing)?;
+        let raw = origin
+            .to_str()
+            .map_err(|_| GatewayError::OriginNotAllowed)?;
         let allowed = match identify::tenant_key(headers, &self.tenant_header)? {
             Some(key) => {
                 ctx.tenant = Some(Arc::from(key));
-                identify::resolve(&self.directory, key).await?.tenant.origins.allows(raw)
+                identify::resolve(&self.directory, key)
+                    .await?
+                    .tenant
+                    .origins
+                    .allows(raw)
             }
             None => {
-                let candidates = origin::index_candidates(raw).ok_or(GatewayError::OriginNotAllowed)?;
-                match self.directory.origin_in_use(&candidates[0], &candidates).await {
+                let candidates =
+                    origin::index_candidates(raw).ok_or(GatewayError::OriginNotAllowed)?;
+                match self
+                    .directory
+                    .origin_in_use(&candidates[0], &candidates)
+                    .await
+                {
                     Ok(in_use) => in_use,
                     Err(e) => {
                         identify::log_store_error(raw, &e);

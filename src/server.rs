@@ -63,7 +63,10 @@ impl Running {
 /// The store the config names.
 pub fn open_store(config: &Config) -> Arc<dyn TenantStore> {
     match &config.store {
-        StoreConfig::File { path, poll_interval } => FileStore::open(path.clone(), *poll_interval),
+        StoreConfig::File {
+            path,
+            poll_interval,
+        } => FileStore::open(path.clone(), *poll_interval),
     }
 }
 
@@ -74,13 +77,28 @@ pub async fn start(config: Config) -> Result<Running, BindError> {
 }
 
 /// Binds the listeners and starts serving with the given store.
-pub async fn start_with_store(config: Config, store: Arc<dyn TenantStore>) -> Result<Running, BindError> {
+pub async fn start_with_store(
+    config: Config,
+    store: Arc<dyn TenantStore>,
+) -> Result<Running, BindError> {
     let listener = TcpListener::bind(config.listen)
         .await
-        .map_err(|source| BindError { what: "[server] listen", addr: config.listen, source })?;
-    let addr = listener.local_addr().map_err(|source| BindError { what: "[server] listen", addr: config.listen, source })?;
+        .map_err(|source| BindError {
+            what: "[server] listen",
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| BindError {
+        what: "[server] listen",
+        addr: config.listen,
+        source,
+    })?;
     let admin = match config.admin_listen {
-        Some(a) => Some(TcpListener::bind(a).await.map_err(|source| BindError { what: "[admin] listen", addr: a, source })?),
+        Some(a) => Some(TcpListener::bind(a).await.map_err(|source| BindError {
+            what: "[admin] listen",
+            addr: a,
+            source,
+        })?),
         None => None,
     };
     let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
@@ -95,11 +113,21 @@ pub async fn start_with_store(config: Config, store: Arc<dyn TenantStore>) -> Re
     });
     let (stop, stopped) = watch::channel(false);
     if let Some(admin) = admin {
-        tokio::spawn(crate::admin::serve(admin, directory.clone(), wait_for(stopped.clone())));
+        tokio::spawn(crate::admin::serve(
+            admin,
+            directory.clone(),
+            wait_for(stopped.clone()),
+        ));
     }
     tracing::info!(%addr, admin = ?admin_addr, store = %directory.store().describe(), "tenantgate listening");
     let task = tokio::spawn(serve(listener, gateway, config, wait_for(stopped)));
-    Ok(Running { addr, admin_addr, directory, stop, task })
+    Ok(Running {
+        addr,
+        admin_addr,
+        directory,
+        stop,
+        task,
+    })
 }
 
 async fn wait_for(mut stopped: watch::Receiver<bool>) {
@@ -108,9 +136,17 @@ async fn wait_for(mut stopped: watch::Receiver<bool>) {
 
 /// The accept loop. Returns once `shutdown` has fired and the connections have finished (or the
 /// grace period ran out).
-async fn serve(listener: TcpListener, gateway: Arc<Gateway>, config: Config, shutdown: impl Future<Output = ()>) {
+async fn serve(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(config.header_read_timeout);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout);
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(config.max_connections));
@@ -142,7 +178,11 @@ async fn serve(listener: TcpListener, gateway: Arc<Gateway>, config: Config, shu
             let gw = gw.clone();
             async move { Ok::<_, Infallible>(gw.handle(req, conn).await) }
         });
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+        let connection = graceful.watch(
+            builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned(),
+        );
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(%peer, error = %e, "client connection ended with an error");
@@ -153,7 +193,10 @@ async fn serve(listener: TcpListener, gateway: Arc<Gateway>, config: Config, shu
 
     drop(listener);
     let grace = config.shutdown_grace;
-    tracing::info!(grace_secs = grace.as_secs(), "shutting down: no new connections; finishing in-flight requests");
+    tracing::info!(
+        grace_secs = grace.as_secs(),
+        "shutting down: no new connections; finishing in-flight requests"
+    );
     tokio::select! {
         _ = graceful.shutdown() => tracing::info!("all connections finished"),
         _ = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing the remaining connections"),

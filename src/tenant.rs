@@ -10,8 +10,8 @@ use std::sync::Arc;
 use http::HeaderValue;
 use serde::{Deserialize, Serialize};
 
-use crate::origin::AllowedOrigins;
 use crate::forward::Upstream;
+use crate::origin::AllowedOrigins;
 
 /// Longest accepted tenant key.
 pub const MAX_KEY_LEN: usize = 128;
@@ -20,7 +20,9 @@ pub const MAX_KEY_LEN: usize = 128;
 pub fn is_valid_key(key: &[u8]) -> bool {
     !key.is_empty()
         && key.len() <= MAX_KEY_LEN
-        && key.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+        && key
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
 /// The tenant document exactly as stored (field names are the contract). Unknown fields are
@@ -50,7 +52,10 @@ pub struct ProviderConfig {
 impl fmt::Debug for ProviderConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ProviderConfig")
-            .field("connection_string", &self.connection_string.as_ref().map(|_| "<redacted>"))
+            .field(
+                "connection_string",
+                &self.connection_string.as_ref().map(|_| "<redacted>"),
+            )
             .field("resources", &self.resources)
             .finish()
     }
@@ -90,7 +95,10 @@ impl fmt::Debug for Tenant {
             .field("origins", &self.origins)
             .field("endpoint", &self.endpoint)
             .field("region", &self.region)
-            .field("connection_string", &self.connection_string.as_ref().map(|_| "<redacted>"))
+            .field(
+                "connection_string",
+                &self.connection_string.as_ref().map(|_| "<redacted>"),
+            )
             .field("active", &self.active)
             .field("max_concurrent", &self.max_concurrent)
             .field("upstream", &self.upstream)
@@ -118,9 +126,13 @@ impl TenantRecord {
     /// cannot belong to any tenant and is skipped with a log line by the store).
     pub fn from_json(doc: serde_json::Value) -> Result<TenantRecord, String> {
         let key = match doc.get("apiKey") {
-            Some(serde_json::Value::String(k)) if is_valid_key(k.as_bytes()) => Arc::<str>::from(k.as_str()),
+            Some(serde_json::Value::String(k)) if is_valid_key(k.as_bytes()) => {
+                Arc::<str>::from(k.as_str())
+            }
             Some(serde_json::Value::String(k)) => {
-                return Err(format!("apiKey {k:?} is not 1-{MAX_KEY_LEN} characters of [A-Za-z0-9._-]"))
+                return Err(format!(
+                    "apiKey {k:?} is not 1-{MAX_KEY_LEN} characters of [A-Za-z0-9._-]"
+                ))
             }
             Some(_) => return Err("apiKey is not a string".into()),
             None => return Err("apiKey is missing".into()),
@@ -131,7 +143,10 @@ impl TenantRecord {
             Err(e) if e.path().to_string() == "." => Err(e.inner().to_string()),
             Err(e) => Err(format!("{}: {}", e.path(), e.inner())),
         };
-        Ok(record.unwrap_or_else(|reason| TenantRecord::Misconfigured { key, reason: reason.into() }))
+        Ok(record.unwrap_or_else(|reason| TenantRecord::Misconfigured {
+            key,
+            reason: reason.into(),
+        }))
     }
 
     /// Validates a typed document; `Err` names the field that is wrong.
@@ -143,14 +158,19 @@ impl TenantRecord {
 /// Checks every field of a document; the error names the field.
 pub fn validate(doc: TenantDocument) -> Result<Tenant, String> {
     if !is_valid_key(doc.api_key.as_bytes()) {
-        return Err(format!("apiKey {:?} is not 1-{MAX_KEY_LEN} characters of [A-Za-z0-9._-]", doc.api_key));
+        return Err(format!(
+            "apiKey {:?} is not 1-{MAX_KEY_LEN} characters of [A-Za-z0-9._-]",
+            doc.api_key
+        ));
     }
-    let origins = AllowedOrigins::parse(&doc.allowed_origins).map_err(|e| format!("allowedOrigins: {e}"))?;
+    let origins =
+        AllowedOrigins::parse(&doc.allowed_origins).map_err(|e| format!("allowedOrigins: {e}"))?;
     let header = |field: &str, v: &str| {
         if v.is_empty() {
             return Err(format!("{field} is empty"));
         }
-        HeaderValue::from_str(v).map_err(|_| format!("{field} contains characters not allowed in a header"))
+        HeaderValue::from_str(v)
+            .map_err(|_| format!("{field} contains characters not allowed in a header"))
     };
     let res = &doc.provider_config.resources;
     let endpoint = header("providerConfig.resources.endpoint", &res.endpoint)?;
@@ -161,14 +181,17 @@ pub fn validate(doc: TenantDocument) -> Result<Tenant, String> {
     };
     let max = doc.max_concurrent_connections;
     if max == 0 || max > MAX_CONCURRENCY {
-        return Err(format!("maxConcurrentConnections must be 1-{MAX_CONCURRENCY}, not {max}"));
+        return Err(format!(
+            "maxConcurrentConnections must be 1-{MAX_CONCURRENCY}, not {max}"
+        ));
     }
     let upstream = match &doc.upstream {
         Some(u) => Some(Upstream::parse(u).map_err(|e| format!("upstream: {e}"))?),
         None => None,
     };
     Ok(Tenant {
-        key_header: HeaderValue::from_str(&doc.api_key).map_err(|_| "apiKey is not a header value")?,
+        key_header: HeaderValue::from_str(&doc.api_key)
+            .map_err(|_| "apiKey is not a header value")?,
         key: Arc::from(doc.api_key),
         origins,
         endpoint,
@@ -213,23 +236,44 @@ mod tests {
 
     #[test]
     fn a_good_document_validates_and_ignores_unknown_fields() {
-        let TenantRecord::Valid(t) = TenantRecord::from_json(doc()).unwrap() else { panic!() };
+        let TenantRecord::Valid(t) = TenantRecord::from_json(doc()).unwrap() else {
+            panic!()
+        };
         assert_eq!(&*t.key, "tnt_client_a");
         assert_eq!(t.region, "us-east-1");
         assert_eq!(t.max_concurrent, 100);
         assert!(t.upstream.is_some());
         assert!(t.origins.allows("https://app.client-a.com"));
-        assert!(!format!("{t:?}").contains("secret"), "Debug must redact the connection string");
+        assert!(
+            !format!("{t:?}").contains("secret"),
+            "Debug must redact the connection string"
+        );
     }
 
     #[test]
     fn a_bad_document_is_misconfigured_and_names_the_field() {
         let cases = [
-            ("/allowedOrigins", json!(["https://a.com/path"]), "allowedOrigins"),
-            ("/maxConcurrentConnections", json!(0), "maxConcurrentConnections"),
-            ("/maxConcurrentConnections", json!(-3), "maxConcurrentConnections"),
+            (
+                "/allowedOrigins",
+                json!(["https://a.com/path"]),
+                "allowedOrigins",
+            ),
+            (
+                "/maxConcurrentConnections",
+                json!(0),
+                "maxConcurrentConnections",
+            ),
+            (
+                "/maxConcurrentConnections",
+                json!(-3),
+                "maxConcurrentConnections",
+            ),
             ("/isActive", json!("yes"), "invalid type"),
-            ("/providerConfig/resources/region", json!("bad\nregion"), "providerConfig.resources.region"),
+            (
+                "/providerConfig/resources/region",
+                json!("bad\nregion"),
+                "providerConfig.resources.region",
+            ),
             ("/upstream", json!("ftp://x"), "upstream"),
         ];
         for (pointer, value, needle) in cases {
@@ -245,7 +289,9 @@ mod tests {
         }
         let mut d = doc();
         d.as_object_mut().unwrap().remove("isActive");
-        let TenantRecord::Misconfigured { reason, .. } = TenantRecord::from_json(d).unwrap() else { panic!() };
+        let TenantRecord::Misconfigured { reason, .. } = TenantRecord::from_json(d).unwrap() else {
+            panic!()
+        };
         assert!(reason.contains("isActive"), "{reason}");
     }
 

@@ -22,29 +22,52 @@ async fn tenants_file_edits_apply_without_restart_and_bad_files_keep_the_old_ten
     let gw = Gateway::start(&[tenant("tnt_a", &[A], 5)], "").await;
     let url = gw.url("/x");
     let hdrs = [("x-tenant-id", "tnt_a"), ("origin", A)];
-    assert_eq!(get(&url, &hdrs).await.seen("x-tenant-provider-region"), ["us-east-1"]);
+    assert_eq!(
+        get(&url, &hdrs).await.seen("x-tenant-provider-region"),
+        ["us-east-1"]
+    );
 
     let mut edited = tenant("tnt_a", &[A], 5);
     region_of(&mut edited, "westeurope");
     gw.write_tenants(&[edited.clone(), tenant("tnt_new", &[A], 5)]);
-    eventually(3, || async { get(&url, &hdrs).await.seen("x-tenant-provider-region") == ["westeurope"] }).await;
-    assert_eq!(get(&url, &[("x-tenant-id", "tnt_new"), ("origin", A)]).await.status, 200);
+    eventually(3, || async {
+        get(&url, &hdrs).await.seen("x-tenant-provider-region") == ["westeurope"]
+    })
+    .await;
+    assert_eq!(
+        get(&url, &[("x-tenant-id", "tnt_new"), ("origin", A)])
+            .await
+            .status,
+        200
+    );
 
     // A broken file and a file with a duplicate key are refused whole: the old tenants stay.
     std::fs::write(&gw.tenants_path, "[{\"apiKey\": ").unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(get(&url, &hdrs).await.status, 200);
-    gw.write_tenants(&[tenant("tnt_a", &[A], 5), tenant("tnt_a", &["https://b.com"], 5)]);
+    gw.write_tenants(&[
+        tenant("tnt_a", &[A], 5),
+        tenant("tnt_a", &["https://b.com"], 5),
+    ]);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let r = get(&url, &hdrs).await;
-    assert_eq!((r.status.as_u16(), r.seen("x-tenant-provider-region")), (200, vec!["westeurope".to_string()]));
+    assert_eq!(
+        (r.status.as_u16(), r.seen("x-tenant-provider-region")),
+        (200, vec!["westeurope".to_string()])
+    );
 
     // Removing and deactivating apply too.
     let mut off = edited;
     off["isActive"] = json!(false);
     gw.write_tenants(&[off]);
     eventually(3, || async { get(&url, &hdrs).await.status == 403 }).await;
-    eventually(3, || async { get(&url, &[("x-tenant-id", "tnt_new"), ("origin", A)]).await.status == 401 }).await;
+    eventually(3, || async {
+        get(&url, &[("x-tenant-id", "tnt_new"), ("origin", A)])
+            .await
+            .status
+            == 401
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -60,16 +83,44 @@ async fn readiness_follows_the_store() {
     assert_eq!(get(&admin("/healthz"), &[]).await.status, 200);
     let r = get(&admin("/readyz"), &[]).await;
     assert_eq!(r.status, 503);
-    assert!(r.json()["reason"].as_str().unwrap().contains("tenants.json"), "{:?}", r.json());
+    assert!(
+        r.json()["reason"]
+            .as_str()
+            .unwrap()
+            .contains("tenants.json"),
+        "{:?}",
+        r.json()
+    );
     let url = format!("http://{}/x", running.addr);
     let r = get(&url, &[("x-tenant-id", "tnt_a"), ("origin", A)]).await;
-    assert_eq!((r.status.as_u16(), r.error_code().as_str()), (503, "store_unavailable"));
-    let r = send(&client(), "OPTIONS", &url, &[("origin", A), ("access-control-request-method", "GET")]).await;
-    assert_eq!(r.status, 503, "preflight without a key cannot be decided either");
+    assert_eq!(
+        (r.status.as_u16(), r.error_code().as_str()),
+        (503, "store_unavailable")
+    );
+    let r = send(
+        &client(),
+        "OPTIONS",
+        &url,
+        &[("origin", A), ("access-control-request-method", "GET")],
+    )
+    .await;
+    assert_eq!(
+        r.status, 503,
+        "preflight without a key cannot be decided either"
+    );
 
     write_json(&missing, &json!([tenant("tnt_a", &[A], 5)]));
-    eventually(3, || async { get(&admin("/readyz"), &[]).await.status == 200 }).await;
-    eventually(3, || async { get(&url, &[("x-tenant-id", "tnt_a"), ("origin", A)]).await.status == 200 }).await;
+    eventually(3, || async {
+        get(&admin("/readyz"), &[]).await.status == 200
+    })
+    .await;
+    eventually(3, || async {
+        get(&url, &[("x-tenant-id", "tnt_a"), ("origin", A)])
+            .await
+            .status
+            == 200
+    })
+    .await;
     assert_eq!(get(&admin("/nope"), &[]).await.status, 404);
 }
 
@@ -91,7 +142,11 @@ fn tenantgate(args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
     input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
     drop(input);
     let out = child.wait_with_output().unwrap();
-    (out.status.code().unwrap(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 #[test]
@@ -99,18 +154,30 @@ fn check_exit_codes() {
     let dir = tempfile::tempdir().unwrap();
     let tenants = dir.path().join("tenants.json");
     std::fs::write(&tenants, tenantgate::demo::EXAMPLE_TENANTS).unwrap();
-    let good = format!("[store]\nkind = \"file\"\npath = {:?}\n", tenants.display().to_string());
+    let good = format!(
+        "[store]\nkind = \"file\"\npath = {:?}\n",
+        tenants.display().to_string()
+    );
     let cfg = write_config(dir.path(), &good);
     let (code, out, _) = tenantgate(&["check", "--config", cfg.to_str().unwrap()], None);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("2 active, 1 inactive, 0 invalid"), "{out}");
 
-    let cfg = write_config(dir.path(), &format!("{good}\n[server]\nlisen = \"0.0.0.0:1\"\n"));
+    let cfg = write_config(
+        dir.path(),
+        &format!("{good}\n[server]\nlisen = \"0.0.0.0:1\"\n"),
+    );
     let (code, _, err) = tenantgate(&["check", "--config", cfg.to_str().unwrap()], None);
     assert_eq!(code, 64);
-    assert!(err.contains("gateway.toml") && err.contains("lisen"), "{err}");
+    assert!(
+        err.contains("gateway.toml") && err.contains("lisen"),
+        "{err}"
+    );
 
-    let cfg = write_config(dir.path(), "[store]\nkind = \"file\"\npath = \"/nonexistent/tenants.json\"\n");
+    let cfg = write_config(
+        dir.path(),
+        "[store]\nkind = \"file\"\npath = \"/nonexistent/tenants.json\"\n",
+    );
     let (code, _, err) = tenantgate(&["check", "--config", cfg.to_str().unwrap()], None);
     assert_eq!(code, 69);
     assert!(err.contains("/nonexistent/tenants.json"), "{err}");
@@ -124,7 +191,13 @@ fn check_exit_codes() {
 fn tenants_commands_manage_the_file_store() {
     let dir = tempfile::tempdir().unwrap();
     let tenants = dir.path().join("tenants.json");
-    let cfg = write_config(dir.path(), &format!("[store]\nkind = \"file\"\npath = {:?}\n", tenants.display().to_string()));
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "[store]\nkind = \"file\"\npath = {:?}\n",
+            tenants.display().to_string()
+        ),
+    );
     let cfg = cfg.to_str().unwrap();
     let run = |args: &[&str], stdin: Option<&str>| {
         let mut all = vec!["tenants"];
@@ -136,7 +209,11 @@ fn tenants_commands_manage_the_file_store() {
     let (code, out, err) = run(&["import", "-"], Some(tenantgate::demo::EXAMPLE_TENANTS));
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("imported 3"));
-    assert_eq!(run(&["import", "-"], Some(tenantgate::demo::EXAMPLE_TENANTS)).0, 0, "import is idempotent");
+    assert_eq!(
+        run(&["import", "-"], Some(tenantgate::demo::EXAMPLE_TENANTS)).0,
+        0,
+        "import is idempotent"
+    );
     let (_, out, _) = run(&["list"], None);
     assert_eq!(out.lines().count(), 3, "{out}");
     assert!(out.contains("tnt_client_c\tinactive"), "{out}");
@@ -157,7 +234,11 @@ fn tenants_commands_manage_the_file_store() {
     assert_eq!(code, 0);
 
     assert_eq!(run(&["delete", "tnt_client_b"], None).0, 0);
-    assert_eq!(run(&["delete", "tnt_client_b"], None).0, 1, "deleting twice names the missing tenant");
+    assert_eq!(
+        run(&["delete", "tnt_client_b"], None).0,
+        1,
+        "deleting twice names the missing tenant"
+    );
     assert_eq!(run(&["get", "tnt_client_b"], None).0, 1);
     let (_, out, _) = run(&["export"], None);
     let all: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
@@ -179,11 +260,17 @@ fn lines_of(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String
     rx
 }
 
-fn wait_line(rx: &std::sync::mpsc::Receiver<String>, seen: &mut Vec<String>, needle: &str) -> String {
+fn wait_line(
+    rx: &std::sync::mpsc::Receiver<String>,
+    seen: &mut Vec<String>,
+    needle: &str,
+) -> String {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let line = rx.recv_timeout(left).unwrap_or_else(|_| panic!("no line with {needle:?}; saw:\n{}", seen.join("\n")));
+        let line = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no line with {needle:?}; saw:\n{}", seen.join("\n")));
         seen.push(line.clone());
         if line.contains(needle) {
             return line;
@@ -207,19 +294,35 @@ async fn binary_logs_requests_as_json_reloads_and_drains_on_sigterm() {
         ),
     );
     let mut child = Command::new(BIN)
-        .args(["--log-format", "json", "run", "--config", cfg.to_str().unwrap()])
+        .args([
+            "--log-format",
+            "json",
+            "run",
+            "--config",
+            cfg.to_str().unwrap(),
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let rx = lines_of(&mut child);
     let mut seen = Vec::new();
-    let listening: serde_json::Value = serde_json::from_str(&wait_line(&rx, &mut seen, "tenantgate listening")).unwrap();
+    let listening: serde_json::Value =
+        serde_json::from_str(&wait_line(&rx, &mut seen, "tenantgate listening")).unwrap();
     let addr = listening["addr"].as_str().unwrap().to_string();
     let url = |p: &str| format!("http://{addr}{p}");
 
-    let r = get(&url("/api/messages?token=abc"), &[("x-tenant-id", "tnt_a"), ("origin", A), ("x-request-id", "rid-1")]).await;
+    let r = get(
+        &url("/api/messages?token=abc"),
+        &[
+            ("x-tenant-id", "tnt_a"),
+            ("origin", A),
+            ("x-request-id", "rid-1"),
+        ],
+    )
+    .await;
     assert_eq!(r.status, 200);
-    let line: serde_json::Value = serde_json::from_str(&wait_line(&rx, &mut seen, "rid-1")).unwrap();
+    let line: serde_json::Value =
+        serde_json::from_str(&wait_line(&rx, &mut seen, "rid-1")).unwrap();
     assert_eq!(line["method"], "GET");
     assert_eq!(line["path"], "/api/messages", "no query string in the log");
     assert_eq!(line["status"], 200);
@@ -229,19 +332,40 @@ async fn binary_logs_requests_as_json_reloads_and_drains_on_sigterm() {
     // A broken file: one error naming the file and the problem, old tenants kept.
     std::fs::write(&tenants, "not json").unwrap();
     let err = wait_line(&rx, &mut seen, "not reloaded");
-    assert!(err.contains("tenants.json") && err.contains("not a JSON array"), "{err}");
-    assert_eq!(get(&url("/x"), &[("x-tenant-id", "tnt_a"), ("origin", A)]).await.status, 200);
+    assert!(
+        err.contains("tenants.json") && err.contains("not a JSON array"),
+        "{err}"
+    );
+    assert_eq!(
+        get(&url("/x"), &[("x-tenant-id", "tnt_a"), ("origin", A)])
+            .await
+            .status,
+        200
+    );
 
     // SIGTERM with a request in flight: it finishes, new connections are refused, exit 0.
     let slow_url = url("/slow?ms=1500");
-    let slow = tokio::spawn(async move { get(&slow_url, &[("x-tenant-id", "tnt_a"), ("origin", A)]).await.status });
+    let slow = tokio::spawn(async move {
+        get(&slow_url, &[("x-tenant-id", "tnt_a"), ("origin", A)])
+            .await
+            .status
+    });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
     wait_line(&rx, &mut seen, "shutting down");
-    assert!(tokio::net::TcpStream::connect(&addr).await.is_err(), "the listener is closed");
+    assert!(
+        tokio::net::TcpStream::connect(&addr).await.is_err(),
+        "the listener is closed"
+    );
     assert_eq!(slow.await.unwrap(), 200, "the in-flight request finished");
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
     assert_eq!(status.code(), Some(0));
     let all: String = seen.join("\n") + &rx.try_iter().collect::<Vec<_>>().join("\n");
     assert!(!all.contains("SECRET-tnt_a"), "a secret reached the log");

@@ -49,7 +49,11 @@ fn tenants() -> Vec<serde_json::Value> {
     let mut broken = tenant("tnt_broken", &[A], 5);
     broken["maxConcurrentConnections"] = json!(0);
     vec![
-        tenant("tnt_a", &[A, "https://*.client-a.com", "http://localhost:3000"], 5),
+        tenant(
+            "tnt_a",
+            &[A, "https://*.client-a.com", "http://localhost:3000"],
+            5,
+        ),
         tenant("tnt_b", &["https://client-b.com", "null"], 5),
         inactive,
         broken,
@@ -60,7 +64,10 @@ fn tenants() -> Vec<serde_json::Value> {
 async fn identify_outcomes() {
     let mut counter = None;
     let gw = Gateway::start_with(&tenants(), "", |inner| {
-        let c = Arc::new(Counting { inner, finds: AtomicUsize::new(0) });
+        let c = Arc::new(Counting {
+            inner,
+            finds: AtomicUsize::new(0),
+        });
         counter = Some(c.clone());
         c
     })
@@ -70,11 +77,24 @@ async fn identify_outcomes() {
     let url = gw.url("/api/messages");
 
     let r = get(&url, &[("origin", A)]).await;
-    assert_eq!((r.status.as_u16(), r.error_code().as_str()), (401, "tenant_missing"));
+    assert_eq!(
+        (r.status.as_u16(), r.error_code().as_str()),
+        (401, "tenant_missing")
+    );
 
-    for bad in ["a".repeat(129), "tnt a".into(), "tnt_a,tnt_b".into(), "tnt/a".into(), "".into()] {
+    for bad in [
+        "a".repeat(129),
+        "tnt a".into(),
+        "tnt_a,tnt_b".into(),
+        "tnt/a".into(),
+        "".into(),
+    ] {
         let r = get(&url, &[("x-tenant-id", &bad), ("origin", A)]).await;
-        assert_eq!((r.status.as_u16(), r.error_code().as_str()), (400, "tenant_malformed"), "{bad:?}");
+        assert_eq!(
+            (r.status.as_u16(), r.error_code().as_str()),
+            (400, "tenant_malformed"),
+            "{bad:?}"
+        );
     }
     let mut raw = TcpStream::connect(gw.running.addr).await.unwrap();
     raw.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nx-tenant-id: tnt_a\r\nx-tenant-id: tnt_b\r\norigin: https://client-a.com\r\nconnection: close\r\n\r\n")
@@ -82,27 +102,55 @@ async fn identify_outcomes() {
         .unwrap();
     let mut text = String::new();
     raw.read_to_string(&mut text).await.unwrap();
-    assert!(text.starts_with("HTTP/1.1 400") && text.contains("tenant_malformed"), "{text}");
+    assert!(
+        text.starts_with("HTTP/1.1 400") && text.contains("tenant_malformed"),
+        "{text}"
+    );
     assert_eq!(finds(), 0, "malformed keys never reach the store");
 
     let r = get(&url, &[("x-tenant-id", "tnt_nobody"), ("origin", A)]).await;
-    assert_eq!((r.status.as_u16(), r.error_code().as_str()), (401, "tenant_unknown"));
+    assert_eq!(
+        (r.status.as_u16(), r.error_code().as_str()),
+        (401, "tenant_unknown")
+    );
     assert_eq!(finds(), 1);
     for _ in 0..20 {
-        assert_eq!(get(&url, &[("x-tenant-id", "tnt_nobody"), ("origin", A)]).await.status, 401);
+        assert_eq!(
+            get(&url, &[("x-tenant-id", "tnt_nobody"), ("origin", A)])
+                .await
+                .status,
+            401
+        );
     }
     assert_eq!(finds(), 1, "unknown keys are negative-cached");
 
-    let r = get(&url, &[("x-tenant-id", "tnt_off"), ("origin", "https://off.example")]).await;
-    assert_eq!((r.status.as_u16(), r.error_code().as_str()), (403, "tenant_inactive"));
+    let r = get(
+        &url,
+        &[
+            ("x-tenant-id", "tnt_off"),
+            ("origin", "https://off.example"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (r.status.as_u16(), r.error_code().as_str()),
+        (403, "tenant_inactive")
+    );
 
     let r = get(&url, &[("x-tenant-id", "tnt_broken"), ("origin", A)]).await;
-    assert_eq!((r.status.as_u16(), r.error_code().as_str()), (503, "tenant_misconfigured"));
+    assert_eq!(
+        (r.status.as_u16(), r.error_code().as_str()),
+        (503, "tenant_misconfigured")
+    );
     assert!(r.header("access-control-allow-origin").is_none());
 
     let r = get(&url, &[("x-tenant-id", "tnt_a"), ("origin", A)]).await;
     assert_eq!(r.status, 200, "a broken neighbour does not affect tnt_a");
-    assert_eq!(gw.backend.requests(), 1, "only the allowed request reached the backend");
+    assert_eq!(
+        gw.backend.requests(),
+        1,
+        "only the allowed request reached the backend"
+    );
 }
 
 #[tokio::test]
@@ -114,9 +162,23 @@ async fn cors_on_actual_requests() {
         async move {
             let r = get(&url, &[("x-tenant-id", key), ("origin", origin)]).await;
             if r.status == 200 {
-                assert_eq!(r.header("access-control-allow-origin"), Some(origin), "echoes the origin as sent");
-                assert!(r.headers.get_all("vary").iter().any(|v| v.to_str().unwrap().contains("Origin")));
-                assert_eq!(r.headers.get_all("access-control-allow-origin").iter().count(), 1);
+                assert_eq!(
+                    r.header("access-control-allow-origin"),
+                    Some(origin),
+                    "echoes the origin as sent"
+                );
+                assert!(r
+                    .headers
+                    .get_all("vary")
+                    .iter()
+                    .any(|v| v.to_str().unwrap().contains("Origin")));
+                assert_eq!(
+                    r.headers
+                        .get_all("access-control-allow-origin")
+                        .iter()
+                        .count(),
+                    1
+                );
             } else {
                 assert_eq!(r.error_code(), "origin_not_allowed");
                 assert!(r.header("access-control-allow-origin").is_none());
@@ -125,26 +187,60 @@ async fn cors_on_actual_requests() {
         }
     };
     assert_eq!(status("tnt_a", A).await, 200);
-    assert_eq!(status("tnt_a", "https://client-b.com").await, 403, "another tenant's origin");
+    assert_eq!(
+        status("tnt_a", "https://client-b.com").await,
+        403,
+        "another tenant's origin"
+    );
     assert_eq!(status("tnt_a", "https://evil.example").await, 403);
-    assert_eq!(status("tnt_a", "https://app.client-a.com").await, 200, "wildcard subdomain");
-    assert_eq!(status("tnt_a", "https://x.app.client-a.com").await, 200, "wildcard, two labels");
-    assert_eq!(status("tnt_a", "http://app.client-a.com").await, 403, "wildcard, other scheme");
-    assert_eq!(status("tnt_a", "HTTPS://CLIENT-A.com:443").await, 200, "normalised case and default port");
+    assert_eq!(
+        status("tnt_a", "https://app.client-a.com").await,
+        200,
+        "wildcard subdomain"
+    );
+    assert_eq!(
+        status("tnt_a", "https://x.app.client-a.com").await,
+        200,
+        "wildcard, two labels"
+    );
+    assert_eq!(
+        status("tnt_a", "http://app.client-a.com").await,
+        403,
+        "wildcard, other scheme"
+    );
+    assert_eq!(
+        status("tnt_a", "HTTPS://CLIENT-A.com:443").await,
+        200,
+        "normalised case and default port"
+    );
     assert_eq!(status("tnt_a", "http://localhost:3000").await, 200);
     assert_eq!(status("tnt_a", "http://localhost:3001").await, 403);
-    assert_eq!(status("tnt_a", "https://client-a.com/").await, 403, "a trailing slash is not an origin");
+    assert_eq!(
+        status("tnt_a", "https://client-a.com/").await,
+        403,
+        "a trailing slash is not an origin"
+    );
     assert_eq!(status("tnt_a", "null").await, 403, "null only when listed");
     assert_eq!(status("tnt_b", "null").await, 200);
 
     let r = get(&url, &[("x-tenant-id", "tnt_a")]).await;
-    assert_eq!((r.status.as_u16(), r.error_code().as_str()), (403, "origin_missing"));
+    assert_eq!(
+        (r.status.as_u16(), r.error_code().as_str()),
+        (403, "origin_missing")
+    );
 
     let lax = Gateway::start(&tenants(), "[tenancy]\nrequire_origin = false\n").await;
     let r = get(&lax.url("/x"), &[("x-tenant-id", "tnt_a")]).await;
-    assert_eq!(r.status, 200, "server-to-server callers when require_origin = false");
+    assert_eq!(
+        r.status, 200,
+        "server-to-server callers when require_origin = false"
+    );
     assert!(r.header("access-control-allow-origin").is_none());
-    let r = get(&lax.url("/x"), &[("x-tenant-id", "tnt_a"), ("origin", "https://evil.example")]).await;
+    let r = get(
+        &lax.url("/x"),
+        &[("x-tenant-id", "tnt_a"), ("origin", "https://evil.example")],
+    )
+    .await;
     assert_eq!(r.status, 403, "an Origin that is present is still checked");
 }
 
@@ -155,8 +251,14 @@ async fn preflights_are_answered_by_the_gateway() {
     let preflight = |origin: &'static str, key: Option<&'static str>| {
         let url = url.clone();
         async move {
-            let mut h = vec![("origin", origin), ("access-control-request-method", "POST")];
-            h.push(("access-control-request-headers", "content-type, x-tenant-id"));
+            let mut h = vec![
+                ("origin", origin),
+                ("access-control-request-method", "POST"),
+            ];
+            h.push((
+                "access-control-request-headers",
+                "content-type, x-tenant-id",
+            ));
             if let Some(k) = key {
                 h.push(("x-tenant-id", k));
             }
@@ -168,25 +270,63 @@ async fn preflights_are_answered_by_the_gateway() {
         let r = preflight(origin, None).await;
         assert_eq!(r.status, 204, "{origin}");
         assert_eq!(r.header("access-control-allow-origin"), Some(origin));
-        assert_eq!(r.header("access-control-allow-methods"), Some("GET, POST, PUT, PATCH, DELETE, OPTIONS"));
-        assert!(r.header("access-control-allow-headers").unwrap().contains("X-Tenant-ID"));
+        assert_eq!(
+            r.header("access-control-allow-methods"),
+            Some("GET, POST, PUT, PATCH, DELETE, OPTIONS")
+        );
+        assert!(r
+            .header("access-control-allow-headers")
+            .unwrap()
+            .contains("X-Tenant-ID"));
         assert_eq!(r.header("access-control-max-age"), Some("600"));
-        assert_eq!(r.header("vary"), Some("Origin, Access-Control-Request-Method, Access-Control-Request-Headers"));
+        assert_eq!(
+            r.header("vary"),
+            Some("Origin, Access-Control-Request-Method, Access-Control-Request-Headers")
+        );
         assert!(r.body.is_empty());
     }
-    for origin in ["https://evil.example", "https://off.example", "https://client-a.com.evil.example"] {
+    for origin in [
+        "https://evil.example",
+        "https://off.example",
+        "https://client-a.com.evil.example",
+    ] {
         let r = preflight(origin, None).await;
-        assert_eq!((r.status.as_u16(), r.error_code().as_str()), (403, "origin_not_allowed"), "{origin}");
-        assert!(r.headers.keys().all(|k| !k.as_str().starts_with("access-control-allow")), "{origin}: {:?}", r.headers);
+        assert_eq!(
+            (r.status.as_u16(), r.error_code().as_str()),
+            (403, "origin_not_allowed"),
+            "{origin}"
+        );
+        assert!(
+            r.headers
+                .keys()
+                .all(|k| !k.as_str().starts_with("access-control-allow")),
+            "{origin}: {:?}",
+            r.headers
+        );
     }
     // With a key: that tenant's list decides.
     assert_eq!(preflight(A, Some("tnt_a")).await.status, 204);
-    assert_eq!(preflight("https://client-b.com", Some("tnt_a")).await.status, 403);
+    assert_eq!(
+        preflight("https://client-b.com", Some("tnt_a"))
+            .await
+            .status,
+        403
+    );
     assert_eq!(preflight(A, Some("tnt_nobody")).await.status, 401);
     // An OPTIONS that is not a preflight is an ordinary request.
-    let r = send(&client(), "OPTIONS", &url, &[("x-tenant-id", "tnt_a"), ("origin", A)]).await;
+    let r = send(
+        &client(),
+        "OPTIONS",
+        &url,
+        &[("x-tenant-id", "tnt_a"), ("origin", A)],
+    )
+    .await;
     assert_eq!(r.status, 200);
-    assert_eq!(gw.backend.requests(), 1, "preflights never reach the backend");
+    assert_eq!(
+        gw.backend.requests(),
+        1,
+        "preflights never reach the backend"
+    );
 }
 
 #[tokio::test]
@@ -196,19 +336,35 @@ async fn concurrency_cap_refuses_with_429_and_frees_slots_when_responses_end() {
     let slow: Vec<_> = (0..3)
         .map(|_| {
             let url = url.clone();
-            tokio::spawn(async move { get(&url, &[("x-tenant-id", "tnt_a"), ("origin", A)]).await.status })
+            tokio::spawn(async move {
+                get(&url, &[("x-tenant-id", "tnt_a"), ("origin", A)])
+                    .await
+                    .status
+            })
         })
         .collect();
     eventually(5, || async { gw.in_flight("tnt_a").await == 3 }).await;
     let r = get(&gw.url("/x"), &[("x-tenant-id", "tnt_a"), ("origin", A)]).await;
-    assert_eq!((r.status.as_u16(), r.error_code().as_str()), (429, "tenant_concurrency_exceeded"));
+    assert_eq!(
+        (r.status.as_u16(), r.error_code().as_str()),
+        (429, "tenant_concurrency_exceeded")
+    );
     assert_eq!(r.header("retry-after"), Some("1"));
-    assert_eq!(r.header("access-control-allow-origin"), Some(A), "browser code can read the 429");
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some(A),
+        "browser code can read the 429"
+    );
     for s in slow {
         assert_eq!(s.await.unwrap(), 200);
     }
     assert_eq!(gw.in_flight("tnt_a").await, 0);
-    assert_eq!(get(&gw.url("/x"), &[("x-tenant-id", "tnt_a"), ("origin", A)]).await.status, 200);
+    assert_eq!(
+        get(&gw.url("/x"), &[("x-tenant-id", "tnt_a"), ("origin", A)])
+            .await
+            .status,
+        200
+    );
 }
 
 #[tokio::test]
@@ -224,7 +380,11 @@ async fn aborted_streams_never_leak_slots() {
             s.write_all(request).await.unwrap();
             let mut buf = [0u8; 512];
             let n = s.read(&mut buf).await.unwrap();
-            assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+            assert!(
+                buf[..n].starts_with(b"HTTP/1.1 200"),
+                "{}",
+                String::from_utf8_lossy(&buf[..n])
+            );
             batch.push(s);
         }
         drop(batch);
@@ -232,25 +392,41 @@ async fn aborted_streams_never_leak_slots() {
     }
     // The tenant can use its whole cap again.
     let url = gw.url("/slow?ms=300");
-    let all = futures_util::future::join_all(
-        (0..CAP).map(|_| async { get(&url, &[("x-tenant-id", "tnt_a"), ("origin", A)]).await.status }),
-    )
+    let all = futures_util::future::join_all((0..CAP).map(|_| async {
+        get(&url, &[("x-tenant-id", "tnt_a"), ("origin", A)])
+            .await
+            .status
+    }))
     .await;
     assert!(all.iter().all(|s| *s == 200), "{all:?}");
 }
 
 #[tokio::test]
 async fn gateway_wide_connection_cap() {
-    let gw = Gateway::start(&[tenant("tnt_a", &[A], 100)], "[server]\nmax_connections = 2\n").await;
+    let gw = Gateway::start(
+        &[tenant("tnt_a", &[A], 100)],
+        "[server]\nmax_connections = 2\n",
+    )
+    .await;
     let hold1 = TcpStream::connect(gw.running.addr).await.unwrap();
     let _hold2 = TcpStream::connect(gw.running.addr).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let url = gw.url("/x");
-    let third = tokio::spawn(async move { get(&url, &[("x-tenant-id", "tnt_a"), ("origin", A)]).await.status });
+    let third = tokio::spawn(async move {
+        get(&url, &[("x-tenant-id", "tnt_a"), ("origin", A)])
+            .await
+            .status
+    });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!third.is_finished(), "a third connection waits while two are open");
+    assert!(
+        !third.is_finished(),
+        "a third connection waits while two are open"
+    );
     drop(hold1);
-    let status = tokio::time::timeout(Duration::from_secs(5), third).await.unwrap().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(5), third)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(status, 200);
 }
 
@@ -272,14 +448,31 @@ proxy-connection: keep-alive\r\nx-end-to-end: kept\r\nconnection: close\r\n\r\n"
     raw.read_to_string(&mut text).await.unwrap();
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(head.to_ascii_lowercase().contains("x-request-id: trace-me-42"), "the id is returned: {head}");
-    let body = body.split_once('{').map(|(_, rest)| format!("{{{rest}")).unwrap();
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("x-request-id: trace-me-42"),
+        "the id is returned: {head}"
+    );
+    let body = body
+        .split_once('{')
+        .map(|(_, rest)| format!("{{{rest}"))
+        .unwrap();
     let body = body.trim_end_matches(|c: char| c != '}');
-    let seen = Reply { status: http::StatusCode::OK, headers: Default::default(), body: Bytes::from(body.to_string()) };
-    assert_eq!(seen.seen("x-tenant-provider-endpoint"), ["https://tnt_a.communication.azure.com"]);
+    let seen = Reply {
+        status: http::StatusCode::OK,
+        headers: Default::default(),
+        body: Bytes::from(body.to_string()),
+    };
+    assert_eq!(
+        seen.seen("x-tenant-provider-endpoint"),
+        ["https://tnt_a.communication.azure.com"]
+    );
     assert_eq!(seen.seen("x-tenant-provider-region"), ["us-east-1"]);
     assert_eq!(seen.seen("x-tenant-id"), ["tnt_a"]);
-    assert!(seen.seen("x-tenant-provider-connection-string").is_empty(), "the secret is not injected by default");
+    assert!(
+        seen.seen("x-tenant-provider-connection-string").is_empty(),
+        "the secret is not injected by default"
+    );
     assert_eq!(seen.seen("x-forwarded-proto"), ["http"]);
     assert_eq!(seen.seen("x-forwarded-host"), ["gw.example"]);
     assert_eq!(seen.seen("x-forwarded-for"), ["203.0.113.9, 127.0.0.1"]);
@@ -288,7 +481,10 @@ proxy-connection: keep-alive\r\nx-end-to-end: kept\r\nconnection: close\r\n\r\n"
     for hop in ["x-hop-by-name", "keep-alive", "te", "proxy-connection"] {
         assert!(seen.seen(hop).is_empty(), "{hop} was forwarded");
     }
-    assert!(seen.seen("connection").is_empty(), "the client's Connection header is not forwarded");
+    assert!(
+        seen.seen("connection").is_empty(),
+        "the client's Connection header is not forwarded"
+    );
     assert_eq!(seen.seen("host"), [gw.backend.addr.to_string()]);
 
     // Generated when the client sends none; backend and client see the same id.
@@ -303,12 +499,23 @@ async fn connection_string_only_when_opted_in_and_per_tenant_upstreams() {
     let other = Backend::start().await;
     let mut own = tenant("tnt_own", &[A], 5);
     own["upstream"] = json!(other.url());
-    let gw = Gateway::start(&[tenant("tnt_a", &[A], 5), own], "[tenancy]\ninject_connection_string = true\n").await;
+    let gw = Gateway::start(
+        &[tenant("tnt_a", &[A], 5), own],
+        "[tenancy]\ninject_connection_string = true\n",
+    )
+    .await;
     let r = get(&gw.url("/x"), &[("x-tenant-id", "tnt_a"), ("origin", A)]).await;
-    assert_eq!(r.seen("x-tenant-provider-connection-string"), ["endpoint=https://tnt_a.example/;accesskey=SECRET-tnt_a"]);
+    assert_eq!(
+        r.seen("x-tenant-provider-connection-string"),
+        ["endpoint=https://tnt_a.example/;accesskey=SECRET-tnt_a"]
+    );
     let r = get(&gw.url("/x"), &[("x-tenant-id", "tnt_own"), ("origin", A)]).await;
     assert_eq!(r.status, 200);
-    assert_eq!((gw.backend.requests(), other.requests()), (1, 1), "tnt_own went to its own backend");
+    assert_eq!(
+        (gw.backend.requests(), other.requests()),
+        (1, 1),
+        "tnt_own went to its own backend"
+    );
     assert_eq!(r.seen("host"), [other.addr.to_string()]);
 }
 
@@ -317,23 +524,44 @@ async fn keep_alive_pool_to_the_backend() {
     let gw = Gateway::start(&[tenant("tnt_a", &[A], 5)], "").await;
     let c = client();
     for _ in 0..20 {
-        assert_eq!(send(&c, "GET", &gw.url("/x"), &[("x-tenant-id", "tnt_a"), ("origin", A)]).await.status, 200);
+        assert_eq!(
+            send(
+                &c,
+                "GET",
+                &gw.url("/x"),
+                &[("x-tenant-id", "tnt_a"), ("origin", A)]
+            )
+            .await
+            .status,
+            200
+        );
     }
     assert_eq!(gw.backend.requests(), 20);
-    assert!(gw.backend.connections() <= 2, "{} backend connections for 20 requests", gw.backend.connections());
+    assert!(
+        gw.backend.connections() <= 2,
+        "{} backend connections for 20 requests",
+        gw.backend.connections()
+    );
 }
 
 #[tokio::test]
 async fn bodies_stream_both_ways_without_buffering() {
     let gw = Gateway::start(&[tenant("tnt_a", &[A], 5)], "").await;
     // Upload: 16 MiB sent in 64 KiB chunks as they are produced.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, std::convert::Infallible>>(4);
+    let (tx, mut rx) =
+        tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, std::convert::Infallible>>(4);
     tokio::spawn(async move {
         for _ in 0..256 {
-            tx.send(Ok(http_body::Frame::data(Bytes::from(vec![7u8; 64 * 1024])))).await.unwrap();
+            tx.send(Ok(http_body::Frame::data(Bytes::from(vec![
+                7u8;
+                64 * 1024
+            ]))))
+            .await
+            .unwrap();
         }
     });
-    let body = http_body_util::StreamBody::new(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+    let body =
+        http_body_util::StreamBody::new(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
     let c = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build(hyper_util::client::legacy::connect::HttpConnector::new());
     let req = http::Request::post(gw.url("/upload"))
@@ -343,7 +571,8 @@ async fn bodies_stream_both_ways_without_buffering() {
         .unwrap();
     let resp = c.request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
-    let v: serde_json::Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
     assert_eq!(v["received_bytes"], 16 * 1024 * 1024);
 
     // Download: the first chunk arrives while the backend still holds the rest back.
@@ -355,7 +584,9 @@ async fn bodies_stream_both_ways_without_buffering() {
     let c = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build(hyper_util::client::legacy::connect::HttpConnector::new());
     let mut body = c.request(req).await.unwrap().into_body();
-    let first = tokio::time::timeout(Duration::from_millis(1500), body.frame()).await.expect("first chunk streamed");
+    let first = tokio::time::timeout(Duration::from_millis(1500), body.frame())
+        .await
+        .expect("first chunk streamed");
     assert_eq!(first.unwrap().unwrap().into_data().unwrap(), "chunk 0\n");
 }
 
@@ -367,13 +598,31 @@ async fn upstream_failures_are_502_and_504_with_cors() {
     };
     let mut dead = tenant("tnt_dead", &[A], 5);
     dead["upstream"] = json!(format!("http://{closed}"));
-    let gw = Gateway::start(&[tenant("tnt_a", &[A], 5), dead], "[upstream]\nresponse_timeout_ms = 300\n").await;
+    let gw = Gateway::start(
+        &[tenant("tnt_a", &[A], 5), dead],
+        "[upstream]\nresponse_timeout_ms = 300\n",
+    )
+    .await;
     let r = get(&gw.url("/x"), &[("x-tenant-id", "tnt_dead"), ("origin", A)]).await;
-    assert_eq!((r.status.as_u16(), r.error_code().as_str()), (502, "upstream_unavailable"));
+    assert_eq!(
+        (r.status.as_u16(), r.error_code().as_str()),
+        (502, "upstream_unavailable")
+    );
     assert_eq!(r.header("access-control-allow-origin"), Some(A));
-    let r = get(&gw.url("/slow?ms=2000"), &[("x-tenant-id", "tnt_a"), ("origin", A)]).await;
-    assert_eq!((r.status.as_u16(), r.error_code().as_str()), (504, "upstream_timeout"));
-    assert_eq!(gw.in_flight("tnt_a").await, 0, "the slot is back after a timeout");
+    let r = get(
+        &gw.url("/slow?ms=2000"),
+        &[("x-tenant-id", "tnt_a"), ("origin", A)],
+    )
+    .await;
+    assert_eq!(
+        (r.status.as_u16(), r.error_code().as_str()),
+        (504, "upstream_timeout")
+    );
+    assert_eq!(
+        gw.in_flight("tnt_a").await,
+        0,
+        "the slot is back after a timeout"
+    );
 }
 
 #[tokio::test]
@@ -382,12 +631,19 @@ async fn http2_prior_knowledge_from_clients() {
     let c = h2_client();
     let url = gw.url("/x");
     let headers = [("x-tenant-id", "tnt_a"), ("origin", A)];
-    let all = futures_util::future::join_all((0..20).map(|_| send(&c, "GET", &url, &headers))).await;
+    let all =
+        futures_util::future::join_all((0..20).map(|_| send(&c, "GET", &url, &headers))).await;
     for r in &all {
         assert_eq!(r.status, 200);
         assert_eq!(r.header("access-control-allow-origin"), Some(A));
         assert_eq!(r.seen("x-tenant-provider-region"), ["us-east-1"]);
     }
-    let r = send(&c, "GET", &gw.url("/x"), &[("x-tenant-id", "tnt_nobody"), ("origin", A)]).await;
+    let r = send(
+        &c,
+        "GET",
+        &gw.url("/x"),
+        &[("x-tenant-id", "tnt_nobody"), ("origin", A)],
+    )
+    .await;
     assert_eq!(r.error_code(), "tenant_unknown");
 }

@@ -41,7 +41,11 @@ fn stamp(path: &Path) -> std::io::Result<Stamp> {
     let inode = std::os::unix::fs::MetadataExt::ino(&meta);
     #[cfg(not(unix))]
     let inode = 0;
-    Ok(Stamp { modified: meta.modified().ok(), len: meta.len(), inode })
+    Ok(Stamp {
+        modified: meta.modified().ok(),
+        len: meta.len(),
+        inode,
+    })
 }
 
 /// Tenants from a JSON file, reloaded when it changes.
@@ -78,13 +82,24 @@ impl FileStore {
     }
 
     fn unavailable(&self) -> Option<StoreError> {
-        self.not_loaded.load().as_ref().as_ref().map(|p| StoreError::Unavailable(format!("{}: {p}", self.path.display())))
+        self.not_loaded
+            .load()
+            .as_ref()
+            .as_ref()
+            .map(|p| StoreError::Unavailable(format!("{}: {p}", self.path.display())))
     }
 
     /// Re-reads the file if its stamp changed since `last`; returns the new stamp.
-    async fn poll_once(self: &Arc<Self>, last: Option<Stamp>, sink: &UnboundedSender<Invalidation>) -> Option<Stamp> {
+    async fn poll_once(
+        self: &Arc<Self>,
+        last: Option<Stamp>,
+        sink: &UnboundedSender<Invalidation>,
+    ) -> Option<Stamp> {
         let path = self.path.clone();
-        let now = tokio::task::spawn_blocking(move || stamp(&path).ok()).await.ok().flatten();
+        let now = tokio::task::spawn_blocking(move || stamp(&path).ok())
+            .await
+            .ok()
+            .flatten();
         if now.is_none() || now == last {
             return now.or(last);
         }
@@ -112,9 +127,18 @@ impl FileStore {
 
 /// Keys whose record differs between two snapshots (added, removed or changed).
 fn diff(old: &Snapshot, new: &Snapshot) -> Vec<Arc<str>> {
-    let mut changed: Vec<Arc<str>> =
-        new.tenants.iter().filter(|(k, r)| old.tenants.get(*k) != Some(*r)).map(|(k, _)| k.clone()).collect();
-    changed.extend(old.tenants.keys().filter(|k| !new.tenants.contains_key(*k)).cloned());
+    let mut changed: Vec<Arc<str>> = new
+        .tenants
+        .iter()
+        .filter(|(k, r)| old.tenants.get(*k) != Some(*r))
+        .map(|(k, _)| k.clone())
+        .collect();
+    changed.extend(
+        old.tenants
+            .keys()
+            .filter(|k| !new.tenants.contains_key(*k))
+            .cloned(),
+    );
     changed
 }
 
@@ -135,7 +159,9 @@ fn load(path: &Path) -> Result<Snapshot, String> {
         };
         let key = record.key().clone();
         if let Some(j) = first_seen.insert(key.clone(), i) {
-            return Err(format!("duplicate apiKey {key:?} (array elements {j} and {i})"));
+            return Err(format!(
+                "duplicate apiKey {key:?} (array elements {j} and {i})"
+            ));
         }
         match &record {
             TenantRecord::Valid(t) if t.active => snapshot.origins.extend(t.origins.index_keys()),
@@ -220,7 +246,8 @@ impl FileDocuments {
         if !self.path.exists() {
             return Ok(Vec::new());
         }
-        read_documents(&self.path).map_err(|p| StoreError::Unavailable(format!("{}: {p}", self.path.display())))
+        read_documents(&self.path)
+            .map_err(|p| StoreError::Unavailable(format!("{}: {p}", self.path.display())))
     }
 
     fn write(&self, docs: &[serde_json::Value]) -> Result<(), StoreError> {
@@ -247,7 +274,9 @@ impl TenantDocuments for FileDocuments {
         for doc in &new {
             let key = validate_for_write(doc)?;
             if !seen.insert(key.clone()) {
-                return Err(StoreError::Invalid(format!("apiKey {key:?} appears twice in the input")));
+                return Err(StoreError::Invalid(format!(
+                    "apiKey {key:?} appears twice in the input"
+                )));
             }
         }
         let mut docs = self.read()?;
@@ -293,15 +322,31 @@ mod tests {
         let path = dir.path().join("t.json");
         let mut bad = doc("tnt_bad", "https://bad.com", true);
         bad["maxConcurrentConnections"] = json!(0);
-        write(&path, &[doc("tnt_a", "https://*.a.com", true), doc("tnt_off", "https://off.com", false), bad]);
+        write(
+            &path,
+            &[
+                doc("tnt_a", "https://*.a.com", true),
+                doc("tnt_off", "https://off.com", false),
+                bad,
+            ],
+        );
         let store = FileStore::open(&path, Duration::from_secs(60));
-        assert!(matches!(store.find("tnt_a").await.unwrap(), Some(TenantRecord::Valid(_))));
-        assert!(matches!(store.find("tnt_bad").await.unwrap(), Some(TenantRecord::Misconfigured { .. })));
+        assert!(matches!(
+            store.find("tnt_a").await.unwrap(),
+            Some(TenantRecord::Valid(_))
+        ));
+        assert!(matches!(
+            store.find("tnt_bad").await.unwrap(),
+            Some(TenantRecord::Misconfigured { .. })
+        ));
         assert_eq!(store.find("tnt_zz").await.unwrap(), None);
         let has = |o: &str| crate::origin::index_candidates(o).unwrap();
         assert!(store.origin_in_use(&has("https://x.a.com")).await.unwrap());
         assert!(!store.origin_in_use(&has("https://a.com")).await.unwrap());
-        assert!(!store.origin_in_use(&has("https://off.com")).await.unwrap(), "inactive tenants do not open preflights");
+        assert!(
+            !store.origin_in_use(&has("https://off.com")).await.unwrap(),
+            "inactive tenants do not open preflights"
+        );
         assert!(!store.origin_in_use(&has("https://bad.com")).await.unwrap());
     }
 
@@ -309,13 +354,22 @@ mod tests {
     async fn duplicate_keys_and_broken_json_are_refused_whole() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.json");
-        write(&path, &[doc("tnt_a", "https://a.com", true), doc("tnt_a", "https://b.com", true)]);
+        write(
+            &path,
+            &[
+                doc("tnt_a", "https://a.com", true),
+                doc("tnt_a", "https://b.com", true),
+            ],
+        );
         let err = load(&path).unwrap_err();
         assert!(err.contains("duplicate apiKey \"tnt_a\""), "{err}");
         std::fs::write(&path, "[{").unwrap();
         assert!(load(&path).unwrap_err().contains("not a JSON array"));
         let store = FileStore::open(dir.path().join("missing.json"), Duration::from_secs(60));
-        assert!(matches!(store.ping().await, Err(StoreError::Unavailable(_))));
+        assert!(matches!(
+            store.ping().await,
+            Err(StoreError::Unavailable(_))
+        ));
         assert!(store.find("tnt_a").await.is_err());
     }
 
@@ -325,8 +379,18 @@ mod tests {
         let docs = FileDocuments::new(dir.path().join("t.json"));
         let mut a = doc("tnt_a", "https://a.com", true);
         a["notes"] = json!("kept");
-        assert_eq!(docs.upsert(vec![a.clone(), doc("tnt_b", "https://b.com", true)]).await.unwrap(), 2);
-        assert_eq!(docs.upsert(vec![doc("tnt_b", "https://b2.com", false)]).await.unwrap(), 1);
+        assert_eq!(
+            docs.upsert(vec![a.clone(), doc("tnt_b", "https://b.com", true)])
+                .await
+                .unwrap(),
+            2
+        );
+        assert_eq!(
+            docs.upsert(vec![doc("tnt_b", "https://b2.com", false)])
+                .await
+                .unwrap(),
+            1
+        );
         let all = docs.list().await.unwrap();
         assert_eq!(all.len(), 2);
         assert_eq!(docs.get("tnt_a").await.unwrap().unwrap()["notes"], "kept");
@@ -335,7 +399,11 @@ mod tests {
         bad["allowedOrigins"] = json!(["not an origin"]);
         let err = docs.upsert(vec![bad]).await.unwrap_err();
         assert!(err.to_string().contains("allowedOrigins"), "{err}");
-        assert_eq!(docs.list().await.unwrap().len(), 2, "nothing written on a refused upsert");
+        assert_eq!(
+            docs.list().await.unwrap().len(),
+            2,
+            "nothing written on a refused upsert"
+        );
         assert!(docs.delete("tnt_a").await.unwrap());
         assert!(!docs.delete("tnt_a").await.unwrap());
     }

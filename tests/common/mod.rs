@@ -91,7 +91,12 @@ impl Gateway {
         let config = config(&backend.url(), &tenants_path, extra);
         let store = FileStore::open(tenants_path.clone(), Duration::from_millis(50));
         let running = start_with_store(config, wrap(store)).await.unwrap();
-        Gateway { running, backend, tenants_path, dir }
+        Gateway {
+            running,
+            backend,
+            tenants_path,
+            dir,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -128,7 +133,9 @@ pub fn config(upstream: &str, tenants: &std::path::Path, extra: &str) -> Config 
     let mut table: toml::Table = base.parse().unwrap();
     let extra: toml::Table = extra.parse().unwrap();
     for (section, values) in extra {
-        let target = table.entry(section).or_insert_with(|| toml::Value::Table(Default::default()));
+        let target = table
+            .entry(section)
+            .or_insert_with(|| toml::Value::Table(Default::default()));
         for (k, v) in values.as_table().unwrap() {
             target.as_table_mut().unwrap().insert(k.clone(), v.clone());
         }
@@ -153,7 +160,8 @@ pub struct Reply {
 
 impl Reply {
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
     }
 
     /// The `code` of a gateway error body, checking the body's shape on the way.
@@ -161,7 +169,10 @@ impl Reply {
         let v = self.json();
         assert_eq!(self.headers["content-type"], "application/json");
         assert!(v["error"]["message"].is_string(), "{v}");
-        assert_eq!(v["error"]["requestId"].as_str().unwrap(), self.headers["x-request-id"].to_str().unwrap());
+        assert_eq!(
+            v["error"]["requestId"].as_str().unwrap(),
+            self.headers["x-request-id"].to_str().unwrap()
+        );
         v["error"]["code"].as_str().unwrap().to_string()
     }
 
@@ -185,7 +196,9 @@ pub fn client() -> HttpClient {
 }
 
 pub fn h2_client() -> HttpClient {
-    Client::builder(TokioExecutor::new()).http2_only(true).build(HttpConnector::new())
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new())
 }
 
 /// Sends a request with the given headers and reads the whole response.
@@ -194,10 +207,17 @@ pub async fn send(client: &HttpClient, method: &str, url: &str, headers: &[(&str
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = client.request(req.body(Full::new(Bytes::new())).unwrap()).await.unwrap();
+    let resp = client
+        .request(req.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.unwrap().to_bytes();
-    Reply { status: parts.status, headers: parts.headers, body }
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
 }
 
 pub async fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
@@ -212,7 +232,10 @@ where
 {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
     while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "condition not met within {secs}s");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {secs}s"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
