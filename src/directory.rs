@@ -68,14 +68,15 @@ struct OriginEntry {
     fetched: Instant,
 }
 
+type Hasher = foldhash::fast::RandomState;
 type Fetch = Shared<BoxFuture<'static, Result<Resolved, StoreError>>>;
 
 /// The tenant cache. Cheap to share behind an `Arc`.
 pub struct Directory {
     store: Arc<dyn TenantStore>,
     settings: CacheSettings,
-    tenants: Cache<Arc<str>, Entry>,
-    origins: Cache<String, OriginEntry>,
+    tenants: Cache<Arc<str>, Entry, Hasher>,
+    origins: Cache<String, OriginEntry, Hasher>,
     in_flight: Mutex<HashMap<Arc<str>, Fetch>>,
     slots: SlotRegistry,
     /// Bumped by every invalidation; a fetch writes back only if it is unchanged.
@@ -87,10 +88,13 @@ impl Directory {
     /// inside a Tokio runtime.
     pub fn new(store: Arc<dyn TenantStore>, settings: CacheSettings) -> Arc<Directory> {
         let dir = Arc::new(Directory {
-            tenants: Cache::builder().max_capacity(settings.max_entries).build(),
+            // foldhash: tenant keys and origins are hashed on every request's path.
+            tenants: Cache::builder()
+                .max_capacity(settings.max_entries)
+                .build_with_hasher(Hasher::default()),
             origins: Cache::builder()
                 .max_capacity(settings.max_entries.min(10_000))
-                .build(),
+                .build_with_hasher(Hasher::default()),
             in_flight: Mutex::new(HashMap::new()),
             slots: SlotRegistry::default(),
             generation: AtomicU64::new(0),

@@ -15,7 +15,6 @@
 //! Responses lose their hop-by-hop headers the same way.
 
 use std::fmt;
-use std::net::IpAddr;
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -139,7 +138,8 @@ pub struct ForwardSettings {
 
 /// Facts about the client connection and request that the forwarded request reports.
 pub struct Forwarded<'a> {
-    pub client_ip: IpAddr,
+    /// The client's IP address as a header value.
+    pub client_ip: &'a HeaderValue,
     /// `http` or `https`, as the client reached the gateway.
     pub proto: &'static HeaderValue,
     pub request_id: &'a HeaderValue,
@@ -267,13 +267,17 @@ pub fn rewrite_request_headers(
             headers.insert(X_PROVIDER_CONNECTION_STRING, cs.clone());
         }
     }
-    let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {}", fwd.client_ip),
-        None => fwd.client_ip.to_string(),
+    let xff = match headers.get(X_FORWARDED_FOR) {
+        Some(prev) => {
+            let mut joined = Vec::with_capacity(prev.len() + 2 + fwd.client_ip.len());
+            joined.extend_from_slice(prev.as_bytes());
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(fwd.client_ip.as_bytes());
+            HeaderValue::from_bytes(&joined).unwrap_or_else(|_| fwd.client_ip.clone())
+        }
+        None => fwd.client_ip.clone(),
     };
-    if let Ok(xff) = HeaderValue::try_from(xff) {
-        headers.insert(X_FORWARDED_FOR, xff);
-    }
+    headers.insert(X_FORWARDED_FOR, xff);
     headers.insert(X_FORWARDED_PROTO, fwd.proto.clone());
     if let Some(host) = client_host {
         headers.insert(X_FORWARDED_HOST, host);
@@ -301,8 +305,9 @@ mod tests {
 
     fn forwarded<'a>(id: &'a HeaderValue) -> Forwarded<'a> {
         static HTTP: HeaderValue = HeaderValue::from_static("http");
+        static IP: HeaderValue = HeaderValue::from_static("10.0.0.7");
         Forwarded {
-            client_ip: "10.0.0.7".parse().unwrap(),
+            client_ip: &IP,
             proto: &HTTP,
             request_id: id,
         }

@@ -159,22 +159,83 @@ pub fn access(r: &AccessRecord<'_>) {
         line.clear();
         let mut ts = [0u8; 27];
         let ts = rfc3339_micros(std::time::SystemTime::now(), &mut ts);
-        let _ = if log.json {
-            let s = |v: &str| serde_json::to_string(v).unwrap_or_default();
-            writeln!(
-                line,
-                r#"{{"timestamp":"{ts}","level":"INFO","method":{},"path":{},"status":{},"tenant":{},"code":{},"latency_us":{},"request_id":{},"target":"tenantgate::access"}}"#,
-                s(r.method), s(r.path), r.status, s(r.tenant), s(r.code), r.latency_us, s(r.request_id)
-            )
+        let mut n = itoa::Buffer::new();
+        let mut push = |parts: &[&[u8]]| parts.iter().for_each(|p| line.extend_from_slice(p));
+        if log.json {
+            push(&[
+                b"{\"timestamp\":\"",
+                ts.as_bytes(),
+                b"\",\"level\":\"INFO\",\"method\":",
+            ]);
+            json_str(&mut line, r.method);
+            line.extend_from_slice(b",\"path\":");
+            json_str(&mut line, r.path);
+            push_fields(&mut line, b",\"status\":", n.format(r.status).as_bytes());
+            line.extend_from_slice(b",\"tenant\":");
+            json_str(&mut line, r.tenant);
+            line.extend_from_slice(b",\"code\":");
+            json_str(&mut line, r.code);
+            push_fields(
+                &mut line,
+                b",\"latency_us\":",
+                n.format(r.latency_us).as_bytes(),
+            );
+            line.extend_from_slice(b",\"request_id\":");
+            json_str(&mut line, r.request_id);
+            line.extend_from_slice(b",\"target\":\"tenantgate::access\"}\n");
         } else {
-            writeln!(
-                line,
-                "{ts}  INFO tenantgate::access: method={} path={:?} status={} tenant={:?} code={:?} latency_us={} request_id={:?}",
-                r.method, r.path, r.status, r.tenant, r.code, r.latency_us, r.request_id
-            )
-        };
+            push(&[
+                ts.as_bytes(),
+                b"  INFO tenantgate::access: method=",
+                r.method.as_bytes(),
+                b" path=",
+            ]);
+            quoted(&mut line, r.path);
+            push_fields(&mut line, b" status=", n.format(r.status).as_bytes());
+            line.extend_from_slice(b" tenant=");
+            quoted(&mut line, r.tenant);
+            line.extend_from_slice(b" code=");
+            quoted(&mut line, r.code);
+            push_fields(
+                &mut line,
+                b" latency_us=",
+                n.format(r.latency_us).as_bytes(),
+            );
+            line.extend_from_slice(b" request_id=");
+            quoted(&mut line, r.request_id);
+            line.push(b'\n');
+        }
         let _ = BatchWriter(log.batch.clone()).write(&line);
     });
+}
+
+fn push_fields(line: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    line.extend_from_slice(name);
+    line.extend_from_slice(value);
+}
+
+/// A JSON string (escaped as JSON requires).
+fn json_str(line: &mut Vec<u8>, v: &str) {
+    if v.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        line.push(b'"');
+        line.extend_from_slice(v.as_bytes());
+        line.push(b'"');
+    } else {
+        let _ = serde_json::to_writer(&mut *line, v);
+    }
+}
+
+/// A quoted string as `{:?}` writes it (plain when nothing needs escaping, the common case).
+fn quoted(line: &mut Vec<u8>, v: &str) {
+    if v.bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
+        line.push(b'"');
+        line.extend_from_slice(v.as_bytes());
+        line.push(b'"');
+    } else {
+        let _ = write!(line, "{v:?}");
+    }
 }
 
 /// `2026-11-28T17:46:23.613195Z` (UTC, microseconds) into `buf`.
@@ -236,6 +297,18 @@ pub fn init(format: LogFormat) -> LogGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn access_fields_are_escaped_only_when_needed() {
+        let mut line = Vec::new();
+        json_str(&mut line, "/a\"b");
+        quoted(&mut line, "/plain");
+        quoted(&mut line, "tab\there");
+        assert_eq!(
+            String::from_utf8(line).unwrap(),
+            r#""/a\"b""/plain""tab\there""#
+        );
+    }
 
     #[test]
     fn timestamps_are_rfc3339_utc_with_microseconds() {

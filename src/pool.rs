@@ -76,7 +76,7 @@ pub struct PoolSettings {
 }
 
 struct Shared {
-    idle: Mutex<HashMap<Authority, Vec<Idle>>>,
+    idle: Mutex<HashMap<Authority, Vec<Idle>, foldhash::fast::RandomState>>,
     settings: PoolSettings,
 }
 
@@ -125,7 +125,7 @@ impl Pool {
     pub fn new(settings: PoolSettings) -> Pool {
         Pool {
             shared: Arc::new(Shared {
-                idle: Mutex::new(HashMap::new()),
+                idle: Mutex::new(HashMap::default()),
                 settings,
             }),
         }

@@ -39,11 +39,20 @@ pub struct Gateway {
 }
 
 /// The client connection a request arrived on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ClientConn {
-    pub peer: SocketAddr,
+    /// The peer's IP address, rendered once per connection for `X-Forwarded-For`.
+    pub peer_ip: HeaderValue,
     /// `http` or `https`.
     pub proto: &'static HeaderValue,
+}
+
+impl ClientConn {
+    pub fn new(peer: SocketAddr, proto: &'static HeaderValue) -> ClientConn {
+        let peer_ip = HeaderValue::try_from(peer.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        ClientConn { peer_ip, proto }
+    }
 }
 
 /// Per-request state the stages fill in, used for the error response and the log line.
@@ -58,7 +67,7 @@ struct RequestContext {
 impl Gateway {
     /// Runs one request through the pipeline and logs it. Never fails: every outcome is a
     /// response.
-    pub async fn handle(&self, req: Request<Incoming>, conn: ClientConn) -> Response<ProxyBody> {
+    pub async fn handle(&self, req: Request<Incoming>, conn: &ClientConn) -> Response<ProxyBody> {
         let started = Instant::now();
         let method = req.method().clone();
         let uri = req.uri().clone();
@@ -93,7 +102,7 @@ impl Gateway {
     async fn process(
         &self,
         req: Request<Incoming>,
-        conn: ClientConn,
+        conn: &ClientConn,
         ctx: &mut RequestContext,
     ) -> Result<Response<ProxyBody>, GatewayError> {
         if cors::is_preflight(&req) {
@@ -118,7 +127,7 @@ impl Gateway {
 
         // 4. forward
         let fwd = Forwarded {
-            client_ip: conn.peer.ip(),
+            client_ip: &conn.peer_ip,
             proto: conn.proto,
             request_id: &ctx.request_id,
         };
@@ -185,8 +194,13 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let prefix = *PREFIX.get_or_init(|| fastrand::u64(..));
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let id = format!("{prefix:016x}{n:016x}");
-    HeaderValue::try_from(id).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    let mut id = [0u8; 32];
+    for (i, byte) in id.iter_mut().enumerate() {
+        let word = if i < 16 { prefix } else { n };
+        let nibble = (word >> (60 - 4 * (i % 16))) & 0xf;
+        *byte = b"0123456789abcdef"[nibble as usize];
+    }
+    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 #[cfg(test)]

@@ -173,10 +173,10 @@ async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let gw = gateway.clone();
-        let conn = ClientConn { peer, proto: &HTTP };
+        let conn = Arc::new(ClientConn::new(peer, &HTTP));
         let service = service_fn(move |req| {
-            let gw = gw.clone();
-            async move { Ok::<_, Infallible>(gw.handle(req, conn).await) }
+            let (gw, conn) = (gw.clone(), conn.clone());
+            async move { Ok::<_, Infallible>(gw.handle(req, &conn).await) }
         });
         let connection = graceful.watch(
             builder
