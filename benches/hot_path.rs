@@ -1,1 +1,140 @@
-fn main() {}
+//! Criterion benches of the per-request hot pieces (run: `cargo bench --bench hot_path`).
+//! Whole-proxy figures come from `../shared/bench/run.sh`; see BENCHMARKS.md.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use tenantgate::directory::{CacheSettings, Directory, Resolved};
+use tenantgate::forward::{rewrite_request_headers, strip_hop_by_hop, Forwarded};
+use tenantgate::origin::AllowedOrigins;
+use tenantgate::store::file::FileStore;
+use tenantgate::tenant::{Tenant, TenantRecord};
+
+fn tenant(i: usize) -> serde_json::Value {
+    serde_json::json!({
+        "apiKey": format!("tnt_{i:06}"),
+        "allowedOrigins": [format!("https://app.tnt-{i:06}.example"), format!("https://*.tnt-{i:06}.example")],
+        "providerConfig": {"resources": {"endpoint": format!("https://res-{i:06}.communication.azure.com"), "region": "westeurope"}},
+        "isActive": true,
+        "maxConcurrentConnections": 100
+    })
+}
+
+fn origin_matching(c: &mut Criterion) {
+    let list = AllowedOrigins::parse(&[
+        "https://client-a.com",
+        "http://localhost:5173",
+        "https://*.client-a.com",
+    ])
+    .unwrap();
+    let mut g = c.benchmark_group("origin");
+    g.bench_function("exact, as browsers send it", |b| {
+        b.iter(|| list.allows(black_box("https://client-a.com")))
+    });
+    g.bench_function("exact, needs normalising", |b| {
+        b.iter(|| list.allows(black_box("HTTPS://Client-A.com:443")))
+    });
+    g.bench_function("wildcard subdomain", |b| {
+        b.iter(|| list.allows(black_box("https://app.client-a.com")))
+    });
+    g.bench_function("refused", |b| {
+        b.iter(|| list.allows(black_box("https://evil.example")))
+    });
+    g.finish();
+}
+
+fn tenant_resolution(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tenants.json");
+    let docs: Vec<_> = (1..=1000).map(tenant).collect();
+    std::fs::write(&path, serde_json::to_string(&docs).unwrap()).unwrap();
+    let directory = rt.block_on(async {
+        let store = FileStore::open(&path, Duration::from_secs(3600));
+        let settings = CacheSettings {
+            ttl: Duration::from_secs(3600),
+            negative_ttl: Duration::from_secs(3600),
+            max_stale: Duration::from_secs(3600),
+            max_entries: 100_000,
+            lookup_timeout: Duration::from_secs(2),
+        };
+        Directory::new(store, settings)
+    });
+    let keys: Vec<String> = (1..=1000).map(|i| format!("tnt_{i:06}")).collect();
+    rt.block_on(async {
+        for k in &keys {
+            directory.resolve(k).await.unwrap();
+        }
+    });
+    let mut i = 0;
+    c.bench_function("resolve cached tenant (1,000 tenants, rotating)", |b| {
+        b.iter(|| {
+            i = (i + 1) % keys.len();
+            let r = rt.block_on(directory.resolve(&keys[i])).unwrap();
+            assert!(matches!(r, Resolved::Tenant(_)));
+        })
+    });
+}
+
+fn header_rewrite(c: &mut Criterion) {
+    let TenantRecord::Valid(t) = TenantRecord::from_json(tenant(1)).unwrap() else {
+        panic!()
+    };
+    let t: Arc<Tenant> = t;
+    let mut request = HeaderMap::new();
+    for (k, v) in [
+        ("host", "gw.example:8080"),
+        ("user-agent", "Mozilla/5.0"),
+        ("accept", "application/json"),
+        ("origin", "https://app.tnt-000001.example"),
+        ("x-tenant-id", "tnt_000001"),
+        ("connection", "keep-alive"),
+        ("accept-encoding", "gzip, deflate, br"),
+        ("x-tenant-provider-region", "forged"),
+    ] {
+        request.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+    }
+    let ip = HeaderValue::from_static("10.1.2.3");
+    let proto: &'static HeaderValue = Box::leak(Box::new(HeaderValue::from_static("http")));
+    let id = HeaderValue::from_static("0123456789abcdef0123456789abcdef");
+    c.bench_function("rewrite request headers (8 client headers)", |b| {
+        b.iter(|| {
+            let mut h = request.clone();
+            rewrite_request_headers(
+                &mut h,
+                &t,
+                &Forwarded {
+                    client_ip: &ip,
+                    proto,
+                    request_id: &id,
+                },
+                false,
+            );
+            black_box(h)
+        })
+    });
+    let mut response = HeaderMap::new();
+    for (k, v) in [
+        ("content-type", "application/json"),
+        ("content-length", "100"),
+        ("date", "x"),
+        ("connection", "keep-alive"),
+    ] {
+        response.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+    }
+    c.bench_function("strip hop-by-hop from a response (4 headers)", |b| {
+        b.iter(|| {
+            let mut h = response.clone();
+            strip_hop_by_hop(&mut h);
+            black_box(h)
+        })
+    });
+}
+
+criterion_group!(benches, origin_matching, tenant_resolution, header_rewrite);
+criterion_main!(benches);

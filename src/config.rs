@@ -457,3 +457,22 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod example_file {
+    use super::*;
+
+    /// `gateway.example.toml` parses, and shows every default this code uses.
+    #[test]
+    fn the_example_config_is_valid_and_shows_the_defaults() {
+        let text = include_str!("../gateway.example.toml");
+        let example: RawConfig = toml::from_str(text).unwrap();
+        let defaults = RawConfig::default();
+        assert_eq!(
+            format!("{example:?}"),
+            format!("{defaults:?}"),
+            "gateway.example.toml and the defaults disagree"
+        );
+        Config::parse(text, "gateway.example.toml").unwrap();
+    }
+}
