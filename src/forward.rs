@@ -230,19 +230,26 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// Removes the hop-by-hop headers and every header that `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
-    }
-    for name in &HOP_BY_HOP {
+    let named = connection_named(headers);
+    remove_where(headers, |n| HOP_BY_HOP.contains(n) || named.contains(n));
+}
+
+/// The header names listed in `Connection` (RFC 9110 §7.6.1: hop-by-hop as well).
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect()
+}
+
+/// Removes every header whose name satisfies `doomed`, in one pass over the names present
+/// (a handful) rather than one hash lookup per rule; nothing is allocated when none matches.
+fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
+    let names: Vec<HeaderName> = headers.keys().filter(|n| doomed(n)).cloned().collect();
+    for name in names {
         headers.remove(name);
     }
 }
@@ -254,11 +261,11 @@ pub fn rewrite_request_headers(
     fwd: &Forwarded<'_>,
     inject_secret: bool,
 ) {
-    strip_hop_by_hop(headers);
-    let client_host = headers.remove(header::HOST);
-    for name in &INJECTED {
-        headers.remove(name);
-    }
+    let client_host = headers.get(header::HOST).cloned();
+    let named = connection_named(headers);
+    remove_where(headers, |n| {
+        HOP_BY_HOP.contains(n) || INJECTED.contains(n) || n == header::HOST || named.contains(n)
+    });
     headers.insert(X_TENANT_ID, tenant.key_header.clone());
     headers.insert(X_PROVIDER_ENDPOINT, tenant.endpoint.clone());
     headers.insert(X_PROVIDER_REGION, tenant.region.clone());

@@ -43,15 +43,17 @@ pub enum SendError {
 
 struct Conn {
     sender: SendRequest<Incoming>,
-    /// `None` once the connection has finished.
-    driver: Option<Connection<TokioIo<TcpStream>, Incoming>>,
+    /// `None` once the connection has finished. Boxed: the connection state is large and a
+    /// `Conn` moves several times per request (pool, request, lease, response body); the box is
+    /// allocated once per connection, not per request.
+    driver: Option<Pin<Box<Connection<TokioIo<TcpStream>, Incoming>>>>,
 }
 
 impl Conn {
     /// Drives the connection; false once it has closed.
     fn poll_driver(&mut self, cx: &mut Context<'_>) -> bool {
         if let Some(driver) = self.driver.as_mut() {
-            if let Poll::Ready(result) = Pin::new(driver).poll(cx) {
+            if let Poll::Ready(result) = driver.as_mut().poll(cx) {
                 if let Err(e) = result {
                     tracing::debug!(error = %e, "upstream connection ended with an error");
                 }
@@ -161,7 +163,7 @@ impl Pool {
         tracing::debug!(upstream = %authority, "opened upstream connection");
         Ok(Conn {
             sender,
-            driver: Some(driver),
+            driver: Some(Box::pin(driver)),
         })
     }
 
