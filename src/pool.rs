@@ -41,12 +41,15 @@ pub enum SendError {
     Http(#[from] hyper::Error),
 }
 
+/// The future that runs one HTTP/1.1 connection to a backend.
+type Driver = Connection<TokioIo<TcpStream>, Incoming>;
+
 struct Conn {
     sender: SendRequest<Incoming>,
     /// `None` once the connection has finished. Boxed: the connection state is large and a
     /// `Conn` moves several times per request (pool, request, lease, response body); the box is
     /// allocated once per connection, not per request.
-    driver: Option<Pin<Box<Connection<TokioIo<TcpStream>, Incoming>>>>,
+    driver: Option<Pin<Box<Driver>>>,
 }
 
 impl Conn {
