@@ -154,64 +154,60 @@ pub fn access(r: &AccessRecord<'_>) {
     thread_local! {
         static LINE: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(256));
     }
+    let mut n = itoa::Buffer::new();
+    let mut m = itoa::Buffer::new();
+    let fields: [(&[u8], Field<'_>); 7] = [
+        (b"method", Field::Bare(r.method)),
+        (b"path", Field::Text(r.path)),
+        (b"status", Field::Bare(n.format(r.status))),
+        (b"tenant", Field::Text(r.tenant)),
+        (b"code", Field::Text(r.code)),
+        (b"latency_us", Field::Bare(m.format(r.latency_us))),
+        (b"request_id", Field::Text(r.request_id)),
+    ];
     LINE.with(|line| {
         let mut line = line.borrow_mut();
         line.clear();
         let mut ts = [0u8; 27];
-        let ts = rfc3339_micros(std::time::SystemTime::now(), &mut ts);
-        let mut n = itoa::Buffer::new();
-        let mut push = |parts: &[&[u8]]| parts.iter().for_each(|p| line.extend_from_slice(p));
+        let ts = rfc3339_micros(std::time::SystemTime::now(), &mut ts).as_bytes();
         if log.json {
-            push(&[
-                b"{\"timestamp\":\"",
-                ts.as_bytes(),
-                b"\",\"level\":\"INFO\",\"method\":",
-            ]);
-            json_str(&mut line, r.method);
-            line.extend_from_slice(b",\"path\":");
-            json_str(&mut line, r.path);
-            push_fields(&mut line, b",\"status\":", n.format(r.status).as_bytes());
-            line.extend_from_slice(b",\"tenant\":");
-            json_str(&mut line, r.tenant);
-            line.extend_from_slice(b",\"code\":");
-            json_str(&mut line, r.code);
-            push_fields(
-                &mut line,
-                b",\"latency_us\":",
-                n.format(r.latency_us).as_bytes(),
-            );
-            line.extend_from_slice(b",\"request_id\":");
-            json_str(&mut line, r.request_id);
+            line.extend_from_slice(b"{\"timestamp\":\"");
+            line.extend_from_slice(ts);
+            line.extend_from_slice(b"\",\"level\":\"INFO\"");
+            for (name, value) in &fields {
+                line.extend_from_slice(b",\"");
+                line.extend_from_slice(name);
+                line.extend_from_slice(b"\":");
+                match value {
+                    Field::Bare(v) if v.bytes().all(|b| b.is_ascii_digit()) => {
+                        line.extend_from_slice(v.as_bytes())
+                    }
+                    Field::Bare(v) | Field::Text(v) => json_str(&mut line, v),
+                }
+            }
             line.extend_from_slice(b",\"target\":\"tenantgate::access\"}\n");
         } else {
-            push(&[
-                ts.as_bytes(),
-                b"  INFO tenantgate::access: method=",
-                r.method.as_bytes(),
-                b" path=",
-            ]);
-            quoted(&mut line, r.path);
-            push_fields(&mut line, b" status=", n.format(r.status).as_bytes());
-            line.extend_from_slice(b" tenant=");
-            quoted(&mut line, r.tenant);
-            line.extend_from_slice(b" code=");
-            quoted(&mut line, r.code);
-            push_fields(
-                &mut line,
-                b" latency_us=",
-                n.format(r.latency_us).as_bytes(),
-            );
-            line.extend_from_slice(b" request_id=");
-            quoted(&mut line, r.request_id);
+            line.extend_from_slice(ts);
+            line.extend_from_slice(b"  INFO tenantgate::access:");
+            for (name, value) in &fields {
+                line.push(b' ');
+                line.extend_from_slice(name);
+                line.push(b'=');
+                match value {
+                    Field::Bare(v) => line.extend_from_slice(v.as_bytes()),
+                    Field::Text(v) => quoted(&mut line, v),
+                }
+            }
             line.push(b'\n');
         }
         let _ = BatchWriter(log.batch.clone()).write(&line);
     });
 }
 
-fn push_fields(line: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    line.extend_from_slice(name);
-    line.extend_from_slice(value);
+/// A value of the access line: written as is (`method=GET`, numbers) or as a quoted string.
+enum Field<'a> {
+    Bare(&'a str),
+    Text(&'a str),
 }
 
 /// A JSON string (escaped as JSON requires).
