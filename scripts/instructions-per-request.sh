@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# User-space instructions per proxied request, counted by callgrind (repeatable on a shared,
+# noisy machine, unlike wall-clock figures). Runs the gateway on the bench workload twice under
+# valgrind, for 2 s and 8 s of wrk load, and prints the slope: start-up costs cancel out.
+# Needs: a release build, valgrind, wrk, and one earlier run of ../shared/bench/run.sh (for the
+# bench upstream, the 1,000 generated tenants and the rendered gateway.toml).
+#   bash scripts/instructions-per-request.sh [ENV=VALUE ...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+B=${BENCH_WORK:-/tmp/tenantgate-bench}
+BENCH=${BENCH_DIR:-../shared/bench}
+UPSTREAM="$B/upstream-target/release/bench-upstream"
+[ -x "$UPSTREAM" ] && [ -f "$B/out/run/gateway.toml" ] || { echo "run $BENCH/run.sh once first" >&2; exit 1; }
+out=$(mktemp -d); trap 'rm -rf "$out"; kill $(jobs -p) 2>/dev/null || true' EXIT
+one() { # seconds of load -> "requests instructions"
+  "$UPSTREAM" --listen 127.0.0.1:18080 --threads 1 >/dev/null 2>&1 & local up=$!
+  env TOKIO_WORKER_THREADS=1 "$@" valgrind --tool=callgrind --callgrind-out-file="$out/cg.%p" \
+    target/release/tenantgate run --config "$B/out/run/gateway.toml" >/dev/null 2>&1 & local gw=$!
+  for _ in $(seq 150); do curl -s -o /dev/null http://127.0.0.1:18084/ && break; sleep 0.2; done
+  wrk -t1 -c20 -d"$SECS"s -s "$BENCH/lib/wrk_tenants.lua" http://127.0.0.1:18084/api/messages -- "$B/out/data/wrk_tenants.lua" >/dev/null
+  local n; n=$(curl -s http://127.0.0.1:18080/__stats | sed -E 's/.*"requests":([0-9]+).*/\1/')
+  kill "$gw"; wait "$gw" 2>/dev/null || true; kill "$up"; wait "$up" 2>/dev/null || true
+  echo "$n $(cat "$out"/cg.* | awk '/^summary:/ { s += $2 } END { print s }')"; rm -f "$out"/cg.*
+}
+SECS=2 read -r na ia <<<"$(SECS=2 one "$@")"
+read -r nb ib <<<"$(SECS=8 one "$@")"
+echo "requests $na / $nb, instructions $ia / $ib -> $(( (ib - ia) / (nb - na) )) instructions per request"
