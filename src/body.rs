@@ -73,26 +73,20 @@ impl Body for ProxyBody {
                     lease.poll_driver(cx);
                 }
                 let polled = body.as_mut().poll_frame(cx);
-                match &polled {
-                    Poll::Ready(None) => {
-                        // Complete: the connection can carry the next request.
-                        if let Some(lease) = lease.take() {
-                            lease.release();
-                        }
-                        slot.take();
+                // Finished: at the last frame (or an error), free the tenant's slot now rather
+                // than when hyper gets round to dropping the body, and give a cleanly finished
+                // connection back to the pool (a failed one is dropped with its lease).
+                let finished = match &polled {
+                    Poll::Ready(None) => Some(true),
+                    Poll::Ready(Some(Ok(_))) if body.is_end_stream() => Some(true),
+                    Poll::Ready(Some(Err(_))) => Some(false),
+                    _ => None,
+                };
+                if let Some(reusable) = finished {
+                    if let Some(lease) = lease.take().filter(|_| reusable) {
+                        lease.release();
                     }
-                    Poll::Ready(Some(Ok(frame))) if frame.is_data() && body.is_end_stream() => {
-                        if let Some(lease) = lease.take() {
-                            lease.release();
-                        }
-                        slot.take();
-                    }
-                    // Failed: the connection is dropped with the lease, never reused.
-                    Poll::Ready(Some(Err(_))) => {
-                        lease.take();
-                        slot.take();
-                    }
-                    _ => {}
+                    slot.take();
                 }
                 polled
             }

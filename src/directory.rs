@@ -146,8 +146,7 @@ impl Directory {
                 _ => {}
             }
         }
-        // Boxed: the miss path is rare and its state would bloat every request's future.
-        Box::pin(self.fetch(key)).await
+        self.fetch_shared(key).await
     }
 
     fn refresh_in_background(self: &Arc<Self>, key: &str) {
@@ -163,10 +162,6 @@ impl Directory {
                 }
             }
         });
-    }
-
-    async fn fetch(self: &Arc<Self>, key: &str) -> Result<Resolved, StoreError> {
-        self.fetch_shared(key).await
     }
 
     /// The one store query in flight for `key`, started when there is none.
