@@ -647,3 +647,178 @@ async fn http2_prior_knowledge_from_clients() {
     .await;
     assert_eq!(r.error_code(), "tenant_unknown");
 }
+
+/// A backend that answers each request on a connection and then, after `idle_close_ms`, closes
+/// it — the way servers with a short keep-alive timeout (Node's default is 5 s) drop idle
+/// connections. Optional `Connection: close` on every answer. Counts connections.
+async fn closing_backend(
+    idle_close_ms: u64,
+    connection_close: bool,
+) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let counter = conns.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut seen = Vec::new();
+                loop {
+                    let read = tokio::time::timeout(
+                        Duration::from_millis(idle_close_ms),
+                        s.read(&mut buf),
+                    )
+                    .await;
+                    let n = match read {
+                        Ok(Ok(n)) if n > 0 => n,
+                        _ => return, // idle too long, or the peer went away: close
+                    };
+                    seen.extend_from_slice(&buf[..n]);
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&seen[..end]).to_string();
+                        seen.drain(..end + 4);
+                        let (status, body) = if head.starts_with("HEAD ") {
+                            ("200 OK", "")
+                        } else if head.contains("GET /empty ") {
+                            ("204 No Content", "")
+                        } else {
+                            ("200 OK", "hello")
+                        };
+                        let close = if connection_close {
+                            "connection: close\r\n"
+                        } else {
+                            ""
+                        };
+                        let len = if status.starts_with("204") {
+                            String::new()
+                        } else {
+                            "content-length: 5\r\n".into()
+                        };
+                        let resp = format!("HTTP/1.1 {status}\r\n{len}{close}\r\n{body}");
+                        if s.write_all(resp.as_bytes()).await.is_err() || connection_close {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, conns)
+}
+
+#[tokio::test]
+async fn pooled_connections_closed_by_the_backend_are_replaced_transparently() {
+    let (addr, conns) = closing_backend(100, false).await;
+    let mut t = tenant("tnt_a", &[A], 5);
+    t["upstream"] = json!(format!("http://{addr}"));
+    let gw = Gateway::start(&[t], "").await;
+    let c = client();
+    for i in 0..5 {
+        let r = send(
+            &c,
+            "GET",
+            &gw.url("/x"),
+            &[("x-tenant-id", "tnt_a"), ("origin", A)],
+        )
+        .await;
+        assert_eq!(
+            (r.status.as_u16(), &r.body[..]),
+            (200, &b"hello"[..]),
+            "request {i}"
+        );
+        // Longer than the backend keeps an idle connection: the pooled one is dead next time.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        conns.load(Ordering::SeqCst),
+        5,
+        "one fresh connection per request, no 502"
+    );
+
+    // Back to back, the same connection is reused.
+    let before = conns.load(Ordering::SeqCst);
+    for _ in 0..10 {
+        assert_eq!(
+            send(
+                &c,
+                "GET",
+                &gw.url("/x"),
+                &[("x-tenant-id", "tnt_a"), ("origin", A)]
+            )
+            .await
+            .status,
+            200
+        );
+    }
+    assert_eq!(conns.load(Ordering::SeqCst), before + 1);
+}
+
+#[tokio::test]
+async fn connection_close_head_and_bodiless_responses_free_slot_and_connection() {
+    let (addr, conns) = closing_backend(5_000, true).await;
+    let mut t = tenant("tnt_close", &[A], 1);
+    t["upstream"] = json!(format!("http://{addr}"));
+    let (keep, keep_conns) = closing_backend(5_000, false).await;
+    let mut k = tenant("tnt_keep", &[A], 1);
+    k["upstream"] = json!(format!("http://{keep}"));
+    let gw = Gateway::start(&[t, k], "").await;
+    let c = client();
+    for _ in 0..5 {
+        let r = send(
+            &c,
+            "GET",
+            &gw.url("/x"),
+            &[("x-tenant-id", "tnt_close"), ("origin", A)],
+        )
+        .await;
+        assert_eq!(r.status, 200, "Connection: close answers are never reused");
+    }
+    assert_eq!(conns.load(Ordering::SeqCst), 5);
+    assert!(
+        r_close_header_absent(&c, &gw).await,
+        "the backend's Connection header is not passed on"
+    );
+
+    // HEAD and 204 have no body: with a cap of 1, each must free the slot at once.
+    for (method, path, status) in [
+        ("HEAD", "/x", 200),
+        ("GET", "/empty", 204),
+        ("HEAD", "/x", 200),
+        ("GET", "/x", 200),
+    ] {
+        let r = send(
+            &c,
+            method,
+            &gw.url(path),
+            &[("x-tenant-id", "tnt_keep"), ("origin", A)],
+        )
+        .await;
+        assert_eq!(r.status.as_u16(), status, "{method} {path}");
+        assert!(r.body.is_empty() || path == "/x" && method == "GET");
+        assert_eq!(
+            gw.in_flight("tnt_keep").await,
+            0,
+            "{method} {path} left its slot taken"
+        );
+    }
+    assert_eq!(
+        keep_conns.load(Ordering::SeqCst),
+        1,
+        "bodiless responses keep the connection reusable"
+    );
+}
+
+async fn r_close_header_absent(c: &HttpClient, gw: &Gateway) -> bool {
+    let r = send(
+        c,
+        "GET",
+        &gw.url("/x"),
+        &[("x-tenant-id", "tnt_close"), ("origin", A)],
+    )
+    .await;
+    r.header("connection")
+        .is_none_or(|v| !v.eq_ignore_ascii_case("close"))
+}
