@@ -13,8 +13,11 @@ use serde::Deserialize;
 use crate::directory::CacheSettings;
 use crate::forward::{ForwardSettings, Upstream};
 
-/// Environment variable that overrides `[store] uri`, so a password need not sit in a file.
-pub const STORE_URI_ENV: &str = "TENANTGATE_STORE_URI";
+/// Prefix of the environment variables that override config keys:
+/// `TENANTGATE_<SECTION>_<KEY>`, e.g. `TENANTGATE_STORE_URI` (so a password need not sit in a
+/// file) or `TENANTGATE_UPSTREAM_CONNECT_TIMEOUT_MS`. Values are read as TOML values when they
+/// parse as one (numbers, booleans, arrays), otherwise as strings.
+pub const ENV_PREFIX: &str = "TENANTGATE_";
 
 /// A configuration problem: always names the file and the key.
 #[derive(Debug, thiserror::Error)]
@@ -241,27 +244,78 @@ pub struct Config {
 }
 
 impl Config {
-    /// Reads, parses and validates a config file.
+    /// Reads, parses and validates a config file, with `TENANTGATE_*` environment overrides.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: file.clone(),
             message: format!("cannot read: {e}"),
         })?;
-        Config::parse(&text, &file)
+        Config::parse_with_env(&text, &file, std::env::vars())
     }
 
     /// Parses and validates config text; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
-            file: file.into(),
-            message: e.to_string().trim_end().replace('\n', "\n  "),
-        })?;
-        raw.validate().map_err(|message| ConfigError {
+        Config::parse_with_env(text, file, std::iter::empty())
+    }
+
+    /// Like [`Config::parse`], with the `TENANTGATE_<SECTION>_<KEY>` variables among `env`
+    /// overriding the file.
+    pub fn parse_with_env(
+        text: &str,
+        file: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let fail = |message: String| ConfigError {
             file: file.into(),
             message,
-        })
+        };
+        let toml_error = |e: toml::de::Error| e.to_string().trim_end().replace('\n', "\n  ");
+        let overrides: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(name, _)| name.starts_with(ENV_PREFIX))
+            .collect();
+        let raw: RawConfig = if overrides.is_empty() {
+            // Straight from the text, so errors keep their line and column.
+            toml::from_str(text).map_err(|e| fail(toml_error(e)))?
+        } else {
+            let mut table: toml::Table = text.parse().map_err(|e| fail(toml_error(e)))?;
+            let names = apply_env(&mut table, overrides).map_err(fail)?;
+            toml::Value::Table(table).try_into().map_err(|e| {
+                fail(format!(
+                    "{} (with environment overrides {names})",
+                    toml_error(e)
+                ))
+            })?
+        };
+        raw.validate().map_err(fail)
     }
+}
+
+/// Writes `TENANTGATE_<SECTION>_<KEY>=value` into the parsed file; returns the variables' names.
+fn apply_env(table: &mut toml::Table, vars: Vec<(String, String)>) -> Result<String, String> {
+    let mut names = Vec::new();
+    for (name, value) in vars {
+        let lower = name[ENV_PREFIX.len()..].to_ascii_lowercase();
+        let Some((section, key)) = lower.split_once('_') else {
+            return Err(format!(
+                "environment variable {name}: expected {ENV_PREFIX}<SECTION>_<KEY>"
+            ));
+        };
+        let value = format!("v = {value}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or(toml::Value::String(value));
+        let section = table
+            .entry(section)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| format!("environment variable {name}: [{section}] is not a section"))?;
+        section.insert(key.to_string(), value);
+        names.push(name);
+    }
+    Ok(names.join(", "))
 }
 
 fn addr(key: &str, v: &str) -> Result<SocketAddr, String> {
@@ -455,6 +509,56 @@ mod tests {
             assert!(err.starts_with("gw.toml: "), "{err}");
             assert!(err.contains(key), "{text:?} -> {err}");
         }
+    }
+}
+
+#[cfg(test)]
+mod env_overrides {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn environment_variables_override_the_file() {
+        let text = "[upstream]\nurl = \"http://a:1\"\n[store]\nuri = \"mongodb://from-file\"\n";
+        let vars = env(&[
+            ("TENANTGATE_STORE_URI", "mongodb://user:secret@db:27017"),
+            ("TENANTGATE_UPSTREAM_CONNECT_TIMEOUT_MS", "250"),
+            ("TENANTGATE_TENANCY_REQUIRE_ORIGIN", "false"),
+            ("TENANTGATE_SERVER_LISTEN", "127.0.0.1:9999"),
+            ("PATH", "/usr/bin"),
+        ]);
+        let c = Config::parse_with_env(text, "g.toml", vars).unwrap();
+        assert_eq!(c.forward.connect_timeout, Duration::from_millis(250));
+        assert!(!c.require_origin);
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9999");
+        assert_eq!(
+            format!("{:?}", c.forward.default_upstream),
+            "http://a:1",
+            "keys not overridden stay"
+        );
+    }
+
+    #[test]
+    fn bad_overrides_name_the_variable() {
+        let err = Config::parse_with_env("", "g.toml", env(&[("TENANTGATE_SERVER_LISEN", "x")]))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("TENANTGATE_SERVER_LISEN")
+                && err.to_string().contains("lisen"),
+            "{err}"
+        );
+        let err = Config::parse_with_env("", "g.toml", env(&[("TENANTGATE_NOSECTION", "x")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("TENANTGATE_NOSECTION"), "{err}");
+        let err = Config::parse_with_env("", "g.toml", env(&[("TENANTGATE_CACHE_TTL_SECS", "0")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("[cache] ttl_secs"), "{err}");
     }
 }
 
