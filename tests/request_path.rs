@@ -524,17 +524,7 @@ async fn keep_alive_pool_to_the_backend() {
     let gw = Gateway::start(&[tenant("tnt_a", &[A], 5)], "").await;
     let c = client();
     for _ in 0..20 {
-        assert_eq!(
-            send(
-                &c,
-                "GET",
-                &gw.url("/x"),
-                &[("x-tenant-id", "tnt_a"), ("origin", A)]
-            )
-            .await
-            .status,
-            200
-        );
+        assert_eq!(as_tenant(&c, &gw.url("/x"), "tnt_a", A).await.status, 200);
     }
     assert_eq!(gw.backend.requests(), 20);
     assert!(
@@ -638,13 +628,7 @@ async fn http2_prior_knowledge_from_clients() {
         assert_eq!(r.header("access-control-allow-origin"), Some(A));
         assert_eq!(r.seen("x-tenant-provider-region"), ["us-east-1"]);
     }
-    let r = send(
-        &c,
-        "GET",
-        &gw.url("/x"),
-        &[("x-tenant-id", "tnt_nobody"), ("origin", A)],
-    )
-    .await;
+    let r = as_tenant(&c, &gw.url("/x"), "tnt_nobody", A).await;
     assert_eq!(r.error_code(), "tenant_unknown");
 }
 
@@ -717,13 +701,7 @@ async fn pooled_connections_closed_by_the_backend_are_replaced_transparently() {
     let gw = Gateway::start(&[t], "").await;
     let c = client();
     for i in 0..5 {
-        let r = send(
-            &c,
-            "GET",
-            &gw.url("/x"),
-            &[("x-tenant-id", "tnt_a"), ("origin", A)],
-        )
-        .await;
+        let r = as_tenant(&c, &gw.url("/x"), "tnt_a", A).await;
         assert_eq!(
             (r.status.as_u16(), &r.body[..]),
             (200, &b"hello"[..]),
@@ -741,17 +719,7 @@ async fn pooled_connections_closed_by_the_backend_are_replaced_transparently() {
     // Back to back, the same connection is reused.
     let before = conns.load(Ordering::SeqCst);
     for _ in 0..10 {
-        assert_eq!(
-            send(
-                &c,
-                "GET",
-                &gw.url("/x"),
-                &[("x-tenant-id", "tnt_a"), ("origin", A)]
-            )
-            .await
-            .status,
-            200
-        );
+        assert_eq!(as_tenant(&c, &gw.url("/x"), "tnt_a", A).await.status, 200);
     }
     assert_eq!(conns.load(Ordering::SeqCst), before + 1);
 }
@@ -767,13 +735,7 @@ async fn connection_close_head_and_bodiless_responses_free_slot_and_connection()
     let gw = Gateway::start(&[t, k], "").await;
     let c = client();
     for _ in 0..5 {
-        let r = send(
-            &c,
-            "GET",
-            &gw.url("/x"),
-            &[("x-tenant-id", "tnt_close"), ("origin", A)],
-        )
-        .await;
+        let r = as_tenant(&c, &gw.url("/x"), "tnt_close", A).await;
         assert_eq!(r.status, 200, "Connection: close answers are never reused");
     }
     assert_eq!(conns.load(Ordering::SeqCst), 5);

@@ -239,3 +239,9 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// `GET url` as tenant `key` from `origin`, on client `c` (reuse one client to reuse its
+/// connection).
+pub async fn as_tenant(c: &HttpClient, url: &str, key: &str, origin: &str) -> Reply {
+    send(c, "GET", url, &[("x-tenant-id", key), ("origin", origin)]).await
+}
