@@ -41,15 +41,17 @@ impl ProxyBody {
         ProxyBody::Full { data: None }
     }
 
-    /// The backend's body on its connection, holding `slot` until its last frame has gone out.
-    pub fn upstream(body: Incoming, lease: Lease, slot: Option<SlotGuard>) -> Self {
+    /// The backend's body on its connection (pooled: `lease`), holding `slot` until its last
+    /// frame has gone out.
+    pub fn upstream(body: Incoming, lease: Option<Lease>, slot: Option<SlotGuard>) -> Self {
         // A body that is already complete (no content) frees its connection at once: hyper
         // may never poll such a body.
-        let lease = if body.is_end_stream() {
-            lease.release();
-            None
-        } else {
-            Some(lease)
+        let lease = match lease {
+            Some(lease) if body.is_end_stream() => {
+                lease.release();
+                None
+            }
+            lease => lease,
         };
         ProxyBody::Upstream { body, lease, slot }
     }

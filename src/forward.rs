@@ -13,6 +13,10 @@
 //! 5. `Host` becomes the backend's authority (the client's host travels in `X-Forwarded-Host`).
 //!
 //! Responses lose their hop-by-hop headers the same way.
+//!
+//! Protocol upgrades (WebSocket) keep `Upgrade` and `Connection: upgrade`, lose the
+//! `tenant.<key>` entry of `Sec-WebSocket-Protocol`, travel on a connection of their own, and
+//! after `101` are spliced both ways while holding the tenant's slot ([`Forwarder::upgrade`]).
 
 use std::fmt;
 use std::time::Duration;
@@ -23,6 +27,10 @@ use http::{Request, Response, Version};
 use hyper::body::Incoming;
 
 use crate::error::GatewayError;
+use hyper_util::rt::TokioIo;
+
+use crate::body::ProxyBody;
+use crate::limit::SlotGuard;
 use crate::pool::{Lease, Pool, PoolSettings, SendError};
 use crate::tenant::Tenant;
 
@@ -169,6 +177,70 @@ impl Forwarder {
         tenant: &Tenant,
         fwd: &Forwarded<'_>,
     ) -> Result<(Response<Incoming>, Lease), GatewayError> {
+        let (upstream, req) = self.prepare(req, tenant, fwd);
+        let sent = self.pool.send(&upstream.authority, &upstream.addr, req);
+        let (mut resp, lease) = self.within_response_timeout(upstream, sent).await?;
+        strip_hop_by_hop(resp.headers_mut());
+        Ok((resp, lease))
+    }
+
+    /// Forwards a protocol upgrade (WebSocket): on `101 Switching Protocols` the client and
+    /// backend connections are spliced in both directions by a task that holds the tenant's
+    /// `slot` until both sides have closed. A backend that declines the upgrade has its answer
+    /// passed through like any response.
+    pub async fn upgrade(
+        &self,
+        mut req: Request<Incoming>,
+        tenant: &Tenant,
+        fwd: &Forwarded<'_>,
+        slot: SlotGuard,
+    ) -> Result<Response<ProxyBody>, GatewayError> {
+        let client_side = hyper::upgrade::on(&mut req);
+        let protocol = req.headers().get(header::UPGRADE).cloned();
+        let (upstream, mut req) = self.prepare(req, tenant, fwd);
+        let headers = req.headers_mut();
+        if let Some(protocol) = protocol {
+            headers.insert(header::UPGRADE, protocol);
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        strip_tenant_subprotocol(headers);
+
+        let sent = self.pool.send_upgrade(&upstream.addr, req);
+        let mut resp = self.within_response_timeout(upstream, sent).await?;
+        if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+            strip_hop_by_hop(resp.headers_mut());
+            return Ok(resp.map(|body| ProxyBody::upstream(body, None, Some(slot))));
+        }
+        let upstream_side = hyper::upgrade::on(&mut resp);
+        let tenant_key = tenant.key.clone();
+        tokio::spawn(async move {
+            let _slot = slot; // one of the tenant's slots for as long as the tunnel is open
+            match tokio::try_join!(client_side, upstream_side) {
+                Ok((client, backend)) => splice(TokioIo::new(client), TokioIo::new(backend)).await,
+                Err(e) => {
+                    tracing::warn!(tenant = %tenant_key, error = %e, "protocol upgrade failed")
+                }
+            }
+        });
+        let (mut parts, _) = resp.into_parts();
+        let protocol = parts.headers.get(header::UPGRADE).cloned();
+        strip_hop_by_hop(&mut parts.headers);
+        if let Some(protocol) = protocol {
+            parts.headers.insert(header::UPGRADE, protocol);
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        Ok(Response::from_parts(parts, ProxyBody::empty()))
+    }
+
+    /// The request as the backend gets it: origin-form URI, HTTP/1.1, the header rules, `Host`.
+    fn prepare<'a>(
+        &'a self,
+        req: Request<Incoming>,
+        tenant: &'a Tenant,
+        fwd: &Forwarded<'_>,
+    ) -> (&'a Upstream, Request<Incoming>) {
         let (mut parts, body) = req.into_parts();
         let upstream = tenant
             .upstream
@@ -182,7 +254,7 @@ impl Forwarder {
                 .cloned()
                 .unwrap_or_else(|| PathAndQuery::from_static("/")),
         );
-        // The pool speaks HTTP/1.1 to the backend whatever the client spoke to us.
+        // HTTP/1.1 to the backend whatever the client spoke to us.
         parts.version = Version::HTTP_11;
         rewrite_request_headers(
             &mut parts.headers,
@@ -191,20 +263,84 @@ impl Forwarder {
             self.settings.inject_connection_string,
         );
         parts.headers.insert(header::HOST, upstream.host.clone());
+        (upstream, Request::from_parts(parts, body))
+    }
 
-        let sent = self.pool.send(
-            &upstream.authority,
-            &upstream.addr,
-            Request::from_parts(parts, body),
-        );
-        let (mut resp, lease) =
-            match tokio::time::timeout(self.settings.response_timeout, sent).await {
-                Err(_elapsed) => return Err(GatewayError::UpstreamTimeout),
-                Ok(Err(e)) => return Err(classify(upstream, &e)),
-                Ok(Ok(sent)) => sent,
-            };
-        strip_hop_by_hop(resp.headers_mut());
-        Ok((resp, lease))
+    async fn within_response_timeout<T>(
+        &self,
+        upstream: &Upstream,
+        sent: impl std::future::Future<Output = Result<T, SendError>>,
+    ) -> Result<T, GatewayError> {
+        match tokio::time::timeout(self.settings.response_timeout, sent).await {
+            Err(_elapsed) => Err(GatewayError::UpstreamTimeout),
+            Ok(Err(e)) => Err(classify(upstream, &e)),
+            Ok(Ok(sent)) => Ok(sent),
+        }
+    }
+}
+
+/// Copies both ways until one side is done. The tunnel ends when either direction ends (after
+/// that direction's last bytes are written and its write side shut down): a WebSocket is over
+/// once either peer has closed, and waiting for the other half-close would let a silent peer
+/// hold the tenant's slot.
+async fn splice<C, B>(client: C, backend: B)
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+{
+    use tokio::io::AsyncWriteExt;
+    let (mut client_read, mut client_write) = tokio::io::split(client);
+    let (mut backend_read, mut backend_write) = tokio::io::split(backend);
+    let to_backend = async {
+        let copied = tokio::io::copy(&mut client_read, &mut backend_write).await;
+        let _ = backend_write.shutdown().await;
+        copied
+    };
+    let to_client = async {
+        let copied = tokio::io::copy(&mut backend_read, &mut client_write).await;
+        let _ = client_write.shutdown().await;
+        copied
+    };
+    let ended = tokio::select! {
+        r = to_backend => r,
+        r = to_client => r,
+    };
+    if let Err(e) = ended {
+        tracing::debug!(error = %e, "upgraded connection ended with an error");
+    }
+}
+
+/// Whether the request asks to switch protocols (`Connection: upgrade` + `Upgrade`).
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Removes the `tenant.<key>` entry from `Sec-WebSocket-Protocol` (it names the tenant to the
+/// gateway, not a protocol the backend offers); other offered subprotocols pass through.
+pub fn strip_tenant_subprotocol(headers: &mut HeaderMap) {
+    if !headers.contains_key(header::SEC_WEBSOCKET_PROTOCOL) {
+        return;
+    }
+    let kept: Vec<String> = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|p| !p.is_empty() && !p.starts_with(crate::identify::TENANT_SUBPROTOCOL))
+        .map(String::from)
+        .collect();
+    headers.remove(header::SEC_WEBSOCKET_PROTOCOL);
+    if let Ok(v) = HeaderValue::try_from(kept.join(", ")) {
+        if !kept.is_empty() {
+            headers.insert(header::SEC_WEBSOCKET_PROTOCOL, v);
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 //! Stage 1 — identify: which tenant is this request for?
 //!
-//! The key comes from the tenant header (`X-Tenant-ID` unless configured otherwise). It is
-//! checked for shape before anything else, so malformed keys never reach the cache or the
+//! The key comes from the tenant header (`X-Tenant-ID` unless configured otherwise) or, for
+//! WebSockets, from a `tenant.<key>` subprotocol entry. It is checked for shape before anything
+//! else, so malformed keys never reach the cache or the
 //! store; then the directory resolves it.
 
 use std::sync::Arc;
@@ -13,15 +14,20 @@ use crate::error::GatewayError;
 use crate::store::StoreError;
 use crate::tenant::is_valid_key;
 
-/// The tenant key of the request: `None` when absent, `400 tenant_malformed` when not 1-128
-/// characters of `[A-Za-z0-9._-]` or when the header appears twice with different values.
+/// Prefix of the `Sec-WebSocket-Protocol` entry that carries the tenant key: browsers cannot set
+/// headers on a WebSocket, so `new WebSocket(url, ["tenant.<key>", "chat.v1"])` names the tenant.
+pub const TENANT_SUBPROTOCOL: &str = "tenant.";
+
+/// The tenant key of the request: from the tenant header, else from a `tenant.<key>` entry of
+/// `Sec-WebSocket-Protocol`. `None` when absent; `400 tenant_malformed` when not 1-128
+/// characters of `[A-Za-z0-9._-]` or when given twice with different values.
 pub fn tenant_key<'a>(
     headers: &'a HeaderMap,
     name: &HeaderName,
 ) -> Result<Option<&'a str>, GatewayError> {
     let mut values = headers.get_all(name).iter();
     let Some(first) = values.next() else {
-        return Ok(None);
+        return subprotocol_key(headers);
     };
     if values.any(|other| other != first) {
         return Err(GatewayError::TenantMalformed);
@@ -34,6 +40,23 @@ pub fn tenant_key<'a>(
         .to_str()
         .map(Some)
         .map_err(|_| GatewayError::TenantMalformed)
+}
+
+fn subprotocol_key(headers: &HeaderMap) -> Result<Option<&str>, GatewayError> {
+    let mut found: Option<&str> = None;
+    let entries = headers
+        .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|p| p.trim().strip_prefix(TENANT_SUBPROTOCOL));
+    for key in entries {
+        if !is_valid_key(key.as_bytes()) || found.is_some_and(|f| f != key) {
+            return Err(GatewayError::TenantMalformed);
+        }
+        found = Some(key);
+    }
+    Ok(found)
 }
 
 /// Resolves a key to a servable tenant, or the outcome that refuses it.
@@ -83,5 +106,24 @@ mod tests {
         assert_eq!(key(&["tnt_a, tnt_b"]), Err(GatewayError::TenantMalformed));
         assert_eq!(key(&[""]), Err(GatewayError::TenantMalformed));
         assert_eq!(key(&[&"a".repeat(129)]), Err(GatewayError::TenantMalformed));
+    }
+
+    #[test]
+    fn websocket_subprotocol_carries_the_key_when_the_header_is_absent() {
+        let with = |protocols: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                "sec-websocket-protocol",
+                HeaderValue::from_str(protocols).unwrap(),
+            );
+            tenant_key(&h, &HeaderName::from_static("x-tenant-id")).map(|k| k.map(String::from))
+        };
+        assert_eq!(with("chat.v1, tenant.tnt_a"), Ok(Some("tnt_a".into())));
+        assert_eq!(with("chat.v1"), Ok(None));
+        assert_eq!(
+            with("tenant.tnt_a, tenant.tnt_b"),
+            Err(GatewayError::TenantMalformed)
+        );
+        assert_eq!(with("tenant.bad key"), Err(GatewayError::TenantMalformed));
     }
 }

@@ -147,7 +147,7 @@ impl Pool {
         None
     }
 
-    async fn connect(&self, authority: &Authority, addr: &str) -> Result<Conn, SendError> {
+    async fn connect(&self, addr: &str) -> Result<Conn, SendError> {
         let timeout = self.shared.settings.connect_timeout;
         let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
             Err(_) => return Err(SendError::ConnectTimeout(addr.to_string())),
@@ -163,11 +163,31 @@ impl Pool {
         let (sender, driver) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await?;
-        tracing::debug!(upstream = %authority, "opened upstream connection");
+        tracing::debug!(upstream = addr, "opened upstream connection");
         Ok(Conn {
             sender,
             driver: Some(Box::pin(driver)),
         })
+    }
+
+    /// Sends an upgrade request on a connection of its own (never pooled: after `101` it
+    /// belongs to the tunnel), driven by a task of its own so the upgrade can complete.
+    pub async fn send_upgrade(
+        &self,
+        addr: &str,
+        req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, SendError> {
+        let conn = Box::pin(self.connect(addr)).await?;
+        let (mut sender, driver) = (conn.sender, conn.driver);
+        if let Some(driver) = driver {
+            let driver = Pin::into_inner(driver);
+            tokio::spawn(async move {
+                if let Err(e) = driver.with_upgrades().await {
+                    tracing::debug!(error = %e, "upgraded upstream connection ended with an error");
+                }
+            });
+        }
+        Ok(sender.send_request(req).await?)
     }
 
     /// Sends `req` (origin-form URI, `Host` set) to the backend at `authority` (`addr` is its
@@ -183,7 +203,7 @@ impl Pool {
                 Some(c) => (c, true),
                 // Boxed: connecting is the rare path, and keeping its state out of this future
                 // keeps the per-request future small (it is moved on every request).
-                None => (Box::pin(self.connect(authority, addr)).await?, false),
+                None => (Box::pin(self.connect(addr)).await?, false),
             };
             // Ready for a request? (A reused connection may have been closed by the backend.)
             let ready = poll_fn(|cx| {

@@ -27,7 +27,7 @@ use crate::config::CorsSettings;
 use crate::directory::Directory;
 use crate::error::GatewayError;
 use crate::forward::{Forwarded, Forwarder, X_REQUEST_ID};
-use crate::{cors, identify, origin};
+use crate::{cors, forward, identify, origin};
 
 /// What the pipeline needs besides the request: built once from the config.
 pub struct Gateway {
@@ -131,8 +131,11 @@ impl Gateway {
             proto: conn.proto,
             request_id: &ctx.request_id,
         };
+        if forward::is_upgrade(req.headers()) {
+            return Box::pin(self.forwarder.upgrade(req, tenant, &fwd, slot)).await;
+        }
         let (resp, lease) = self.forwarder.forward(req, tenant, &fwd).await?;
-        Ok(resp.map(|body| ProxyBody::upstream(body, lease, Some(slot))))
+        Ok(resp.map(|body| ProxyBody::upstream(body, Some(lease), Some(slot))))
     }
 
     /// A preflight: by the tenant's allow-list when the key is present, otherwise by whether any

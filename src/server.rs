@@ -180,7 +180,7 @@ async fn serve(
         });
         let connection = graceful.watch(
             builder
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .into_owned(),
         );
         tokio::spawn(async move {
