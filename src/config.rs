@@ -144,6 +144,8 @@ impl Default for RawAdmin {
 #[serde(deny_unknown_fields, default)]
 pub struct RawTenancy {
     pub header: String,
+    /// Query parameter that may carry the key (EventSource cannot set headers); "" = off.
+    pub query_param: String,
     pub require_origin: bool,
     pub inject_connection_string: bool,
 }
@@ -152,6 +154,7 @@ impl Default for RawTenancy {
     fn default() -> Self {
         RawTenancy {
             header: "X-Tenant-ID".into(),
+            query_param: String::new(),
             require_origin: true,
             inject_connection_string: false,
         }
@@ -238,7 +241,7 @@ pub struct Config {
     pub forward: ForwardSettings,
     pub store: StoreConfig,
     pub cache: CacheSettings,
-    pub tenant_header: HeaderName,
+    pub key_sources: crate::identify::KeySources,
     pub require_origin: bool,
     pub cors: CorsSettings,
 }
@@ -447,7 +450,23 @@ impl RawConfig {
             forward,
             store,
             cache,
-            tenant_header,
+            key_sources: crate::identify::KeySources {
+                header: tenant_header,
+                query_param: match self.tenancy.query_param.as_str() {
+                    "" => None,
+                    p if p
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) =>
+                    {
+                        Some(p.to_string())
+                    }
+                    p => {
+                        return Err(format!(
+                            "[tenancy] query_param: {p:?} is not a plain parameter name"
+                        ))
+                    }
+                },
+            },
             require_origin: self.tenancy.require_origin,
             cors,
         })

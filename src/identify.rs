@@ -18,9 +18,50 @@ use crate::tenant::is_valid_key;
 /// headers on a WebSocket, so `new WebSocket(url, ["tenant.<key>", "chat.v1"])` names the tenant.
 pub const TENANT_SUBPROTOCOL: &str = "tenant.";
 
-/// The tenant key of the request: from the tenant header, else from a `tenant.<key>` entry of
-/// `Sec-WebSocket-Protocol`. `None` when absent; `400 tenant_malformed` when not 1-128
-/// characters of `[A-Za-z0-9._-]` or when given twice with different values.
+/// Where a request may carry its tenant key (`[tenancy] header` and `query_param`).
+#[derive(Debug, Clone)]
+pub struct KeySources {
+    pub header: HeaderName,
+    /// Opt-in: a query parameter for clients that can set neither a header nor a subprotocol
+    /// (EventSource). The query string is never logged, so the key is not either.
+    pub query_param: Option<String>,
+}
+
+impl KeySources {
+    /// The tenant key of the request: from the tenant header, else from a `tenant.<key>` entry
+    /// of `Sec-WebSocket-Protocol`, else (when enabled) from the query parameter. `None` when
+    /// absent; `400 tenant_malformed` when not 1-128 characters of `[A-Za-z0-9._-]` or when
+    /// one source gives two different values.
+    pub fn tenant_key<'a>(
+        &self,
+        headers: &'a HeaderMap,
+        uri: &'a http::Uri,
+    ) -> Result<Option<&'a str>, GatewayError> {
+        if let Some(key) = tenant_key(headers, &self.header)? {
+            return Ok(Some(key));
+        }
+        let Some(param) = &self.query_param else {
+            return Ok(None);
+        };
+        let mut values = uri
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .filter(|(name, _)| name == param)
+            .map(|(_, value)| value);
+        let Some(first) = values.next() else {
+            return Ok(None);
+        };
+        if values.any(|other| other != first) || !is_valid_key(first.as_bytes()) {
+            return Err(GatewayError::TenantMalformed);
+        }
+        Ok(Some(first))
+    }
+}
+
+/// The tenant key from the tenant header, else from a `tenant.<key>` entry of
+/// `Sec-WebSocket-Protocol` (see [`KeySources::tenant_key`]).
 pub fn tenant_key<'a>(
     headers: &'a HeaderMap,
     name: &HeaderName,
@@ -106,6 +147,41 @@ mod tests {
         assert_eq!(key(&["tnt_a, tnt_b"]), Err(GatewayError::TenantMalformed));
         assert_eq!(key(&[""]), Err(GatewayError::TenantMalformed));
         assert_eq!(key(&[&"a".repeat(129)]), Err(GatewayError::TenantMalformed));
+    }
+
+    #[test]
+    fn query_parameter_only_when_enabled_and_after_the_header() {
+        let sources = |param: Option<&str>| KeySources {
+            header: HeaderName::from_static("x-tenant-id"),
+            query_param: param.map(String::from),
+        };
+        let uri: http::Uri = "/events?x=1&tenant=tnt_q".parse().unwrap();
+        let none = HeaderMap::new();
+        assert_eq!(
+            sources(None).tenant_key(&none, &uri),
+            Ok(None),
+            "off by default"
+        );
+        assert_eq!(
+            sources(Some("tenant")).tenant_key(&none, &uri),
+            Ok(Some("tnt_q"))
+        );
+        let mut h = HeaderMap::new();
+        h.insert("x-tenant-id", HeaderValue::from_static("tnt_h"));
+        assert_eq!(
+            sources(Some("tenant")).tenant_key(&h, &uri),
+            Ok(Some("tnt_h"))
+        );
+        let two: http::Uri = "/e?tenant=a&tenant=b".parse().unwrap();
+        assert_eq!(
+            sources(Some("tenant")).tenant_key(&none, &two),
+            Err(GatewayError::TenantMalformed)
+        );
+        let bad: http::Uri = "/e?tenant=a%20b".parse().unwrap();
+        assert_eq!(
+            sources(Some("tenant")).tenant_key(&none, &bad),
+            Err(GatewayError::TenantMalformed)
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response};
 use hyper::body::Incoming;
 
@@ -33,7 +33,7 @@ use crate::{cors, forward, identify, origin};
 pub struct Gateway {
     pub directory: Arc<Directory>,
     pub forwarder: Forwarder,
-    pub tenant_header: HeaderName,
+    pub key_sources: identify::KeySources,
     pub require_origin: bool,
     pub cors: CorsSettings,
 }
@@ -106,11 +106,13 @@ impl Gateway {
         ctx: &mut RequestContext,
     ) -> Result<Response<ProxyBody>, GatewayError> {
         if cors::is_preflight(&req) {
-            return self.preflight(req.headers(), ctx).await;
+            return self.preflight(&req, ctx).await;
         }
 
         // 1. identify
-        let key = identify::tenant_key(req.headers(), &self.tenant_header)?
+        let key = self
+            .key_sources
+            .tenant_key(req.headers(), req.uri())?
             .ok_or(GatewayError::TenantMissing)?;
         let entry = identify::resolve(&self.directory, key)
             .await
@@ -142,9 +144,10 @@ impl Gateway {
     /// active tenant lists the origin. Refusals carry no `Access-Control-Allow-*` header.
     async fn preflight(
         &self,
-        headers: &HeaderMap,
+        req: &Request<Incoming>,
         ctx: &mut RequestContext,
     ) -> Result<Response<ProxyBody>, GatewayError> {
+        let headers = req.headers();
         let origin = headers
             .get(header::ORIGIN)
             .cloned()
@@ -152,7 +155,7 @@ impl Gateway {
         let raw = origin
             .to_str()
             .map_err(|_| GatewayError::OriginNotAllowed)?;
-        let allowed = match identify::tenant_key(headers, &self.tenant_header)? {
+        let allowed = match self.key_sources.tenant_key(headers, req.uri())? {
             Some(key) => {
                 ctx.tenant = Some(Arc::from(key));
                 identify::resolve(&self.directory, key)

@@ -107,7 +107,7 @@ pub async fn start_with_store(
     let gateway = Arc::new(Gateway {
         directory: directory.clone(),
         forwarder: Forwarder::new(config.forward.clone()),
-        tenant_header: config.tenant_header.clone(),
+        key_sources: config.key_sources.clone(),
         require_origin: config.require_origin,
         cors: config.cors.clone(),
     });

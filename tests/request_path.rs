@@ -784,3 +784,27 @@ async fn r_close_header_absent(c: &HttpClient, gw: &Gateway) -> bool {
     r.header("connection")
         .is_none_or(|v| !v.eq_ignore_ascii_case("close"))
 }
+
+#[tokio::test]
+async fn query_parameter_key_is_opt_in_for_event_streams() {
+    let url = |gw: &Gateway| gw.url("/stream?chunks=1&interval_ms=1&tenant=tnt_a");
+    let off = Gateway::start(&[tenant("tnt_a", &[A], 5)], "").await;
+    assert_eq!(
+        get(&url(&off), &[("origin", A)]).await.status,
+        401,
+        "off by default"
+    );
+    let on = Gateway::start(
+        &[tenant("tnt_a", &[A], 5)],
+        "[tenancy]\nquery_param = \"tenant\"\n",
+    )
+    .await;
+    let r = get(&url(&on), &[("origin", A)]).await;
+    assert_eq!((r.status.as_u16(), &r.body[..]), (200, &b"chunk 0\n"[..]));
+    let r = get(
+        &on.url("/x?tenant=tnt_a"),
+        &[("origin", "https://evil.example")],
+    )
+    .await;
+    assert_eq!(r.status, 403, "the origin is still checked");
+}
