@@ -39,6 +39,8 @@ pub struct RawServer {
     pub shutdown_grace_secs: u64,
     /// Seconds a client has to send a complete request head (slowloris guard).
     pub header_read_timeout_secs: u64,
+    /// Seconds an upgraded connection (WebSocket) may carry no bytes before it is closed.
+    pub upgrade_idle_timeout_secs: u64,
 }
 
 impl Default for RawServer {
@@ -48,6 +50,7 @@ impl Default for RawServer {
             max_connections: 10_000,
             shutdown_grace_secs: 30,
             header_read_timeout_secs: 30,
+            upgrade_idle_timeout_secs: 300,
         }
     }
 }
@@ -367,6 +370,10 @@ impl RawConfig {
             pool_idle_timeout: Duration::from_secs(u.pool_idle_timeout_secs),
             pool_max_idle_per_host: u.pool_max_idle_per_host,
             inject_connection_string: self.tenancy.inject_connection_string,
+            upgrade_idle_timeout: Duration::from_secs(positive(
+                "[server] upgrade_idle_timeout_secs",
+                s.upgrade_idle_timeout_secs,
+            )?),
         };
         let st = &self.store;
         let store =

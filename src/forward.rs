@@ -142,6 +142,9 @@ pub struct ForwardSettings {
     pub pool_max_idle_per_host: usize,
     /// Inject `X-Tenant-Provider-Connection-String` (a secret) — off unless opted in.
     pub inject_connection_string: bool,
+    /// An upgraded connection (WebSocket) with no bytes in either direction for this long is
+    /// closed, so a vanished peer cannot hold its tenant's slot forever.
+    pub upgrade_idle_timeout: Duration,
 }
 
 /// Facts about the client connection and request that the forwarded request reports.
@@ -213,10 +216,13 @@ impl Forwarder {
         }
         let upstream_side = hyper::upgrade::on(&mut resp);
         let tenant_key = tenant.key.clone();
+        let idle_timeout = self.settings.upgrade_idle_timeout;
         tokio::spawn(async move {
             let _slot = slot; // one of the tenant's slots for as long as the tunnel is open
             match tokio::try_join!(client_side, upstream_side) {
-                Ok((client, backend)) => splice(TokioIo::new(client), TokioIo::new(backend)).await,
+                Ok((client, backend)) => {
+                    splice(TokioIo::new(client), TokioIo::new(backend), idle_timeout).await;
+                }
                 Err(e) => {
                     tracing::warn!(tenant = %tenant_key, error = %e, "protocol upgrade failed")
                 }
@@ -279,34 +285,64 @@ impl Forwarder {
     }
 }
 
-/// Copies both ways until one side is done. The tunnel ends when either direction ends (after
-/// that direction's last bytes are written and its write side shut down): a WebSocket is over
-/// once either peer has closed, and waiting for the other half-close would let a silent peer
-/// hold the tenant's slot.
-async fn splice<C, B>(client: C, backend: B)
+/// Copies both ways until one side is done or nothing has moved for `idle_timeout`. The tunnel
+/// ends when either direction ends (after that direction's last bytes are written and its write
+/// side shut down): a WebSocket is over once either peer has closed, and waiting for the other
+/// half-close would let a silent peer hold the tenant's slot.
+async fn splice<C, B>(client: C, backend: B, idle_timeout: Duration)
 where
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite,
     B: tokio::io::AsyncRead + tokio::io::AsyncWrite,
 {
-    use tokio::io::AsyncWriteExt;
-    let (mut client_read, mut client_write) = tokio::io::split(client);
-    let (mut backend_read, mut backend_write) = tokio::io::split(backend);
-    let to_backend = async {
-        let copied = tokio::io::copy(&mut client_read, &mut backend_write).await;
-        let _ = backend_write.shutdown().await;
-        copied
-    };
-    let to_client = async {
-        let copied = tokio::io::copy(&mut backend_read, &mut client_write).await;
-        let _ = client_write.shutdown().await;
-        copied
+    let (client_read, client_write) = tokio::io::split(client);
+    let (backend_read, backend_write) = tokio::io::split(backend);
+    let started = tokio::time::Instant::now();
+    // Milliseconds since `started` of the last byte in either direction.
+    let last = std::sync::atomic::AtomicU64::new(0);
+    let idle = async {
+        loop {
+            let since = Duration::from_millis(last.load(std::sync::atomic::Ordering::Relaxed));
+            let deadline = started + since + idle_timeout;
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(());
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
     };
     let ended = tokio::select! {
-        r = to_backend => r,
-        r = to_client => r,
+        r = pump(client_read, backend_write, started, &last) => r,
+        r = pump(backend_read, client_write, started, &last) => r,
+        r = idle => {
+            tracing::debug!(idle_secs = idle_timeout.as_secs(), "closing an idle upgraded connection");
+            r
+        }
     };
     if let Err(e) = ended {
         tracing::debug!(error = %e, "upgraded connection ended with an error");
+    }
+}
+
+/// Copies one direction, noting the time of every chunk in `last`, then shuts the writer down.
+async fn pump<R, W>(
+    mut from: R,
+    mut to: W,
+    started: tokio::time::Instant,
+    last: &std::sync::atomic::AtomicU64,
+) -> std::io::Result<()>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return to.shutdown().await;
+        }
+        to.write_all(&buf[..n]).await?;
+        let now = started.elapsed().as_millis() as u64;
+        last.store(now, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

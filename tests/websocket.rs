@@ -66,9 +66,13 @@ async fn ws_backend() -> (SocketAddr, Arc<Mutex<Vec<http::HeaderMap>>>) {
 }
 
 async fn gateway_to(backend: SocketAddr, cap: u64) -> Gateway {
+    gateway_with(backend, cap, "").await
+}
+
+async fn gateway_with(backend: SocketAddr, cap: u64, extra: &str) -> Gateway {
     let mut t = tenant("tnt_a", &[A], cap);
     t["upstream"] = serde_json::json!(format!("http://{backend}"));
-    Gateway::start(&[t], "").await
+    Gateway::start(&[t], extra).await
 }
 
 type Ws =
@@ -215,4 +219,29 @@ async fn two_hundred_concurrent_websockets() {
     assert!(echoes.iter().all(|ok| *ok));
     drop(sockets);
     eventually(5, || async { gw.in_flight("tnt_a").await == 0 }).await;
+}
+
+#[tokio::test]
+async fn idle_websockets_are_closed_and_free_their_slot() {
+    let (backend, _) = ws_backend().await;
+    let gw = gateway_with(backend, 10, "[server]\nupgrade_idle_timeout_secs = 1\n").await;
+    let (mut idle, _) = open(&gw, A, TOKEN).await.unwrap();
+    let (mut busy, _) = open(&gw, A, TOKEN).await.unwrap();
+    for i in 0..8 {
+        busy.send(Message::text(format!("{i}"))).await.unwrap();
+        assert_eq!(
+            busy.next().await.unwrap().unwrap(),
+            Message::text(format!("{i}"))
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        gw.in_flight("tnt_a").await,
+        1,
+        "the idle socket was closed, the busy one kept"
+    );
+    assert!(
+        !matches!(idle.next().await, Some(Ok(Message::Text(_)))),
+        "the idle socket is gone"
+    );
 }
