@@ -25,11 +25,10 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
-
-use crate::error::GatewayError;
 use hyper_util::rt::TokioIo;
 
 use crate::body::ProxyBody;
+use crate::error::GatewayError;
 use crate::limit::SlotGuard;
 use crate::pool::{Lease, Pool, PoolSettings, SendError};
 use crate::tenant::Tenant;
