@@ -6,6 +6,7 @@
 //!   injected headers are visible);
 //! - `/slow?ms=N`: the same after N milliseconds;
 //! - `/stream?chunks=N&interval_ms=M`: N chunks, one every M milliseconds;
+//! - `/events?chunks=N&interval_ms=M`: the same as server-sent events (`text/event-stream`);
 //! - `/upload`: reads the request body as it streams in and answers its length.
 
 use std::convert::Infallible;
@@ -77,24 +78,33 @@ async fn backend(req: Request<Incoming>) -> Result<Response<BoxBody>, Infallible
             tokio::time::sleep(Duration::from_millis(query_u64(&req, "ms", 1000))).await;
             Ok(json_response(echo(&req)))
         }
-        "/stream" => {
+        "/stream" | "/events" => {
+            // /events is server-sent events: the same stream, framed as SSE.
+            let sse = req.uri().path() == "/events";
             let chunks = query_u64(&req, "chunks", 10);
             let interval = Duration::from_millis(query_u64(&req, "interval_ms", 100));
             let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
             tokio::spawn(async move {
                 for i in 0..chunks {
-                    if tx
-                        .send(Ok(Frame::data(Bytes::from(format!("chunk {i}\n")))))
-                        .await
-                        .is_err()
-                    {
+                    let text = if sse {
+                        format!("data: event {i}\n\n")
+                    } else {
+                        format!("chunk {i}\n")
+                    };
+                    if tx.send(Ok(Frame::data(Bytes::from(text)))).await.is_err() {
                         return;
                     }
                     tokio::time::sleep(interval).await;
                 }
             });
-            let stream = tokio_stream_from(rx);
-            Ok(Response::new(StreamBody::new(stream).boxed()))
+            let mut resp = Response::new(StreamBody::new(tokio_stream_from(rx)).boxed());
+            if sse {
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/event-stream"),
+                );
+            }
+            Ok(resp)
         }
         "/upload" => {
             let mut body = req.into_body();

@@ -808,3 +808,39 @@ async fn query_parameter_key_is_opt_in_for_event_streams() {
     .await;
     assert_eq!(r.status, 403, "the origin is still checked");
 }
+
+#[tokio::test]
+async fn server_sent_events_reach_the_client_as_the_backend_writes_them() {
+    let gw = Gateway::start(
+        &[tenant("tnt_a", &[A], 5)],
+        "[tenancy]\nquery_param = \"tenant\"\n",
+    )
+    .await;
+    // As an EventSource would: the key in the query, the origin from the browser.
+    let req = http::Request::get(gw.url("/events?chunks=3&interval_ms=3000&tenant=tnt_a"))
+        .header("origin", A)
+        .header("accept", "text/event-stream")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let c = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let resp = c.request(req).await.unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    assert_eq!(resp.headers()["access-control-allow-origin"], A);
+    let mut body = resp.into_body();
+    // The backend holds the next event back for 3 s: the first must arrive well before.
+    let first = tokio::time::timeout(Duration::from_millis(1500), body.frame())
+        .await
+        .expect("the first event was held back");
+    assert_eq!(
+        first.unwrap().unwrap().into_data().unwrap(),
+        "data: event 0\n\n"
+    );
+    assert_eq!(
+        gw.in_flight("tnt_a").await,
+        1,
+        "an open event stream holds a slot"
+    );
+    drop(body);
+    eventually(5, || async { gw.in_flight("tnt_a").await == 0 }).await;
+}
