@@ -1,5 +1,6 @@
-//! The response body the gateway hands to hyper: either the backend's streamed body, carrying
-//! the tenant's concurrency slot, or a small body the gateway made itself.
+//! The bodies the gateway hands to hyper. Responses: either the backend's streamed body,
+//! carrying the tenant's concurrency slot, or a small body the gateway made itself. Requests:
+//! the client's body on its way to the backend, counted against `[server] max_body_bytes`.
 //!
 //! The slot lives inside the body so that it is released exactly when the body is done: at its
 //! last frame, or when hyper drops it because the client went away mid-stream.
@@ -110,5 +111,65 @@ impl Body for ProxyBody {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
         }
+    }
+}
+
+/// Raised by [`RequestBody`] when a request body passes `[server] max_body_bytes`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body larger than {0} bytes")]
+pub struct BodyLimitExceeded(pub u64);
+
+pin_project! {
+    /// A client's request body on its way to the backend, counted as it streams (never
+    /// buffered) and cut with [`BodyLimitExceeded`] once it passes the limit.
+    pub struct RequestBody {
+        #[pin]
+        inner: Incoming,
+        limit: Option<u64>,
+        seen: u64,
+    }
+}
+
+impl RequestBody {
+    pub fn new(inner: Incoming, limit: Option<u64>) -> RequestBody {
+        RequestBody {
+            inner,
+            limit,
+            seen: 0,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(limit), Some(data)) = (*this.limit, frame.data_ref()) {
+                    *this.seen += data.len() as u64;
+                    if *this.seen > limit {
+                        return Poll::Ready(Some(Err(Box::new(BodyLimitExceeded(limit)))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

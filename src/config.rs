@@ -41,6 +41,8 @@ pub struct RawServer {
     pub header_read_timeout_secs: u64,
     /// Seconds an upgraded connection (WebSocket) may carry no bytes before it is closed.
     pub upgrade_idle_timeout_secs: u64,
+    /// Largest request body forwarded, in bytes (0 = no limit).
+    pub max_body_bytes: u64,
 }
 
 impl Default for RawServer {
@@ -51,6 +53,7 @@ impl Default for RawServer {
             shutdown_grace_secs: 30,
             header_read_timeout_secs: 30,
             upgrade_idle_timeout_secs: 300,
+            max_body_bytes: 0,
         }
     }
 }
@@ -370,6 +373,7 @@ impl RawConfig {
             pool_idle_timeout: Duration::from_secs(u.pool_idle_timeout_secs),
             pool_max_idle_per_host: u.pool_max_idle_per_host,
             inject_connection_string: self.tenancy.inject_connection_string,
+            max_body: (s.max_body_bytes > 0).then_some(s.max_body_bytes),
             upgrade_idle_timeout: Duration::from_secs(positive(
                 "[server] upgrade_idle_timeout_secs",
                 s.upgrade_idle_timeout_secs,

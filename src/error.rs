@@ -42,6 +42,8 @@ pub enum GatewayError {
     OriginNotAllowed,
     #[error("the tenant has reached its concurrency limit")]
     ConcurrencyExceeded,
+    #[error("the request body is larger than this gateway accepts")]
+    BodyTooLarge,
     #[error("the upstream is unavailable")]
     UpstreamUnavailable,
     #[error("the upstream did not answer in time")]
@@ -58,6 +60,7 @@ impl GatewayError {
             TenantInactive | OriginMissing | OriginNotAllowed => StatusCode::FORBIDDEN,
             TenantMisconfigured | StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ConcurrencyExceeded => StatusCode::TOO_MANY_REQUESTS,
+            BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -76,6 +79,7 @@ impl GatewayError {
             OriginMissing => "origin_missing",
             OriginNotAllowed => "origin_not_allowed",
             ConcurrencyExceeded => "tenant_concurrency_exceeded",
+            BodyTooLarge => "body_too_large",
             UpstreamUnavailable => "upstream_unavailable",
             UpstreamTimeout => "upstream_timeout",
         }
@@ -86,7 +90,7 @@ impl GatewayError {
         use GatewayError::*;
         match self {
             TenantMissing | TenantMalformed | TenantUnknown | TenantInactive | OriginMissing
-            | OriginNotAllowed | ConcurrencyExceeded => Cause::Client,
+            | OriginNotAllowed | ConcurrencyExceeded | BodyTooLarge => Cause::Client,
             TenantMisconfigured | StoreUnavailable => Cause::Gateway,
             UpstreamUnavailable | UpstreamTimeout => Cause::Upstream,
         }
@@ -152,6 +156,7 @@ mod tests {
                 Cause::Upstream,
             ),
             (UpstreamTimeout, 504, "upstream_timeout", Cause::Upstream),
+            (BodyTooLarge, 413, "body_too_large", Cause::Client),
         ];
         for (err, status, code, cause) in table {
             assert_eq!(err.status().as_u16(), status, "{err:?}");

@@ -27,7 +27,7 @@ use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use crate::body::ProxyBody;
+use crate::body::{BodyLimitExceeded, ProxyBody, RequestBody};
 use crate::error::GatewayError;
 use crate::limit::SlotGuard;
 use crate::pool::{Lease, Pool, PoolSettings, SendError};
@@ -141,6 +141,8 @@ pub struct ForwardSettings {
     pub pool_max_idle_per_host: usize,
     /// Inject `X-Tenant-Provider-Connection-String` (a secret) — off unless opted in.
     pub inject_connection_string: bool,
+    /// Largest request body forwarded (`None`: no limit).
+    pub max_body: Option<u64>,
     /// An upgraded connection (WebSocket) with no bytes in either direction for this long is
     /// closed, so a vanished peer cannot hold its tenant's slot forever.
     pub upgrade_idle_timeout: Duration,
@@ -179,7 +181,7 @@ impl Forwarder {
         tenant: &Tenant,
         fwd: &Forwarded<'_>,
     ) -> Result<(Response<Incoming>, Lease), GatewayError> {
-        let (upstream, req) = self.prepare(req, tenant, fwd);
+        let (upstream, req) = self.prepare(req, tenant, fwd)?;
         let sent = self.pool.send(&upstream.authority, &upstream.addr, req);
         let (mut resp, lease) = self.within_response_timeout(upstream, sent).await?;
         strip_hop_by_hop(resp.headers_mut());
@@ -199,7 +201,7 @@ impl Forwarder {
     ) -> Result<Response<ProxyBody>, GatewayError> {
         let client_side = hyper::upgrade::on(&mut req);
         let protocol = req.headers().get(header::UPGRADE).cloned();
-        let (upstream, mut req) = self.prepare(req, tenant, fwd);
+        let (upstream, mut req) = self.prepare(req, tenant, fwd)?;
         let headers = req.headers_mut();
         if let Some(protocol) = protocol {
             headers.insert(header::UPGRADE, protocol);
@@ -239,14 +241,22 @@ impl Forwarder {
         Ok(Response::from_parts(parts, ProxyBody::empty()))
     }
 
-    /// The request as the backend gets it: origin-form URI, HTTP/1.1, the header rules, `Host`.
+    /// The request as the backend gets it: origin-form URI, HTTP/1.1, the header rules, `Host`,
+    /// the body counted against the body limit (a larger declared length is refused at once).
     fn prepare<'a>(
         &'a self,
         req: Request<Incoming>,
         tenant: &'a Tenant,
         fwd: &Forwarded<'_>,
-    ) -> (&'a Upstream, Request<Incoming>) {
+    ) -> Result<(&'a Upstream, Request<RequestBody>), GatewayError> {
         let (mut parts, body) = req.into_parts();
+        if let Some(max) = self.settings.max_body {
+            let declared = parts.headers.get(header::CONTENT_LENGTH);
+            let declared = declared.and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            if declared.is_some_and(|len| len > max) {
+                return Err(GatewayError::BodyTooLarge);
+            }
+        }
         let upstream = tenant
             .upstream
             .as_ref()
@@ -268,7 +278,8 @@ impl Forwarder {
             self.settings.inject_connection_string,
         );
         parts.headers.insert(header::HOST, upstream.host.clone());
-        (upstream, Request::from_parts(parts, body))
+        let body = RequestBody::new(body, self.settings.max_body);
+        Ok((upstream, Request::from_parts(parts, body)))
     }
 
     async fn within_response_timeout<T>(
@@ -382,10 +393,26 @@ pub fn strip_tenant_subprotocol(headers: &mut HeaderMap) {
 fn classify(upstream: &Upstream, e: &SendError) -> GatewayError {
     let err = match e {
         SendError::ConnectTimeout(_) => GatewayError::UpstreamTimeout,
+        // The client's body passed the limit while it streamed: the client's fault, not the
+        // backend's.
+        SendError::Http(h) if caused_by::<BodyLimitExceeded>(h) => {
+            return GatewayError::BodyTooLarge
+        }
         SendError::Connect { .. } | SendError::Http(_) => GatewayError::UpstreamUnavailable,
     };
     tracing::warn!(upstream = ?upstream, error = %error_chain(e), code = err.code(), "upstream request failed");
     err
+}
+
+fn caused_by<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(e);
+    while let Some(s) = source {
+        if s.is::<E>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

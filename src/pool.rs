@@ -27,6 +27,8 @@ use hyper::client::conn::http1::{self, Connection, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::body::RequestBody;
+
 /// Why a request could not be sent or answered.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
@@ -42,10 +44,10 @@ pub enum SendError {
 }
 
 /// The future that runs one HTTP/1.1 connection to a backend.
-type Driver = Connection<TokioIo<TcpStream>, Incoming>;
+type Driver = Connection<TokioIo<TcpStream>, RequestBody>;
 
 struct Conn {
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<RequestBody>,
     /// `None` once the connection has finished. Boxed: the connection state is large and a
     /// `Conn` moves several times per request (pool, request, lease, response body); the box is
     /// allocated once per connection, not per request.
@@ -175,7 +177,7 @@ impl Pool {
     pub async fn send_upgrade(
         &self,
         addr: &str,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
     ) -> Result<Response<Incoming>, SendError> {
         let conn = Box::pin(self.connect(addr)).await?;
         let (mut sender, driver) = (conn.sender, conn.driver);
@@ -196,7 +198,7 @@ impl Pool {
         &self,
         authority: &Authority,
         addr: &str,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Lease), SendError> {
         loop {
             let (mut conn, reused) = match self.checkout(authority) {

@@ -844,3 +844,83 @@ async fn server_sent_events_reach_the_client_as_the_backend_writes_them() {
     drop(body);
     eventually(5, || async { gw.in_flight("tnt_a").await == 0 }).await;
 }
+
+#[tokio::test]
+async fn request_bodies_over_the_limit_get_413_declared_or_streamed() {
+    let gw = Gateway::start(
+        &[tenant("tnt_a", &[A], 5)],
+        "[server]\nmax_body_bytes = 1048576\n",
+    )
+    .await;
+    let post = |body: Bytes| {
+        http::Request::post(gw.url("/upload"))
+            .header("x-tenant-id", "tnt_a")
+            .header("origin", A)
+            .body(http_body_util::Full::new(body))
+            .unwrap()
+    };
+    let read = |resp: http::Response<hyper::body::Incoming>| async move {
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
+        )
+    };
+    // Declared larger than the limit: refused before anything is sent to the backend.
+    let (status, v) = read(
+        client()
+            .request(post(Bytes::from(vec![1u8; 2 << 20])))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (413, Some("body_too_large"))
+    );
+    assert_eq!(gw.backend.requests(), 0);
+    // Within the limit: forwarded whole.
+    let (status, v) = read(
+        client()
+            .request(post(Bytes::from(vec![1u8; 512 << 10])))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, v["received_bytes"].as_u64()),
+        (200, Some(512 << 10))
+    );
+
+    // Streamed without a length: counted as it passes and cut at the limit.
+    let (tx, mut rx) =
+        tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, std::convert::Infallible>>(2);
+    tokio::spawn(async move {
+        for _ in 0..32 {
+            if tx
+                .send(Ok(http_body::Frame::data(Bytes::from(vec![2u8; 64 << 10]))))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let body =
+        http_body_util::StreamBody::new(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+    let streaming =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let req = http::Request::post(gw.url("/upload"))
+        .header("x-tenant-id", "tnt_a")
+        .header("origin", A)
+        .body(body)
+        .unwrap();
+    let (status, v) = read(streaming.request(req).await.unwrap()).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (413, Some("body_too_large"))
+    );
+    eventually(5, || async { gw.in_flight("tnt_a").await == 0 }).await;
+}
