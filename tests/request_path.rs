@@ -924,3 +924,34 @@ async fn request_bodies_over_the_limit_get_413_declared_or_streamed() {
     );
     eventually(5, || async { gw.in_flight("tnt_a").await == 0 }).await;
 }
+
+#[tokio::test]
+async fn slow_request_heads_are_cut_off() {
+    let gw = Gateway::start(
+        &[tenant("tnt_a", &[A], 5)],
+        "[server]\nheader_read_timeout_secs = 1\n",
+    )
+    .await;
+    let mut slow = TcpStream::connect(gw.running.addr).await.unwrap();
+    // Half a request head, then nothing (slowloris).
+    slow.write_all(b"GET /x HTTP/1.1\r\nhost: x\r\nx-tenant-id: tnt_a\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut rest)).await;
+    assert!(
+        read.is_ok(),
+        "the gateway kept a half-sent request head open"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "closed too early"
+    );
+    let text = String::from_utf8_lossy(&rest);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+    assert_eq!(gw.backend.requests(), 0);
+}
