@@ -202,12 +202,8 @@ impl Forwarder {
         let client_side = hyper::upgrade::on(&mut req);
         let protocol = req.headers().get(header::UPGRADE).cloned();
         let (upstream, mut req) = self.prepare(req, tenant, fwd)?;
-        let headers = req.headers_mut();
-        if let Some(protocol) = protocol {
-            headers.insert(header::UPGRADE, protocol);
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        }
-        strip_tenant_subprotocol(headers);
+        restore_upgrade(req.headers_mut(), protocol);
+        strip_tenant_subprotocol(req.headers_mut());
 
         let sent = self.pool.send_upgrade(&upstream.addr, req);
         let mut resp = self.within_response_timeout(upstream, sent).await?;
@@ -232,12 +228,7 @@ impl Forwarder {
         let (mut parts, _) = resp.into_parts();
         let protocol = parts.headers.get(header::UPGRADE).cloned();
         strip_hop_by_hop(&mut parts.headers);
-        if let Some(protocol) = protocol {
-            parts.headers.insert(header::UPGRADE, protocol);
-            parts
-                .headers
-                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        }
+        restore_upgrade(&mut parts.headers, protocol);
         Ok(Response::from_parts(parts, ProxyBody::empty()))
     }
 
@@ -356,15 +347,19 @@ where
     }
 }
 
+/// Puts back the two hop-by-hop headers an upgrade needs on each hop (`Upgrade: <protocol>`,
+/// `Connection: upgrade`) after the hop-by-hop rules removed them.
+fn restore_upgrade(headers: &mut HeaderMap, protocol: Option<HeaderValue>) {
+    if let Some(protocol) = protocol {
+        headers.insert(header::UPGRADE, protocol);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
 /// Whether the request asks to switch protocols (`Connection: upgrade` + `Upgrade`).
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
 }
 
 /// Removes the `tenant.<key>` entry from `Sec-WebSocket-Protocol` (it names the tenant to the
@@ -434,13 +429,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// The header names listed in `Connection` (RFC 9110 §7.6.1: hop-by-hop as well).
 fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    connection_tokens(headers)
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect()
+}
+
+/// The comma-separated tokens of every `Connection` header.
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect()
+        .map(str::trim)
 }
 
 /// Removes every header whose name satisfies `doomed`, in one pass over the names present

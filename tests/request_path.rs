@@ -538,27 +538,14 @@ async fn keep_alive_pool_to_the_backend() {
 async fn bodies_stream_both_ways_without_buffering() {
     let gw = Gateway::start(&[tenant("tnt_a", &[A], 5)], "").await;
     // Upload: 16 MiB sent in 64 KiB chunks as they are produced.
-    let (tx, mut rx) =
-        tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, std::convert::Infallible>>(4);
-    tokio::spawn(async move {
-        for _ in 0..256 {
-            tx.send(Ok(http_body::Frame::data(Bytes::from(vec![
-                7u8;
-                64 * 1024
-            ]))))
-            .await
-            .unwrap();
-        }
-    });
-    let body =
-        http_body_util::StreamBody::new(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
-    let c = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build(hyper_util::client::legacy::connect::HttpConnector::new());
-    let req = http::Request::post(gw.url("/upload"))
-        .header("x-tenant-id", "tnt_a")
-        .header("origin", A)
-        .body(body)
-        .unwrap();
+    let req = tenant_request(
+        "POST",
+        &gw.url("/upload"),
+        "tnt_a",
+        A,
+        streamed_body(256, 64 * 1024),
+    );
+    let c = client_for();
     let resp = c.request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
     let v: serde_json::Value =
@@ -566,13 +553,15 @@ async fn bodies_stream_both_ways_without_buffering() {
     assert_eq!(v["received_bytes"], 16 * 1024 * 1024);
 
     // Download: the first chunk arrives while the backend still holds the rest back.
-    let req = http::Request::get(gw.url("/stream?chunks=2&interval_ms=3000"))
-        .header("x-tenant-id", "tnt_a")
-        .header("origin", A)
-        .body(http_body_util::Empty::<Bytes>::new())
-        .unwrap();
-    let c = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let url = gw.url("/stream?chunks=2&interval_ms=3000");
+    let req = tenant_request(
+        "GET",
+        &url,
+        "tnt_a",
+        A,
+        http_body_util::Empty::<Bytes>::new(),
+    );
+    let c = client_for();
     let mut body = c.request(req).await.unwrap().into_body();
     let first = tokio::time::timeout(Duration::from_millis(1500), body.frame())
         .await
@@ -822,9 +811,7 @@ async fn server_sent_events_reach_the_client_as_the_backend_writes_them() {
         .header("accept", "text/event-stream")
         .body(http_body_util::Empty::<Bytes>::new())
         .unwrap();
-    let c = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build(hyper_util::client::legacy::connect::HttpConnector::new());
-    let resp = c.request(req).await.unwrap();
+    let resp = client_for().request(req).await.unwrap();
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     assert_eq!(resp.headers()["access-control-allow-origin"], A);
     let mut body = resp.into_body();
@@ -853,11 +840,13 @@ async fn request_bodies_over_the_limit_get_413_declared_or_streamed() {
     )
     .await;
     let post = |body: Bytes| {
-        http::Request::post(gw.url("/upload"))
-            .header("x-tenant-id", "tnt_a")
-            .header("origin", A)
-            .body(http_body_util::Full::new(body))
-            .unwrap()
+        tenant_request(
+            "POST",
+            &gw.url("/upload"),
+            "tnt_a",
+            A,
+            http_body_util::Full::new(body),
+        )
     };
     let read = |resp: http::Response<hyper::body::Incoming>| async move {
         let status = resp.status().as_u16();
@@ -894,29 +883,14 @@ async fn request_bodies_over_the_limit_get_413_declared_or_streamed() {
     );
 
     // Streamed without a length: counted as it passes and cut at the limit.
-    let (tx, mut rx) =
-        tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, std::convert::Infallible>>(2);
-    tokio::spawn(async move {
-        for _ in 0..32 {
-            if tx
-                .send(Ok(http_body::Frame::data(Bytes::from(vec![2u8; 64 << 10]))))
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
-    });
-    let body =
-        http_body_util::StreamBody::new(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
-    let streaming =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build(hyper_util::client::legacy::connect::HttpConnector::new());
-    let req = http::Request::post(gw.url("/upload"))
-        .header("x-tenant-id", "tnt_a")
-        .header("origin", A)
-        .body(body)
-        .unwrap();
+    let req = tenant_request(
+        "POST",
+        &gw.url("/upload"),
+        "tnt_a",
+        A,
+        streamed_body(32, 64 << 10),
+    );
+    let streaming = client_for();
     let (status, v) = read(streaming.request(req).await.unwrap()).await;
     assert_eq!(
         (status, v["error"]["code"].as_str()),

@@ -245,3 +245,43 @@ where
 pub async fn as_tenant(c: &HttpClient, url: &str, key: &str, origin: &str) -> Reply {
     send(c, "GET", url, &[("x-tenant-id", key), ("origin", origin)]).await
 }
+
+/// A client for any request body type (streamed uploads, empty bodies).
+pub fn client_for<B>() -> Client<HttpConnector, B>
+where
+    B: http_body::Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// A request body produced while it is sent: `chunks` chunks of `size` bytes, handed over one
+/// at a time (never all in memory).
+pub fn streamed_body(
+    chunks: usize,
+    size: usize,
+) -> http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+    tokio::spawn(async move {
+        for _ in 0..chunks {
+            let frame = http_body::Frame::data(Bytes::from(vec![7u8; size]));
+            if tx.send(Ok(frame)).await.is_err() {
+                return;
+            }
+        }
+    });
+    http_body_util::StreamBody::new(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+        .boxed()
+}
+
+/// A request as tenant `key` from `origin` with `body`.
+pub fn tenant_request<B>(method: &str, url: &str, key: &str, origin: &str, body: B) -> Request<B> {
+    Request::builder()
+        .method(method)
+        .uri(url)
+        .header("x-tenant-id", key)
+        .header("origin", origin)
+        .body(body)
+        .unwrap()
+}
