@@ -62,6 +62,7 @@ fn tenant_resolution(c: &mut Criterion) {
             max_stale: Duration::from_secs(3600),
             max_entries: 100_000,
             lookup_timeout: Duration::from_secs(2),
+            miss_lookups_per_sec: 0,
         };
         Directory::new(store, settings)
     });

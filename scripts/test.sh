@@ -1,6 +1,54 @@
 #!/usr/bin/env bash
-# The whole test suite: unit tests, end-to-end tests over real sockets on 127.0.0.1:0, and the
-# CLI/binary tests. Needs only a Rust toolchain (cargo); nothing else to install or start.
+# The whole test suite: unit tests, end-to-end tests over real sockets on 127.0.0.1:0, the
+# CLI/binary tests, and the MongoDB store against a real MongoDB-wire server.
+#
+# The MongoDB tests use smongo 1.2.8 from PyPI (see MONGODB_IN_TESTS in the README): installed
+# into .venv when missing (the first install compiles it: about 6 minutes on 2 cores; pip keeps
+# the wheel, later installs take seconds), started on a free port with a fresh data directory,
+# waited for with a real ping, and stopped by PID when the tests end, pass or fail. A missing or
+# broken test server fails the run; nothing is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+venv=${TENANTGATE_TEST_VENV:-$PWD/.venv}
+python="$venv/bin/python"
+if ! "$python" -c 'import smongo, pymongo' 2>/dev/null; then
+    echo "test.sh: installing the MongoDB-wire test server (smongo 1.2.8) into $venv" >&2
+    python3 -m venv "$venv"
+    "$python" -m pip install --quiet --disable-pip-version-check smongo==1.2.8 'pymongo>=4,<5'
+fi
+
+data=$(mktemp -d)
+port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$python" -m smongo.wire --host 127.0.0.1 --port "$port" --db-path "$data/db" >"$data/server.log" 2>&1 &
+pid=$!
+stop() {
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    rm -rf "$data"
+}
+trap stop EXIT
+
+uri="mongodb://127.0.0.1:$port/?directConnection=true"
+if ! "$python" - "$uri" <<'EOF'; then
+import sys, time
+from pymongo import MongoClient
+client = MongoClient(sys.argv[1], serverSelectionTimeoutMS=200)
+deadline = time.time() + 30
+while True:
+    try:
+        client.admin.command("ping")
+        break
+    except Exception as e:
+        if time.time() > deadline:
+            sys.exit(f"no ping reply within 30 s: {e}")
+        time.sleep(0.1)
+EOF
+    echo "test.sh: the MongoDB-wire test server did not start; its log:" >&2
+    cat "$data/server.log" >&2
+    exit 1
+fi
+
+export TEST_MONGODB_URI="$uri"
+export TEST_SMONGO_PYTHON="$python"
 cargo test --locked --all-targets "$@"

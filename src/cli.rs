@@ -14,13 +14,15 @@ use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, StoreConfig};
 use crate::logging::{self, LogFormat};
-use crate::store::file::FileDocuments;
-use crate::store::{StoreError, TenantDocuments};
+use crate::store::file::{FileDocuments, FileStore};
+use crate::store::mongodb::MongoStore;
+use crate::store::{StoreError, TenantDocuments, TenantStore};
 use crate::tenant::TenantRecord;
 
 pub const EXIT_CONFIG: u8 = 64;
@@ -213,14 +215,20 @@ fn check(path: &Path) -> ExitCode {
     );
     println!("  upstream {:?}", config.forward.default_upstream);
     runtime().block_on(async {
-        let store = crate::server::open_store(&config);
+        let (store, documents) = match open_documents(&config).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("tenantgate: store unreachable: {e}");
+                return ExitCode::from(EXIT_UNAVAILABLE);
+            }
+        };
         println!("  store    {}", store.describe());
         if let Err(e) = store.ping().await {
             println!("store unreachable: {e}");
             eprintln!("tenantgate: store unreachable: {e}");
             return ExitCode::from(EXIT_UNAVAILABLE);
         }
-        let docs = match documents(&config).list().await {
+        let docs = match documents.list().await {
             Ok(d) => d,
             Err(e) => {
                 eprintln!("tenantgate: store unreachable: {e}");
@@ -249,10 +257,24 @@ fn check(path: &Path) -> ExitCode {
     })
 }
 
-fn documents(config: &Config) -> Box<dyn TenantDocuments> {
-    match &config.store {
-        StoreConfig::File { path, .. } => Box::new(FileDocuments::new(path.clone())),
-    }
+/// The store the config names, for lookups (`check`) and document management, without the
+/// gateway's background work (no index creation, no change watching, no file polling).
+async fn open_documents(
+    config: &Config,
+) -> Result<(Arc<dyn TenantStore>, Box<dyn TenantDocuments>), StoreError> {
+    Ok(match &config.store {
+        StoreConfig::File {
+            path,
+            poll_interval,
+        } => (
+            FileStore::open(path.clone(), *poll_interval),
+            Box::new(FileDocuments::new(path.clone())),
+        ),
+        StoreConfig::MongoDb(settings) => {
+            let store = MongoStore::connect(settings.clone()).await?;
+            (store.clone(), Box::new(store.documents()))
+        }
+    })
 }
 
 fn read_input(file: &Path) -> Result<serde_json::Value, String> {
@@ -273,8 +295,10 @@ fn tenants(config_path: &Path, action: TenantsAction) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let docs = documents(&config);
-    let result = runtime().block_on(tenants_action(docs.as_ref(), action));
+    let result = runtime().block_on(async {
+        let (_, docs) = open_documents(&config).await?;
+        tenants_action(docs.as_ref(), action).await
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Store(e @ StoreError::Invalid(_))) => {

@@ -91,6 +91,10 @@ pub struct RawStore {
     pub uri: Option<String>,
     pub database: String,
     pub collection: String,
+    pub connect_timeout_ms: u64,
+    pub server_selection_timeout_ms: u64,
+    pub create_indexes: bool,
+    pub watch_changes: bool,
 }
 
 impl Default for RawStore {
@@ -102,6 +106,10 @@ impl Default for RawStore {
             uri: None,
             database: "tenantgate".into(),
             collection: "tenants".into(),
+            connect_timeout_ms: 2_000,
+            server_selection_timeout_ms: 2_000,
+            create_indexes: true,
+            watch_changes: true,
         }
     }
 }
@@ -115,6 +123,7 @@ pub struct RawCache {
     pub max_stale_secs: u64,
     pub max_entries: u64,
     pub lookup_timeout_ms: u64,
+    pub miss_lookups_per_sec: u32,
 }
 
 impl Default for RawCache {
@@ -125,6 +134,7 @@ impl Default for RawCache {
             max_stale_secs: 300,
             max_entries: 100_000,
             lookup_timeout_ms: 2_000,
+            miss_lookups_per_sec: 200,
         }
     }
 }
@@ -223,6 +233,7 @@ pub enum StoreConfig {
         path: PathBuf,
         poll_interval: Duration,
     },
+    MongoDb(crate::store::mongodb::MongoSettings),
 }
 
 /// CORS answers (`[cors]`), pre-rendered as header values.
@@ -380,30 +391,40 @@ impl RawConfig {
             )?),
         };
         let st = &self.store;
-        let store =
-            match st.kind.as_str() {
-                "file" => {
-                    if st.path.is_empty() {
-                        return Err("[store] path: must name the tenants JSON file".into());
-                    }
-                    StoreConfig::File {
-                        path: PathBuf::from(&st.path),
-                        poll_interval: Duration::from_millis(positive(
-                            "[store] poll_interval_ms",
-                            st.poll_interval_ms,
-                        )?),
-                    }
+        let store = match st.kind.as_str() {
+            "file" => {
+                if st.path.is_empty() {
+                    return Err("[store] path: must name the tenants JSON file".into());
                 }
-                "mongodb" => return Err(
-                    "[store] kind: \"mongodb\" is not available in this version yet; use \"file\""
-                        .into(),
-                ),
-                other => {
-                    return Err(format!(
-                        "[store] kind: {other:?} is not one of \"file\", \"mongodb\""
-                    ))
+                StoreConfig::File {
+                    path: PathBuf::from(&st.path),
+                    poll_interval: Duration::from_millis(positive(
+                        "[store] poll_interval_ms",
+                        st.poll_interval_ms,
+                    )?),
                 }
-            };
+            }
+            "mongodb" => StoreConfig::MongoDb(crate::store::mongodb::MongoSettings::new(
+                st.uri.as_deref().unwrap_or_default(),
+                &st.database,
+                &st.collection,
+                Duration::from_millis(positive(
+                    "[store] connect_timeout_ms",
+                    st.connect_timeout_ms,
+                )?),
+                Duration::from_millis(positive(
+                    "[store] server_selection_timeout_ms",
+                    st.server_selection_timeout_ms,
+                )?),
+                st.create_indexes,
+                st.watch_changes,
+            )?),
+            other => {
+                return Err(format!(
+                    "[store] kind: {other:?} is not one of \"file\", \"mongodb\""
+                ))
+            }
+        };
         let c = &self.cache;
         let cache = CacheSettings {
             ttl: Duration::from_secs(positive("[cache] ttl_secs", c.ttl_secs)?),
@@ -417,6 +438,7 @@ impl RawConfig {
                 "[cache] lookup_timeout_ms",
                 c.lookup_timeout_ms,
             )?),
+            miss_lookups_per_sec: c.miss_lookups_per_sec,
         };
         let admin_listen = match self.admin.listen.as_str() {
             "" => None,
@@ -530,6 +552,15 @@ mod tests {
                 "connect_timeout_ms",
             ),
             ("[store]\nkind = \"redis\"", "[store] kind"),
+            ("[store]\nkind = \"mongodb\"", "[store] uri"),
+            (
+                "[store]\nkind = \"mongodb\"\nuri = \"postgres://db\"",
+                "[store] uri",
+            ),
+            (
+                "[store]\nkind = \"mongodb\"\nuri = \"mongodb://db\"\ncollection = \"\"",
+                "[store] collection",
+            ),
             ("[cache]\nttl_secs = 0", "[cache] ttl_secs"),
             ("[tenancy]\nheader = \"bad header\"", "[tenancy] header"),
             ("[cors]\nallow_headers = [\"a b\"]", "[cors] allow_headers"),
@@ -563,7 +594,7 @@ mod env_overrides {
             ("TENANTGATE_SERVER_LISTEN", "127.0.0.1:9999"),
             ("PATH", "/usr/bin"),
         ]);
-        let c = Config::parse_with_env(text, "g.toml", vars).unwrap();
+        let c = Config::parse_with_env(text, "g.toml", vars.clone()).unwrap();
         assert_eq!(c.forward.connect_timeout, Duration::from_millis(250));
         assert!(!c.require_origin);
         assert_eq!(c.listen.to_string(), "127.0.0.1:9999");
@@ -572,6 +603,17 @@ mod env_overrides {
             "http://a:1",
             "keys not overridden stay"
         );
+        // The URI (with its password) comes from the environment and never shows.
+        let text = format!("{text}kind = \"mongodb\"\n");
+        let c = Config::parse_with_env(&text, "g.toml", vars).unwrap();
+        let StoreConfig::MongoDb(m) = &c.store else {
+            panic!("{:?}", c.store)
+        };
+        assert_eq!(
+            m.describe(),
+            "mongodb db:27017 database \"tenantgate\" collection \"tenants\""
+        );
+        assert!(!format!("{c:?}").contains("secret"));
     }
 
     #[test]

@@ -9,6 +9,11 @@
 //!   stalls requests for tenants the gateway already knows. A failed refresh is retried at most
 //!   once a second per tenant.
 //! - **Coalescing**: concurrent misses for one key share one store query.
+//! - **Miss budget**: store lookups for keys (and preflight origins) that are not cached draw
+//!   from one gateway-wide token bucket (`miss_lookups_per_sec`). Negative caching stops a
+//!   repeated unknown key; the budget also stops a flood of *distinct* random keys: at most
+//!   `rate × (seconds + 1)` such queries, whatever the request rate. Past it, those requests get
+//!   503 for a moment; cached tenants never notice.
 //! - **Invalidation**: stores that notice changes (the file poller; MongoDB change streams) drop
 //!   entries at once; a query that started before an invalidation does not write back its now
 //!   possibly old answer.
@@ -36,6 +41,8 @@ pub struct CacheSettings {
     pub max_stale: Duration,
     pub max_entries: u64,
     pub lookup_timeout: Duration,
+    /// Store lookups per second for uncached keys; 0 = unlimited.
+    pub miss_lookups_per_sec: u32,
 }
 
 /// A tenant as the request path sees it: the validated document and its in-flight counter.
@@ -81,6 +88,65 @@ pub struct Directory {
     slots: SlotRegistry,
     /// Bumped by every invalidation; a fetch writes back only if it is unchanged.
     generation: AtomicU64,
+    misses: MissBudget,
+}
+
+/// The token bucket of store lookups for uncached keys: refilled at `rate` per second, holding
+/// at most `rate` tokens. Touched only on a miss, never on a hit.
+struct MissBudget {
+    rate: f64,
+    state: Mutex<BucketState>,
+}
+
+struct BucketState {
+    tokens: f64,
+    refilled: Instant,
+    refused: u64,
+    last_log: Option<Instant>,
+}
+
+impl MissBudget {
+    fn new(rate: u32) -> MissBudget {
+        MissBudget {
+            rate: f64::from(rate),
+            state: Mutex::new(BucketState {
+                tokens: f64::from(rate),
+                refilled: Instant::now(),
+                refused: 0,
+                last_log: None,
+            }),
+        }
+    }
+
+    /// Takes one lookup from the budget; `Err(StoreError::Busy)` when it is spent.
+    fn take(&self) -> Result<(), StoreError> {
+        if self.rate == 0.0 {
+            return Ok(());
+        }
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let refill = now.duration_since(s.refilled).as_secs_f64() * self.rate;
+        s.tokens = (s.tokens + refill).min(self.rate);
+        s.refilled = now;
+        if s.tokens >= 1.0 {
+            s.tokens -= 1.0;
+            return Ok(());
+        }
+        s.refused += 1;
+        // One line a second at most, however many requests are refused.
+        if s.last_log
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            tracing::warn!(
+                refused = s.refused,
+                per_sec = self.rate,
+                "store lookup budget for uncached tenant keys spent; refusing such requests with 503 for now"
+            );
+            s.refused = 0;
+            s.last_log = Some(now);
+        }
+        Err(StoreError::Busy)
+    }
 }
 
 impl Directory {
@@ -98,6 +164,7 @@ impl Directory {
             in_flight: Mutex::new(HashMap::new()),
             slots: SlotRegistry::default(),
             generation: AtomicU64::new(0),
+            misses: MissBudget::new(settings.miss_lookups_per_sec),
             store: store.clone(),
             settings,
         });
@@ -146,11 +213,16 @@ impl Directory {
                 _ => {}
             }
         }
-        self.fetch_shared(key).await
+        self.fetch_shared(key, true)?.await
     }
 
     fn refresh_in_background(self: &Arc<Self>, key: &str) {
-        let fetch = self.fetch_shared(key);
+        if self.in_flight_for(key) {
+            return; // already being refreshed; its task reports the outcome
+        }
+        let Ok(fetch) = self.fetch_shared(key, false) else {
+            return;
+        };
         let dir = self.clone();
         let key: Arc<str> = Arc::from(key);
         tokio::spawn(async move {
@@ -164,11 +236,20 @@ impl Directory {
         });
     }
 
-    /// The one store query in flight for `key`, started when there is none.
-    fn fetch_shared(self: &Arc<Self>, key: &str) -> Fetch {
+    fn in_flight_for(&self, key: &str) -> bool {
+        let in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        in_flight.contains_key(key)
+    }
+
+    /// The one store query in flight for `key`, started when there is none; a new query for an
+    /// uncached key (`budgeted`) first takes from the miss budget.
+    fn fetch_shared(self: &Arc<Self>, key: &str, budgeted: bool) -> Result<Fetch, StoreError> {
         let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(f) = in_flight.get(key) {
-            return f.clone();
+            return Ok(f.clone());
+        }
+        if budgeted {
+            self.misses.take()?;
         }
         let key: Arc<str> = Arc::from(key);
         let dir = self.clone();
@@ -192,7 +273,7 @@ impl Directory {
         .boxed()
         .shared();
         in_flight.insert(key, fetch.clone());
-        fetch
+        Ok(fetch)
     }
 
     async fn query(&self, key: &Arc<str>) -> Result<Resolved, StoreError> {
@@ -235,6 +316,9 @@ impl Directory {
             if e.fetched.elapsed() < self.settings.ttl {
                 return Ok(e.in_use);
             }
+        }
+        if cached.is_none() {
+            self.misses.take()?;
         }
         let generation = self.generation.load(Ordering::Acquire);
         let timeout = self.settings.lookup_timeout;
@@ -318,6 +402,13 @@ mod tests {
             max_stale: Duration::from_secs(60),
             max_entries: 1000,
             lookup_timeout: Duration::from_millis(200),
+            miss_lookups_per_sec: 0,
+        }
+    }
+
+    impl Directory {
+        async fn resolve_owned(self: &Arc<Self>, key: String) -> Result<Resolved, StoreError> {
+            self.resolve(&key).await
         }
     }
 
@@ -388,6 +479,45 @@ mod tests {
         assert!(
             !active(&dir.resolve("tnt_a").await.unwrap()),
             "the edit shows once the store is back"
+        );
+    }
+
+    #[tokio::test]
+    async fn misses_draw_from_the_budget_and_hits_do_not() {
+        let store = Arc::new(FakeStore {
+            active: AtomicBool::new(true),
+            ..Default::default()
+        });
+        let dir = Directory::new(
+            store.clone(),
+            CacheSettings {
+                miss_lookups_per_sec: 5,
+                ..settings(60_000)
+            },
+        );
+        let outcomes: Vec<_> =
+            futures_util::future::join_all((0..50).map(|i| dir.resolve_owned(format!("k{i}"))))
+                .await;
+        let refused = outcomes
+            .iter()
+            .filter(|r| matches!(r, Err(StoreError::Busy)))
+            .count();
+        assert_eq!((refused, store.finds.load(Ordering::SeqCst)), (45, 5));
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        assert!(matches!(
+            dir.resolve("tnt_a").await,
+            Ok(Resolved::Tenant(_))
+        ));
+        for _ in 0..100 {
+            assert!(matches!(
+                dir.resolve("tnt_a").await,
+                Ok(Resolved::Tenant(_))
+            ));
+        }
+        assert_eq!(
+            store.finds.load(Ordering::SeqCst),
+            6,
+            "a hit costs no budget"
         );
     }
 

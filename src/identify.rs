@@ -118,6 +118,9 @@ pub async fn resolve(
 }
 
 pub(crate) fn log_store_error(what: &str, e: &StoreError) {
+    if *e == StoreError::Busy {
+        return; // the directory logs these, at most once a second
+    }
     tracing::warn!(lookup = what, error = %e, "tenant store unavailable and nothing usable cached");
 }
 

@@ -24,17 +24,24 @@ use crate::directory::Directory;
 use crate::forward::Forwarder;
 use crate::proxy::{ClientConn, Gateway};
 use crate::store::file::FileStore;
-use crate::store::TenantStore;
+use crate::store::mongodb::MongoStore;
+use crate::store::{StoreError, TenantStore};
 
 static HTTP: HeaderValue = HeaderValue::from_static("http");
 
-/// A listener could not be opened.
+/// The gateway could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {what} {addr}: {source}")]
-pub struct BindError {
-    what: &'static str,
-    addr: SocketAddr,
-    source: std::io::Error,
+pub enum StartError {
+    /// A listener could not be opened.
+    #[error("cannot listen on {what} {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The store could not even be set up (a database that is merely down is not this).
+    #[error("cannot open the tenant store: {0}")]
+    Store(#[from] StoreError),
 }
 
 /// A started gateway.
@@ -60,19 +67,25 @@ impl Running {
     }
 }
 
-/// The store the config names.
-pub fn open_store(config: &Config) -> Arc<dyn TenantStore> {
-    match &config.store {
+/// The store the config names, as the gateway uses it (the MongoDB store also creates its
+/// indexes in the background).
+pub async fn open_store(config: &Config) -> Result<Arc<dyn TenantStore>, StoreError> {
+    Ok(match &config.store {
         StoreConfig::File {
             path,
             poll_interval,
         } => FileStore::open(path.clone(), *poll_interval),
-    }
+        StoreConfig::MongoDb(settings) => {
+            let store = MongoStore::connect(settings.clone()).await?;
+            store.create_indexes_in_background();
+            store
+        }
+    })
 }
 
 /// Binds the listeners and starts serving with the store the config names.
-pub async fn start(config: Config) -> Result<Running, BindError> {
-    let store = open_store(&config);
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let store = open_store(&config).await?;
     start_with_store(config, store).await
 }
 
@@ -80,25 +93,29 @@ pub async fn start(config: Config) -> Result<Running, BindError> {
 pub async fn start_with_store(
     config: Config,
     store: Arc<dyn TenantStore>,
-) -> Result<Running, BindError> {
+) -> Result<Running, StartError> {
     let listener = TcpListener::bind(config.listen)
         .await
-        .map_err(|source| BindError {
+        .map_err(|source| StartError::Bind {
             what: "[server] listen",
             addr: config.listen,
             source,
         })?;
-    let addr = listener.local_addr().map_err(|source| BindError {
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
         what: "[server] listen",
         addr: config.listen,
         source,
     })?;
     let admin = match config.admin_listen {
-        Some(a) => Some(TcpListener::bind(a).await.map_err(|source| BindError {
-            what: "[admin] listen",
-            addr: a,
-            source,
-        })?),
+        Some(a) => Some(
+            TcpListener::bind(a)
+                .await
+                .map_err(|source| StartError::Bind {
+                    what: "[admin] listen",
+                    addr: a,
+                    source,
+                })?,
+        ),
         None => None,
     };
     let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());

@@ -3,6 +3,7 @@
 //! manages the documents themselves. The [`crate::directory`] cache sits in front of every store.
 //!
 //! - [`file`]: a JSON array in a file, re-read when it changes (the zero-setup default).
+//! - [`mongodb`]: a MongoDB collection, with change-stream invalidation where available.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::tenant::TenantRecord;
 
 pub mod file;
+pub mod mongodb;
 
 /// A store could not answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -26,6 +28,9 @@ pub enum StoreError {
     /// A document to be written is invalid; the text names the field.
     #[error("{0}")]
     Invalid(String),
+    /// Not asked: the budget of lookups for uncached keys is spent for the moment.
+    #[error("too many lookups of uncached tenant keys right now")]
+    Busy,
 }
 
 /// A change a store reports so the cache can drop what it holds before its TTL runs out.
