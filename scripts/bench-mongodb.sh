@@ -103,7 +103,9 @@ echo "| round | store | req/s | p99 ms | proxy CPU µs/req | non-2xx |"
 echo "|---|---|---|---|---|---|"
 declare -A TOTAL
 for round in $(seq "$ROUNDS"); do
-    for g in file mongodb; do
+    order="file mongodb"
+    [ $((round % 2)) = 0 ] && order="mongodb file" # alternate, so neither always runs first
+    for g in $order; do
         run_wrk "${PORT[$g]}" "$WARMUP" >/dev/null
         c0=$(cpu_ticks "${PID[$g]}")
         w=$(run_wrk "${PORT[$g]}" "$DURATION")

@@ -214,6 +214,19 @@ fn check(path: &Path) -> ExitCode {
             .map_or("disabled".into(), |a| a.to_string())
     );
     println!("  upstream {:?}", config.forward.default_upstream);
+    if let Some(files) = &config.tls {
+        match crate::tls::load_certified_key(files) {
+            Ok(_) => println!("  tls      {} (key matches)", files.cert.display()),
+            Err(e) => {
+                eprintln!("tenantgate: invalid config: [tls] {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
+    }
+    if let Err(e) = crate::tls::connector(config.forward.ca_file.as_deref()) {
+        eprintln!("tenantgate: invalid config: [upstream] ca_file: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     runtime().block_on(async {
         let (store, documents) = match open_documents(&config).await {
             Ok(s) => s,

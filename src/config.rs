@@ -43,6 +43,8 @@ pub struct RawServer {
     pub upgrade_idle_timeout_secs: u64,
     /// Largest request body forwarded, in bytes (0 = no limit).
     pub max_body_bytes: u64,
+    /// Largest request head (request line and headers), in bytes.
+    pub max_header_bytes: usize,
 }
 
 impl Default for RawServer {
@@ -54,6 +56,7 @@ impl Default for RawServer {
             header_read_timeout_secs: 30,
             upgrade_idle_timeout_secs: 300,
             max_body_bytes: 0,
+            max_header_bytes: 65_536,
         }
     }
 }
@@ -67,6 +70,7 @@ pub struct RawUpstream {
     pub response_timeout_ms: u64,
     pub pool_idle_timeout_secs: u64,
     pub pool_max_idle_per_host: usize,
+    pub ca_file: Option<String>,
 }
 
 impl Default for RawUpstream {
@@ -77,6 +81,7 @@ impl Default for RawUpstream {
             response_timeout_ms: 30_000,
             pool_idle_timeout_secs: 90,
             pool_max_idle_per_host: 1_024,
+            ca_file: None,
         }
     }
 }
@@ -205,11 +210,22 @@ impl Default for RawCors {
 }
 
 /// `[tls]`: both or neither.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawTls {
     pub cert: Option<String>,
     pub key: Option<String>,
+    pub reload_interval_secs: u64,
+}
+
+impl Default for RawTls {
+    fn default() -> Self {
+        RawTls {
+            cert: None,
+            key: None,
+            reload_interval_secs: 5,
+        }
+    }
 }
 
 /// The file as written.
@@ -254,6 +270,9 @@ pub struct Config {
     pub max_connections: usize,
     pub shutdown_grace: Duration,
     pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    /// TLS on the listener, when configured.
+    pub tls: Option<crate::tls::CertFiles>,
     pub admin_listen: Option<SocketAddr>,
     pub forward: ForwardSettings,
     pub store: StoreConfig,
@@ -383,6 +402,7 @@ impl RawConfig {
             )?),
             pool_idle_timeout: Duration::from_secs(u.pool_idle_timeout_secs),
             pool_max_idle_per_host: u.pool_max_idle_per_host,
+            ca_file: u.ca_file.as_ref().map(PathBuf::from),
             inject_connection_string: self.tenancy.inject_connection_string,
             max_body: (s.max_body_bytes > 0).then_some(s.max_body_bytes),
             upgrade_idle_timeout: Duration::from_secs(positive(
@@ -468,9 +488,18 @@ impl RawConfig {
             allow_credentials: self.cors.allow_credentials,
             max_age: http::HeaderValue::from(self.cors.max_age_secs),
         };
-        if self.tls.cert.is_some() || self.tls.key.is_some() {
-            return Err("[tls] cert / key: TLS termination is not available in this version yet; terminate TLS in front of tenantgate".into());
-        }
+        let tls = match (&self.tls.cert, &self.tls.key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(crate::tls::CertFiles {
+                cert: PathBuf::from(cert),
+                key: PathBuf::from(key),
+                reload_interval: Duration::from_secs(positive(
+                    "[tls] reload_interval_secs",
+                    self.tls.reload_interval_secs,
+                )?),
+            }),
+            _ => return Err("[tls] cert / key: set both (PEM files) or neither".into()),
+        };
         Ok(Config {
             listen,
             max_connections,
@@ -479,6 +508,16 @@ impl RawConfig {
                 "[server] header_read_timeout_secs",
                 s.header_read_timeout_secs,
             )?),
+            max_header_bytes: {
+                let n = s.max_header_bytes;
+                if !(1_024..=16 << 20).contains(&n) {
+                    return Err(format!(
+                        "[server] max_header_bytes: {n} is not between 1024 and 16777216"
+                    ));
+                }
+                n
+            },
+            tls,
             admin_listen,
             forward,
             store,

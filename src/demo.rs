@@ -138,6 +138,15 @@ pub struct BackendStats {
 
 /// Serves the sample backend on `listener` until the task is dropped.
 pub async fn serve_backend(listener: TcpListener, stats: Arc<BackendStats>) {
+    serve_backend_with(listener, stats, None).await
+}
+
+/// The sample backend, over TLS when `tls` is given (to test `https://` backends).
+pub async fn serve_backend_with(
+    listener: TcpListener,
+    stats: Arc<BackendStats>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -149,11 +158,23 @@ pub async fn serve_backend(listener: TcpListener, stats: Arc<BackendStats>) {
             stats.requests.fetch_add(1, Ordering::Relaxed);
             backend(req)
         });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
+        let (builder, tls) = (builder.clone(), tls.clone());
         tokio::spawn(async move {
-            let _ = conn.await;
+            let _ = match tls {
+                None => {
+                    builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await
+                }
+                Some(tls) => match tls.accept(stream).await {
+                    Ok(stream) => {
+                        builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await
+                    }
+                    Err(_) => return,
+                },
+            };
         });
     }
 }

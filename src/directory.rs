@@ -10,10 +10,11 @@
 //!   once a second per tenant.
 //! - **Coalescing**: concurrent misses for one key share one store query.
 //! - **Miss budget**: store lookups for keys (and preflight origins) that are not cached draw
-//!   from one gateway-wide token bucket (`miss_lookups_per_sec`). Negative caching stops a
-//!   repeated unknown key; the budget also stops a flood of *distinct* random keys: at most
-//!   `rate × (seconds + 1)` such queries, whatever the request rate. Past it, those requests get
-//!   503 for a moment; cached tenants never notice.
+//!   from one gateway-wide token bucket (`miss_lookups_per_sec`); a lookup that finds a tenant
+//!   gives its token back. Negative caching stops a repeated unknown key; the budget also stops
+//!   a flood of *distinct* random keys: at most `rate × (seconds + 1)` queries for unknown keys,
+//!   whatever the request rate, while real tenants (a cold start after a restart) are never
+//!   held back by it. Past it, uncached keys get 503 for a moment; cached tenants never notice.
 //! - **Invalidation**: stores that notice changes (the file poller; MongoDB change streams) drop
 //!   entries at once; a query that started before an invalidation does not write back its now
 //!   possibly old answer.
@@ -115,6 +116,14 @@ impl MissBudget {
                 refused: 0,
                 last_log: None,
             }),
+        }
+    }
+
+    /// Gives back a lookup that found a tenant.
+    fn refund(&self) {
+        if self.rate > 0.0 {
+            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            s.tokens = (s.tokens + 1.0).min(self.rate);
         }
     }
 
@@ -257,6 +266,10 @@ impl Directory {
         // Spawned, so the query completes and fills the cache even if every waiter goes away.
         let task = tokio::spawn(async move {
             let result = dir.query(&k).await;
+            if budgeted && matches!(result, Ok(Resolved::Tenant(_) | Resolved::Misconfigured)) {
+                // Found a real tenant: the budget is for unknown keys only.
+                dir.misses.refund();
+            }
             dir.in_flight
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

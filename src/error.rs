@@ -44,6 +44,8 @@ pub enum GatewayError {
     ConcurrencyExceeded,
     #[error("the request body is larger than this gateway accepts")]
     BodyTooLarge,
+    #[error("the request headers are larger than this gateway accepts")]
+    HeadersTooLarge,
     #[error("the upstream is unavailable")]
     UpstreamUnavailable,
     #[error("the upstream did not answer in time")]
@@ -61,6 +63,7 @@ impl GatewayError {
             TenantMisconfigured | StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ConcurrencyExceeded => StatusCode::TOO_MANY_REQUESTS,
             BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -80,6 +83,7 @@ impl GatewayError {
             OriginNotAllowed => "origin_not_allowed",
             ConcurrencyExceeded => "tenant_concurrency_exceeded",
             BodyTooLarge => "body_too_large",
+            HeadersTooLarge => "headers_too_large",
             UpstreamUnavailable => "upstream_unavailable",
             UpstreamTimeout => "upstream_timeout",
         }
@@ -90,7 +94,9 @@ impl GatewayError {
         use GatewayError::*;
         match self {
             TenantMissing | TenantMalformed | TenantUnknown | TenantInactive | OriginMissing
-            | OriginNotAllowed | ConcurrencyExceeded | BodyTooLarge => Cause::Client,
+            | OriginNotAllowed | ConcurrencyExceeded | BodyTooLarge | HeadersTooLarge => {
+                Cause::Client
+            }
             TenantMisconfigured | StoreUnavailable => Cause::Gateway,
             UpstreamUnavailable | UpstreamTimeout => Cause::Upstream,
         }
@@ -157,6 +163,7 @@ mod tests {
             ),
             (UpstreamTimeout, 504, "upstream_timeout", Cause::Upstream),
             (BodyTooLarge, 413, "body_too_large", Cause::Client),
+            (HeadersTooLarge, 431, "headers_too_large", Cause::Client),
         ];
         for (err, status, code, cause) in table {
             assert_eq!(err.status().as_u16(), status, "{err:?}");

@@ -26,11 +26,13 @@ use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio_rustls::TlsConnector;
 
 use crate::body::{BodyLimitExceeded, ProxyBody, RequestBody};
 use crate::error::GatewayError;
 use crate::limit::SlotGuard;
-use crate::pool::{Lease, Pool, PoolSettings, SendError};
+use crate::pool::{Lease, Pool, PoolSettings, SendError, Target};
 use crate::tenant::Tenant;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1, plus the legacy `Keep-Alive` and `Proxy-Connection`):
@@ -80,6 +82,8 @@ pub struct Upstream {
     addr: String,
     /// The `Host` header sent to it.
     host: HeaderValue,
+    /// For `https://`: the name its certificate must carry.
+    tls: Option<ServerName<'static>>,
 }
 
 impl fmt::Debug for Upstream {
@@ -89,7 +93,15 @@ impl fmt::Debug for Upstream {
 }
 
 impl Upstream {
-    /// Parses `http://host[:port]` (a trailing `/` is fine; a path, query or user info is not).
+    fn target(&self) -> Target<'_> {
+        Target {
+            authority: &self.authority,
+            addr: &self.addr,
+            tls: self.tls.as_ref(),
+        }
+    }
+
+    /// Parses `http[s]://host[:port]` (a trailing `/` is fine; a path, query or user info is not).
     pub fn parse(url: &str) -> Result<Upstream, String> {
         let uri: Uri = url
             .parse()
@@ -98,9 +110,13 @@ impl Upstream {
             .scheme()
             .cloned()
             .ok_or_else(|| format!("{url:?} has no scheme (want http://host:port)"))?;
-        if scheme != Scheme::HTTP {
-            return Err(format!("{url:?}: only http:// backends are supported"));
-        }
+        let https = if scheme == Scheme::HTTP {
+            false
+        } else if scheme == Scheme::HTTPS {
+            true
+        } else {
+            return Err(format!("{url:?}: a backend is http:// or https://"));
+        };
         let authority = uri
             .authority()
             .cloned()
@@ -117,15 +133,29 @@ impl Upstream {
         let addr = format!(
             "{}:{}",
             authority.host(),
-            authority.port_u16().unwrap_or(80)
+            authority.port_u16().unwrap_or(if https { 443 } else { 80 })
         );
         let host = HeaderValue::from_str(authority.as_str())
             .map_err(|_| format!("{url:?}: invalid host"))?;
+        let tls = match https {
+            false => None,
+            true => {
+                let name = authority
+                    .host()
+                    .trim_start_matches('[')
+                    .trim_end_matches(']');
+                Some(
+                    ServerName::try_from(name.to_string())
+                        .map_err(|_| format!("{url:?}: {name:?} is not a TLS server name"))?,
+                )
+            }
+        };
         Ok(Upstream {
             scheme,
             authority,
             addr,
             host,
+            tls,
         })
     }
 }
@@ -139,6 +169,8 @@ pub struct ForwardSettings {
     pub response_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
+    /// Extra trusted CA certificates (PEM) for `https://` backends.
+    pub ca_file: Option<std::path::PathBuf>,
     /// Inject `X-Tenant-Provider-Connection-String` (a secret) — off unless opted in.
     pub inject_connection_string: bool,
     /// Largest request body forwarded (`None`: no limit).
@@ -164,12 +196,16 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    pub fn new(settings: ForwardSettings) -> Forwarder {
-        let pool = Pool::new(PoolSettings {
-            connect_timeout: settings.connect_timeout,
-            idle_timeout: settings.pool_idle_timeout,
-            max_idle_per_host: settings.pool_max_idle_per_host,
-        });
+    /// `tls` connects to `https://` backends (see [`crate::tls::connector`]).
+    pub fn new(settings: ForwardSettings, tls: TlsConnector) -> Forwarder {
+        let pool = Pool::new(
+            PoolSettings {
+                connect_timeout: settings.connect_timeout,
+                idle_timeout: settings.pool_idle_timeout,
+                max_idle_per_host: settings.pool_max_idle_per_host,
+            },
+            tls,
+        );
         Forwarder { pool, settings }
     }
 
@@ -182,7 +218,7 @@ impl Forwarder {
         fwd: &Forwarded<'_>,
     ) -> Result<(Response<Incoming>, Lease), GatewayError> {
         let (upstream, req) = self.prepare(req, tenant, fwd)?;
-        let sent = self.pool.send(&upstream.authority, &upstream.addr, req);
+        let sent = self.pool.send(upstream.target(), req);
         let (mut resp, lease) = self.within_response_timeout(upstream, sent).await?;
         strip_hop_by_hop(resp.headers_mut());
         Ok((resp, lease))
@@ -205,7 +241,7 @@ impl Forwarder {
         restore_upgrade(req.headers_mut(), protocol);
         strip_tenant_subprotocol(req.headers_mut());
 
-        let sent = self.pool.send_upgrade(&upstream.addr, req);
+        let sent = self.pool.send_upgrade(upstream.target(), req);
         let mut resp = self.within_response_timeout(upstream, sent).await?;
         if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
             strip_hop_by_hop(resp.headers_mut());
@@ -393,7 +429,9 @@ fn classify(upstream: &Upstream, e: &SendError) -> GatewayError {
         SendError::Http(h) if caused_by::<BodyLimitExceeded>(h) => {
             return GatewayError::BodyTooLarge
         }
-        SendError::Connect { .. } | SendError::Http(_) => GatewayError::UpstreamUnavailable,
+        SendError::Connect { .. } | SendError::Tls { .. } | SendError::Http(_) => {
+            GatewayError::UpstreamUnavailable
+        }
     };
     tracing::warn!(upstream = ?upstream, error = %error_chain(e), code = err.code(), "upstream request failed");
     err

@@ -13,16 +13,16 @@
 //!
 //! | stage | module | refuses with |
 //! |---|---|---|
-//! | accept, HTTP/1.1 + HTTP/2, connection cap, shutdown | [`server`] | — |
+//! | accept, TLS, HTTP/1.1 + HTTP/2, connection cap, head size, shutdown | [`server`], [`tls`] | 431 |
 //! | 1. identify the tenant from its key | [`identify`] | 401 / 400 / 403 / 503 |
 //! | 2. check the browser origin (and answer preflights) | [`cors`], [`origin`] | 403 |
 //! | 3. take one of the tenant's concurrency slots | [`limit`] | 429 |
-//! | 4. rewrite headers, stream to the backend and back (or splice an upgrade) | [`forward`], [`pool`], [`body`] | 502 / 504 |
+//! | 4. rewrite headers, stream to the backend and back (or splice an upgrade) | [`forward`], [`pool`], [`body`] | 413 / 502 / 504 |
 //! | every refusal as the contract's JSON | [`error`] | |
 //!
 //! Where tenants come from: [`tenant`] (the document and its validation), [`store`] (the store
-//! trait and the JSON file store), [`directory`] (the cache in front of every store: TTL,
-//! negative TTL, coalesced misses, stale-while-revalidate, invalidation).
+//! trait, the JSON file store and the MongoDB store), [`directory`] (the cache in front of every store: TTL,
+//! negative TTL, coalesced misses, stale-while-revalidate, invalidation, miss budget).
 //!
 //! Around it: [`config`] (TOML → validated settings), [`admin`] (`/healthz`, `/readyz`),
 //! [`cli`] (`run`, `check`, `demo`, `tenants …`), [`demo`] (sample backend and zero-setup demo),
@@ -47,3 +47,4 @@ pub mod proxy;
 pub mod server;
 pub mod store;
 pub mod tenant;
+pub mod tls;

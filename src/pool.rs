@@ -12,6 +12,9 @@
 //! `idle_timeout`). A body dropped half-way drops its connection, so a connection is never
 //! reused mid-message. A reused connection that turns out to be closed is replaced by a fresh
 //! one, transparently, as long as the request has not been sent on it.
+//!
+//! `https://` backends get the same treatment over rustls (ALPN `http/1.1`); the idle stacks are
+//! kept per scheme and authority.
 
 use std::collections::HashMap;
 use std::future::{poll_fn, Future};
@@ -25,7 +28,11 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, Connection, SendRequest};
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
 
 use crate::body::RequestBody;
 
@@ -39,12 +46,91 @@ pub enum SendError {
     },
     #[error("connecting to {0} timed out")]
     ConnectTimeout(String),
+    #[error("TLS with {addr}: {source}")]
+    Tls {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Http(#[from] hyper::Error),
 }
 
+/// Where a request goes: the backend's authority (the pool key, with the scheme), the
+/// `host:port` to connect to, and for `https://` the name its certificate must carry.
+#[derive(Clone, Copy)]
+pub struct Target<'a> {
+    pub authority: &'a Authority,
+    pub addr: &'a str,
+    pub tls: Option<&'a ServerName<'static>>,
+}
+
+/// The byte stream to a backend: plain TCP, or TLS over it.
+enum UpstreamIo {
+    Plain(TcpStream),
+    /// Boxed: the TLS state is large and rare next to plain connections.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for UpstreamIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            UpstreamIo::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            UpstreamIo::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            UpstreamIo::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpstreamIo::Plain(s) => s.is_write_vectored(),
+            UpstreamIo::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            UpstreamIo::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            UpstreamIo::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
 /// The future that runs one HTTP/1.1 connection to a backend.
-type Driver = Connection<TokioIo<TcpStream>, RequestBody>;
+type Driver = Connection<TokioIo<UpstreamIo>, RequestBody>;
 
 struct Conn {
     sender: SendRequest<RequestBody>,
@@ -83,8 +169,9 @@ pub struct PoolSettings {
 }
 
 struct Shared {
-    idle: Mutex<HashMap<Authority, Vec<Idle>, foldhash::fast::RandomState>>,
+    idle: Mutex<HashMap<PoolKey, Vec<Idle>, foldhash::fast::RandomState>>,
     settings: PoolSettings,
+    tls: TlsConnector,
 }
 
 /// The pool of backend connections, shared by every tenant.
@@ -97,9 +184,12 @@ pub struct Pool {
 /// ([`Lease::poll_driver`]) while the body is read; [`Lease::release`] returns it to the pool.
 pub struct Lease {
     conn: Conn,
-    authority: Authority,
+    key: PoolKey,
     shared: Arc<Shared>,
 }
+
+/// Idle connections are kept per backend: TLS or not, and authority.
+type PoolKey = (bool, Authority);
 
 impl Lease {
     /// Drives the connection so the response body makes progress.
@@ -117,7 +207,7 @@ impl Lease {
             return;
         }
         let mut idle = self.shared.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let stack = idle.entry(self.authority).or_default();
+        let stack = idle.entry(self.key).or_default();
         if stack.len() >= max {
             stack.remove(0);
         }
@@ -129,18 +219,19 @@ impl Lease {
 }
 
 impl Pool {
-    pub fn new(settings: PoolSettings) -> Pool {
+    pub fn new(settings: PoolSettings, tls: TlsConnector) -> Pool {
         Pool {
             shared: Arc::new(Shared {
                 idle: Mutex::new(HashMap::default()),
                 settings,
+                tls,
             }),
         }
     }
 
-    fn checkout(&self, authority: &Authority) -> Option<Conn> {
+    fn checkout(&self, key: &PoolKey) -> Option<Conn> {
         let mut idle = self.shared.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let stack = idle.get_mut(authority)?;
+        let stack = idle.get_mut(key)?;
         while let Some(c) = stack.pop() {
             if c.since.elapsed() < self.shared.settings.idle_timeout && !c.conn.sender.is_closed() {
                 return Some(c.conn);
@@ -149,7 +240,8 @@ impl Pool {
         None
     }
 
-    async fn connect(&self, addr: &str) -> Result<Conn, SendError> {
+    async fn connect(&self, target: Target<'_>) -> Result<Conn, SendError> {
+        let addr = target.addr;
         let timeout = self.shared.settings.connect_timeout;
         let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
             Err(_) => return Err(SendError::ConnectTimeout(addr.to_string())),
@@ -162,9 +254,23 @@ impl Pool {
             Ok(Ok(s)) => s,
         };
         let _ = stream.set_nodelay(true);
-        let (sender, driver) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await?;
+        let io = match target.tls {
+            None => UpstreamIo::Plain(stream),
+            Some(name) => {
+                let handshake = self.shared.tls.connect(name.clone(), stream);
+                match tokio::time::timeout(timeout, handshake).await {
+                    Err(_) => return Err(SendError::ConnectTimeout(addr.to_string())),
+                    Ok(Err(source)) => {
+                        return Err(SendError::Tls {
+                            addr: addr.to_string(),
+                            source,
+                        })
+                    }
+                    Ok(Ok(tls)) => UpstreamIo::Tls(Box::new(tls)),
+                }
+            }
+        };
+        let (sender, driver) = http1::Builder::new().handshake(TokioIo::new(io)).await?;
         tracing::debug!(upstream = addr, "opened upstream connection");
         Ok(Conn {
             sender,
@@ -176,10 +282,10 @@ impl Pool {
     /// belongs to the tunnel), driven by a task of its own so the upgrade can complete.
     pub async fn send_upgrade(
         &self,
-        addr: &str,
+        target: Target<'_>,
         req: Request<RequestBody>,
     ) -> Result<Response<Incoming>, SendError> {
-        let conn = Box::pin(self.connect(addr)).await?;
+        let conn = Box::pin(self.connect(target)).await?;
         let (mut sender, driver) = (conn.sender, conn.driver);
         if let Some(driver) = driver {
             let driver = Pin::into_inner(driver);
@@ -192,20 +298,20 @@ impl Pool {
         Ok(sender.send_request(req).await?)
     }
 
-    /// Sends `req` (origin-form URI, `Host` set) to the backend at `authority` (`addr` is its
-    /// `host:port`) and returns the response head with the connection that carries its body.
+    /// Sends `req` (origin-form URI, `Host` set) to `target` and returns the response head
+    /// with the connection that carries its body.
     pub async fn send(
         &self,
-        authority: &Authority,
-        addr: &str,
+        target: Target<'_>,
         mut req: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Lease), SendError> {
+        let key = (target.tls.is_some(), target.authority.clone());
         loop {
-            let (mut conn, reused) = match self.checkout(authority) {
+            let (mut conn, reused) = match self.checkout(&key) {
                 Some(c) => (c, true),
                 // Boxed: connecting is the rare path, and keeping its state out of this future
                 // keeps the per-request future small (it is moved on every request).
-                None => (Box::pin(self.connect(addr)).await?, false),
+                None => (Box::pin(self.connect(target)).await?, false),
             };
             // Ready for a request? (A reused connection may have been closed by the backend.)
             let ready = poll_fn(|cx| {
@@ -231,7 +337,7 @@ impl Pool {
                         resp,
                         Lease {
                             conn,
-                            authority: authority.clone(),
+                            key,
                             shared: self.shared.clone(),
                         },
                     ));

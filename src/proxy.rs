@@ -36,6 +36,8 @@ pub struct Gateway {
     pub key_sources: identify::KeySources,
     pub require_origin: bool,
     pub cors: CorsSettings,
+    /// `[server] max_header_bytes`.
+    pub max_header_bytes: usize,
 }
 
 /// The client connection a request arrived on.
@@ -62,6 +64,17 @@ struct RequestContext {
     tenant: Option<Arc<str>>,
     /// The request's origin, once it is known to be allowed for the tenant.
     allowed_origin: Option<HeaderValue>,
+}
+
+/// The size of the request head as sent over HTTP/1.1: request line and `name: value` lines.
+fn head_size<B>(req: &Request<B>) -> usize {
+    let uri = req.uri();
+    let target = uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len());
+    let line = req.method().as_str().len() + target + 12;
+    req.headers()
+        .iter()
+        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
 }
 
 impl Gateway {
@@ -105,6 +118,9 @@ impl Gateway {
         conn: &ClientConn,
         ctx: &mut RequestContext,
     ) -> Result<Response<ProxyBody>, GatewayError> {
+        if head_size(&req) > self.max_header_bytes {
+            return Err(GatewayError::HeadersTooLarge);
+        }
         if cors::is_preflight(&req) {
             return self.preflight(&req, ctx).await;
         }

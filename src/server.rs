@@ -1,5 +1,6 @@
-//! The listeners: accept loop with the gateway-wide connection cap, HTTP/1.1 and HTTP/2
-//! (cleartext, prior knowledge) on one port, and graceful shutdown.
+//! The listeners: accept loop with the gateway-wide connection cap, optional TLS ([`crate::tls`]),
+//! HTTP/1.1 and HTTP/2 on one port (ALPN over TLS, prior knowledge in cleartext), and graceful
+//! shutdown.
 //!
 //! [`start`] builds everything from a [`Config`] and returns a [`Running`] gateway whose
 //! addresses are known (tests bind `127.0.0.1:0`).
@@ -18,6 +19,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, StoreConfig};
 use crate::directory::Directory;
@@ -28,6 +30,7 @@ use crate::store::mongodb::MongoStore;
 use crate::store::{StoreError, TenantStore};
 
 static HTTP: HeaderValue = HeaderValue::from_static("http");
+static HTTPS: HeaderValue = HeaderValue::from_static("https");
 
 /// The gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +45,9 @@ pub enum StartError {
     /// The store could not even be set up (a database that is merely down is not this).
     #[error("cannot open the tenant store: {0}")]
     Store(#[from] StoreError),
+    /// The listener's certificate or the backends' CA file cannot be used.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// A started gateway.
@@ -119,14 +125,21 @@ pub async fn start_with_store(
         None => None,
     };
     let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
+    let acceptor = match &config.tls {
+        Some(files) => Some(crate::tls::acceptor(files.clone()).map_err(StartError::Tls)?),
+        None => None,
+    };
+    let connector =
+        crate::tls::connector(config.forward.ca_file.as_deref()).map_err(StartError::Tls)?;
 
     let directory = Directory::new(store, config.cache.clone());
     let gateway = Arc::new(Gateway {
         directory: directory.clone(),
-        forwarder: Forwarder::new(config.forward.clone()),
+        forwarder: Forwarder::new(config.forward.clone(), connector),
         key_sources: config.key_sources.clone(),
         require_origin: config.require_origin,
         cors: config.cors.clone(),
+        max_header_bytes: config.max_header_bytes,
     });
     let (stop, stopped) = watch::channel(false);
     if let Some(admin) = admin {
@@ -136,8 +149,14 @@ pub async fn start_with_store(
             wait_for(stopped.clone()),
         ));
     }
-    tracing::info!(%addr, admin = ?admin_addr, store = %directory.store().describe(), "tenantgate listening");
-    let task = tokio::spawn(serve(listener, gateway, config, wait_for(stopped)));
+    tracing::info!(%addr, tls = acceptor.is_some(), admin = ?admin_addr, store = %directory.store().describe(), "tenantgate listening");
+    let task = tokio::spawn(serve(
+        listener,
+        acceptor,
+        gateway,
+        config,
+        wait_for(stopped),
+    ));
     Ok(Running {
         addr,
         admin_addr,
@@ -155,16 +174,25 @@ async fn wait_for(mut stopped: watch::Receiver<bool>) {
 /// grace period ran out).
 async fn serve(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     gateway: Arc<Gateway>,
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // The parsers' own limits sit above [server] max_header_bytes, so that heads between the two
+    // get the gateway's JSON 431; beyond them the parser refuses without buffering more.
+    let parser_limit = (config.max_header_bytes * 4).max(16 * 1024);
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
+        .header_read_timeout(config.header_read_timeout)
+        .max_buf_size(parser_limit)
+        .max_headers(1_000);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(parser_limit as u32);
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(config.max_connections));
     tokio::pin!(shutdown);
@@ -190,18 +218,45 @@ async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let gw = gateway.clone();
-        let conn = Arc::new(ClientConn::new(peer, &HTTP));
+        let conn = Arc::new(ClientConn::new(
+            peer,
+            if tls.is_some() { &HTTPS } else { &HTTP },
+        ));
         let service = service_fn(move |req| {
             let (gw, conn) = (gw.clone(), conn.clone());
             async move { Ok::<_, Infallible>(gw.handle(req, &conn).await) }
         });
-        let connection = graceful.watch(
-            builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .into_owned(),
-        );
+        let Some(tls) = &tls else {
+            let connection = graceful.watch(
+                builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .into_owned(),
+            );
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                }
+                drop(permit);
+            });
+            continue;
+        };
+        // TLS: the handshake runs in the connection's task, bounded like a request head.
+        let (tls, builder, watcher) = (tls.clone(), builder.clone(), graceful.watcher());
+        let handshake_timeout = config.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            let stream = match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(connection.into_owned()).await {
                 tracing::debug!(%peer, error = %e, "client connection ended with an error");
             }
             drop(permit);

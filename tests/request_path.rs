@@ -928,4 +928,74 @@ async fn slow_request_heads_are_cut_off() {
         "{text}"
     );
     assert_eq!(gw.backend.requests(), 0);
+
+    // An idle keep-alive connection waits for its next head on the same clock.
+    let mut idle = TcpStream::connect(gw.running.addr).await.unwrap();
+    idle.write_all(
+        b"GET /echo HTTP/1.1\r\nhost: x\r\nx-tenant-id: tnt_a\r\norigin: https://client-a.com\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), idle.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the idle keep-alive connection stayed open");
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+}
+
+#[tokio::test]
+async fn oversized_request_heads_get_431() {
+    let gw = Gateway::start(
+        &[tenant("tnt_a", &[A], 5)],
+        "[server]\nmax_header_bytes = 8192\n",
+    )
+    .await;
+    let url = gw.url("/echo");
+    let over = "x".repeat(9_000);
+    for c in [client(), h2_client()] {
+        let r = send(
+            &c,
+            "GET",
+            &url,
+            &[("x-tenant-id", "tnt_a"), ("origin", A), ("x-big", &over)],
+        )
+        .await;
+        assert_eq!(
+            (r.status.as_u16(), r.error_code()),
+            (431, "headers_too_large".into())
+        );
+        // Just under the limit passes.
+        let under = "x".repeat(7_500);
+        let r = send(
+            &c,
+            "GET",
+            &url,
+            &[("x-tenant-id", "tnt_a"), ("origin", A), ("x-big", &under)],
+        )
+        .await;
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(
+        gw.backend.requests(),
+        2,
+        "refused heads never reach the backend"
+    );
+
+    // Far over (beyond 4x the limit): the HTTP/1.1 parser refuses it without buffering more.
+    let mut raw = tokio::net::TcpStream::connect(gw.running.addr)
+        .await
+        .unwrap();
+    let head = format!(
+        "GET /echo HTTP/1.1\r\nhost: x\r\nx-tenant-id: tnt_a\r\nx-big: {}\r\n\r\n",
+        "y".repeat(40_000)
+    );
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = raw.write_all(head.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = raw.read_to_end(&mut answer).await;
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 431"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert_eq!(gw.backend.requests(), 2);
 }

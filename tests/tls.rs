@@ -1,0 +1,298 @@
+//! TLS end to end, with certificates made at test time (rcgen; no key is committed): the
+//! listener over HTTP/1.1 and HTTP/2 (ALPN), HTTP/2 streams counted against the tenant's cap,
+//! certificate reload without dropping connections, start-up errors, and `https://` backends.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rustls::pki_types::{CertificateDer, ServerName};
+use tenantgate::demo::{serve_backend_with, BackendStats};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::client::TlsStream;
+
+const A: &str = "https://client-a.com";
+
+/// A test CA and the files it signs.
+struct Pki {
+    ca: CertifiedIssuer<'static, KeyPair>,
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        Pki { ca, dir }
+    }
+
+    fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// Writes a new leaf for `localhost` / `127.0.0.1` as `name.crt` + `name.key`; returns the
+    /// paths and the certificate.
+    fn leaf(&self, name: &str) -> (PathBuf, PathBuf, CertificateDer<'static>) {
+        let key = KeyPair::generate().unwrap();
+        let params =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        let (crt, pem) = (
+            self.dir.path().join(format!("{name}.crt")),
+            self.dir.path().join(format!("{name}.key")),
+        );
+        std::fs::write(&crt, cert.pem()).unwrap();
+        std::fs::write(&pem, key.serialize_pem()).unwrap();
+        (crt, pem, cert.der().clone())
+    }
+
+    fn acceptor(&self, name: &str) -> tokio_rustls::TlsAcceptor {
+        let (crt, key, _) = self.leaf(name);
+        tenantgate::tls::acceptor(tenantgate::tls::CertFiles {
+            cert: crt,
+            key,
+            reload_interval: Duration::from_secs(3600),
+        })
+        .unwrap()
+    }
+
+    /// A TLS connection to `addr` trusting only this CA, offering `alpn`.
+    async fn connect(&self, addr: std::net::SocketAddr, alpn: &[u8]) -> TlsStream<TcpStream> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.der().clone()).unwrap();
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = vec![alpn.to_vec()];
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap()
+    }
+}
+
+fn tls_section(crt: &std::path::Path, key: &std::path::Path) -> String {
+    format!(
+        "[tls]\ncert = {:?}\nkey = {:?}\nreload_interval_secs = 1\n",
+        crt.display().to_string(),
+        key.display().to_string()
+    )
+}
+
+fn request(uri: &str, key: &str) -> Request<Full<Bytes>> {
+    Request::builder()
+        .uri(uri)
+        .header("host", "localhost")
+        .header("x-tenant-id", key)
+        .header("origin", A)
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+async fn h1(stream: TlsStream<TcpStream>) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+async fn body_json(resp: http::Response<hyper::body::Incoming>) -> (StatusCode, serde_json::Value) {
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&body).unwrap_or_default())
+}
+
+#[tokio::test]
+async fn the_listener_speaks_tls_with_http1_and_h2_and_counts_h2_streams_against_the_cap() {
+    let pki = Pki::new();
+    let (crt, key, _) = pki.leaf("gateway");
+    let gw = Gateway::start(&[tenant("tnt_a", &[A], 5)], &tls_section(&crt, &key)).await;
+    let addr = gw.running.addr;
+
+    let stream = pki.connect(addr, b"http/1.1").await;
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let mut c = h1(stream).await;
+    let (status, echo) = body_json(c.send_request(request("/echo", "tnt_a")).await.unwrap()).await;
+    assert_eq!(status, 200);
+    assert_eq!(echo["headers"]["x-forwarded-proto"][0], "https");
+
+    // HTTP/2 over TLS: ten concurrent streams on one connection, cap 5.
+    let stream = pki.connect(addr, b"h2").await;
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let uri = format!("https://localhost:{}/slow?ms=500", addr.port());
+    let statuses = futures::future::join_all((0..10).map(|_| {
+        let mut s = sender.clone();
+        let req = request(&uri, "tnt_a");
+        async move { s.send_request(req).await.unwrap().status().as_u16() }
+    }))
+    .await;
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!((ok, refused), (5, 5), "{statuses:?}");
+
+    // Plain HTTP on the TLS port gets no HTTP answer at all.
+    let plain = client()
+        .request(tenant_request(
+            "GET",
+            &gw.url("/echo"),
+            "tnt_a",
+            A,
+            Full::new(Bytes::new()),
+        ))
+        .await;
+    assert!(plain.is_err(), "{plain:?}");
+}
+
+#[tokio::test]
+async fn certificate_files_are_reloaded_without_dropping_connections() {
+    let pki = Pki::new();
+    let (crt, key, first) = pki.leaf("gateway");
+    let gw = Gateway::start(&[tenant("tnt_a", &[A], 5)], &tls_section(&crt, &key)).await;
+    let addr = gw.running.addr;
+    let peer_cert =
+        |s: &TlsStream<TcpStream>| s.get_ref().1.peer_certificates().unwrap()[0].clone();
+
+    let stream = pki.connect(addr, b"http/1.1").await;
+    assert_eq!(peer_cert(&stream), first);
+    let mut open = h1(stream).await;
+    assert_eq!(
+        open.send_request(request("/echo", "tnt_a"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // Renewal: a new pair written over the files (key first, then certificate, as tools do).
+    let (new_crt, new_key, second) = pki.leaf("renewed");
+    std::fs::copy(&new_key, &key).unwrap();
+    std::fs::copy(&new_crt, &crt).unwrap();
+    eventually(10, || async {
+        peer_cert(&pki.connect(addr, b"http/1.1").await) == second
+    })
+    .await;
+    // The connection opened before the renewal still works.
+    assert_eq!(
+        open.send_request(request("/echo", "tnt_a"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // A broken file is refused and the current certificate kept.
+    std::fs::write(&crt, "not a certificate").unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(peer_cert(&pki.connect(addr, b"http/1.1").await), second);
+}
+
+#[tokio::test]
+async fn start_up_refuses_a_missing_or_mismatched_key_with_a_clear_error() {
+    let pki = Pki::new();
+    let (crt, _, _) = pki.leaf("gateway");
+    let (_, other_key, _) = pki.leaf("other");
+    let backend = Backend::start().await;
+    let tenants = pki.dir.path().join("tenants.json");
+    write_json(&tenants, &serde_json::json!([]));
+    let start = |key: PathBuf| {
+        let config = config(&backend.url(), &tenants, &tls_section(&crt, &key));
+        async move {
+            tenantgate::server::start(config)
+                .await
+                .err()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let missing = pki.dir.path().join("missing.key");
+    let err = start(missing.clone()).await;
+    assert!(err.contains(&missing.display().to_string()), "{err}");
+    let err = start(other_key.clone()).await;
+    assert!(err.contains("does not match"), "{err}");
+
+    // `check` says the same, as a config error.
+    let cfg = pki.dir.path().join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[store]\npath = {:?}\n{}",
+            tenants.display().to_string(),
+            tls_section(&crt, &other_key)
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = tenantgate(&["check", "--config", cfg.to_str().unwrap()], None);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("does not match"), "{err}");
+}
+
+#[tokio::test]
+async fn https_backends_by_default_and_per_tenant_verified_against_the_configured_ca() {
+    let pki = Pki::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let stats = Arc::new(BackendStats::default());
+    tokio::spawn(serve_backend_with(
+        listener,
+        stats.clone(),
+        Some(pki.acceptor("backend")),
+    ));
+    let https = format!("https://localhost:{port}");
+    let ca = format!("{:?}", pki.ca_file().display().to_string());
+
+    // The default upstream over TLS.
+    let gw = Gateway::start(
+        &[tenant("tnt_a", &[A], 5)],
+        &format!("[upstream]\nurl = {https:?}\nca_file = {ca}\n"),
+    )
+    .await;
+    let c = client();
+    for _ in 0..3 {
+        let r = as_tenant(&c, &gw.url("/echo"), "tnt_a", A).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["headers"]["x-tenant-id"][0], "tnt_a");
+    }
+    assert_eq!(
+        stats.connections.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "kept alive"
+    );
+
+    // A tenant's own https upstream, next to a plain default one.
+    let mut own = tenant("tnt_b", &[A], 5);
+    own["upstream"] = serde_json::Value::String(https.clone());
+    let gw = Gateway::start(&[own.clone()], &format!("[upstream]\nca_file = {ca}\n")).await;
+    let r = as_tenant(&c, &gw.url("/echo"), "tnt_b", A).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(gw.backend.requests(), 0, "not the default backend");
+
+    // A backend whose certificate the gateway cannot verify: 502.
+    let gw = Gateway::start(&[own], "").await;
+    let r = as_tenant(&c, &gw.url("/echo"), "tnt_b", A).await;
+    assert_eq!(
+        (r.status.as_u16(), r.error_code()),
+        (502, "upstream_unavailable".into())
+    );
+}
