@@ -12,15 +12,7 @@ cd "$(dirname "$0")/.."
 
 : "${GATEWAY_BIN:=$PWD/target/release/tenantgate}"
 : "${SIZE_MIB:=256}"
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source scripts/lib/bench-common.sh
 
 backend_port=$(free_port)
 gateway_port=$(free_port)
@@ -54,6 +46,7 @@ ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
 EOF
 python3 "$WORK/backend.py" "$backend_port" &
 PIDS+=($!)
+wait_http "http://127.0.0.1:$backend_port/download/0"
 cat >"$WORK/tenants.json" <<'EOF'
 [{"apiKey": "tnt_big", "allowedOrigins": [], "isActive": true, "maxConcurrentConnections": 10,
   "providerConfig": {"resources": {"endpoint": "https://res.example", "region": "r"}}}]
@@ -74,9 +67,8 @@ EOF
 TOKIO_WORKER_THREADS=1 RUST_LOG=warn "$GATEWAY_BIN" run --config "$WORK/gateway.toml" &
 gw=$!
 PIDS+=($gw)
-for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$gateway_port/" && break; sleep 0.1; done
+wait_http "http://127.0.0.1:$gateway_port/"
 
-rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
 truncate -s "${SIZE_MIB}M" "$WORK/upload.bin"
 
 measure() { # label, curl args...
@@ -87,7 +79,7 @@ measure() { # label, curl args...
     ( while true; do rss_kib "$gw" >>"$samples"; sleep 0.05; done ) &
     local sampler=$!
     start=$(date +%s.%N)
-    curl -sS -o /dev/null -H "X-Tenant-ID: tnt_big" "$@"
+    curl -fsS -o /dev/null -H "X-Tenant-ID: tnt_big" "$@"
     end=$(date +%s.%N)
     kill "$sampler"; wait "$sampler" 2>/dev/null || true
     peak=$(sort -n "$samples" | tail -1)

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # User-space instructions per proxied request, counted by callgrind (repeatable on a shared,
 # noisy machine, unlike wall-clock figures). Runs the gateway on the bench workload twice under
-# valgrind, for 2 s and 8 s of wrk load, and prints the slope: start-up costs cancel out.
+# valgrind, for 2 s and 8 s of wrk load (each after the same WARMUP_SECS=3 of load that fills
+# the tenant cache), and prints the slope: start-up and cache-filling costs cancel out.
+# Extra ENV=VALUE arguments go to the gateway, e.g. to count the MongoDB store:
+#   bash scripts/instructions-per-request.sh TENANTGATE_STORE_KIND=mongodb \
+#     TENANTGATE_STORE_URI='mongodb://127.0.0.1:27017/?directConnection=true'
 # Needs: a release build, valgrind, wrk, and one earlier run of ../shared/bench/run.sh (for the
 # bench upstream, the 1,000 generated tenants and the rendered gateway.toml).
 #   bash scripts/instructions-per-request.sh [ENV=VALUE ...]
@@ -17,6 +21,7 @@ one() { # seconds of load -> "requests instructions"
   env TOKIO_WORKER_THREADS=1 "$@" valgrind --tool=callgrind --callgrind-out-file="$out/cg.%p" \
     target/release/tenantgate run --config "$B/out/run/gateway.toml" >/dev/null 2>&1 & local gw=$!
   for _ in $(seq 150); do curl -s -o /dev/null http://127.0.0.1:18084/ && break; sleep 0.2; done
+  wrk -t1 -c20 -d"${WARMUP_SECS:-3}"s -s "$BENCH/lib/wrk_tenants.lua" http://127.0.0.1:18084/api/messages -- "$B/out/data/wrk_tenants.lua" >/dev/null
   wrk -t1 -c20 -d"$SECS"s -s "$BENCH/lib/wrk_tenants.lua" http://127.0.0.1:18084/api/messages -- "$B/out/data/wrk_tenants.lua" >/dev/null
   local n; n=$(curl -s http://127.0.0.1:18080/__stats | sed -E 's/.*"requests":([0-9]+).*/\1/')
   kill "$gw"; wait "$gw" 2>/dev/null || true; kill "$up"; wait "$up" 2>/dev/null || true

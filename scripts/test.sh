@@ -29,7 +29,9 @@ stop() {
 }
 trap stop EXIT
 
-uri="mongodb://127.0.0.1:$port/?directConnection=true"
+# serverMonitoringMode=poll: smongo answers the driver's awaitable (streaming) hello at once
+# instead of holding it, which makes the driver ask again in a tight loop; MongoDB holds it.
+uri="mongodb://127.0.0.1:$port/?directConnection=true&serverMonitoringMode=poll"
 if ! "$python" - "$uri" <<'EOF'; then
 import sys, time
 from pymongo import MongoClient

@@ -66,7 +66,11 @@ impl OwnServer {
     }
 
     fn uri(&self) -> String {
-        format!("mongodb://127.0.0.1:{}/?directConnection=true", self.port)
+        // serverMonitoringMode=poll: see scripts/test.sh (a test-server quirk).
+        format!(
+            "mongodb://127.0.0.1:{}/?directConnection=true&serverMonitoringMode=poll",
+            self.port
+        )
     }
 
     /// Starts the server and waits for a real ping.
