@@ -44,6 +44,7 @@ async fn echo(addr: &str) {
         };
         tokio::spawn(async move {
             // Accept the offered "chat" subprotocol, as a chat backend would.
+            #[allow(clippy::result_large_err)] // the handshake callback type is tungstenite's
             let pick = |req: &Request, mut resp: Response| {
                 if req.headers().get("sec-websocket-protocol").is_some() {
                     resp.headers_mut()

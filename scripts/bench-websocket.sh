@@ -15,8 +15,9 @@ cd "$(dirname "$0")/.."
 source scripts/lib/bench-common.sh
 ulimit -n "$(ulimit -Hn)"
 
-cargo build --quiet --release --example ws_bench
 BENCH=target/release/examples/ws_bench
+# SKIP_BUILD=1 reuses an earlier build of the load tool (it does not contain the gateway).
+[ -n "${SKIP_BUILD:-}" ] && [ -x "$BENCH" ] || cargo build --quiet --release --example ws_bench
 backend_port=$(free_port)
 gateway_port=$(free_port)
 "$BENCH" echo "127.0.0.1:$backend_port" &

@@ -371,13 +371,28 @@ where
     W: tokio::io::AsyncWrite + Unpin,
 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut buf = vec![0u8; 16 * 1024];
+    // An idle socket holds only the small buffer: chat messages fit in it, and a read that
+    // fills it (a burst) switches to a large buffer until a read comes back short.
+    const BURST: usize = 16 * 1024;
+    let mut small = [0u8; 512];
+    let mut large: Vec<u8> = Vec::new();
     loop {
-        let n = from.read(&mut buf).await?;
+        let buf: &mut [u8] = if large.is_empty() {
+            &mut small
+        } else {
+            &mut large
+        };
+        let n = from.read(buf).await?;
         if n == 0 {
             return to.shutdown().await;
         }
         to.write_all(&buf[..n]).await?;
+        let full = n == buf.len();
+        if full && large.is_empty() {
+            large = vec![0; BURST];
+        } else if !full && !large.is_empty() {
+            large = Vec::new();
+        }
         let now = started.elapsed().as_millis() as u64;
         last.store(now, std::sync::atomic::Ordering::Relaxed);
     }
