@@ -1,5 +1,6 @@
-//! The admin listener (loopback by default): `GET /healthz` (the process is up) and
-//! `GET /readyz` (503 until tenants can be resolved, i.e. the store answers).
+//! The admin listener (loopback by default): `GET /healthz` (the process is up),
+//! `GET /readyz` (503 until tenants can be resolved, i.e. the store answers) and `GET /metrics`
+//! (Prometheus, see [`crate::metrics`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -15,11 +16,13 @@ use tokio::net::TcpListener;
 
 use crate::body::ProxyBody;
 use crate::directory::Directory;
+use crate::metrics::Metrics;
 
 /// Serves the admin endpoints until `shutdown` fires.
 pub async fn serve(
     listener: TcpListener,
     directory: Arc<Directory>,
+    metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -29,10 +32,10 @@ pub async fn serve(
             a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
             _ = &mut shutdown => return,
         };
-        let dir = directory.clone();
+        let (dir, metrics) = (directory.clone(), metrics.clone());
         let service = service_fn(move |req| {
-            let dir = dir.clone();
-            async move { Ok::<_, Infallible>(route(req, &dir).await) }
+            let (dir, metrics) = (dir.clone(), metrics.clone());
+            async move { Ok::<_, Infallible>(route(req, &dir, &metrics).await) }
         });
         let conn = builder
             .serve_connection(TokioIo::new(stream), service)
@@ -43,8 +46,22 @@ pub async fn serve(
     }
 }
 
-async fn route(req: Request<Incoming>, directory: &Directory) -> Response<ProxyBody> {
+async fn route(
+    req: Request<Incoming>,
+    directory: &Directory,
+    metrics: &Metrics,
+) -> Response<ProxyBody> {
     match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => {
+            let mut resp = Response::new(ProxyBody::full(Bytes::from(metrics.render())));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            resp
+        }
         (&Method::GET, "/healthz") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
         (&Method::GET, "/readyz") => match directory.store().ping().await {
             Ok(()) => json(StatusCode::OK, serde_json::json!({"status": "ready"})),
@@ -55,7 +72,7 @@ async fn route(req: Request<Incoming>, directory: &Directory) -> Response<ProxyB
         },
         _ => json(
             StatusCode::NOT_FOUND,
-            serde_json::json!({"error": {"code": "not_found", "message": "admin endpoints: GET /healthz, GET /readyz"}}),
+            serde_json::json!({"error": {"code": "not_found", "message": "admin endpoints: GET /healthz, GET /readyz, GET /metrics"}}),
         ),
     }
 }

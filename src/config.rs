@@ -150,12 +150,15 @@ impl Default for RawCache {
 pub struct RawAdmin {
     /// Address of the admin listener; empty disables it.
     pub listen: String,
+    /// Tenants with their own per-tenant metric series (the busiest at scrape time).
+    pub metrics_top_tenants: usize,
 }
 
 impl Default for RawAdmin {
     fn default() -> Self {
         RawAdmin {
             listen: "127.0.0.1:9090".into(),
+            metrics_top_tenants: 20,
         }
     }
 }
@@ -274,6 +277,8 @@ pub struct Config {
     /// TLS on the listener, when configured.
     pub tls: Option<crate::tls::CertFiles>,
     pub admin_listen: Option<SocketAddr>,
+    /// `[admin] metrics_top_tenants`.
+    pub metrics_top_tenants: usize,
     pub forward: ForwardSettings,
     pub store: StoreConfig,
     pub cache: CacheSettings,
@@ -519,6 +524,7 @@ impl RawConfig {
             },
             tls,
             admin_listen,
+            metrics_top_tenants: self.admin.metrics_top_tenants,
             forward,
             store,
             cache,

@@ -29,6 +29,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use moka::sync::Cache;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
 use crate::limit::{SlotRegistry, Slots};
 use crate::store::{Invalidation, StoreError, TenantStore};
@@ -90,6 +92,36 @@ pub struct Directory {
     /// Bumped by every invalidation; a fetch writes back only if it is unchanged.
     generation: AtomicU64,
     misses: MissBudget,
+    /// What the cache did (read by [`crate::metrics`]).
+    pub stats: CacheStats,
+}
+
+/// The cache's counters. Cloning shares them (prometheus-client metrics are shared handles).
+#[derive(Clone)]
+pub struct CacheStats {
+    /// Answers served from the cache within their TTL (tenants, unknown keys, origins).
+    pub hits: Counter,
+    /// Answers served past their TTL while a background refresh runs (or the store fails).
+    pub stale: Counter,
+    /// Store queries made.
+    pub queries: Counter,
+    /// Store queries that failed or timed out.
+    pub query_errors: Counter,
+    /// Store query duration, seconds.
+    pub query_seconds: Histogram,
+}
+
+impl Default for CacheStats {
+    fn default() -> Self {
+        CacheStats {
+            hits: Counter::default(),
+            stale: Counter::default(),
+            queries: Counter::default(),
+            query_errors: Counter::default(),
+            // 0.5 ms .. ~4 s
+            query_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+        }
+    }
 }
 
 /// The token bucket of store lookups for uncached keys: refilled at `rate` per second, holding
@@ -174,6 +206,7 @@ impl Directory {
             slots: SlotRegistry::default(),
             generation: AtomicU64::new(0),
             misses: MissBudget::new(settings.miss_lookups_per_sec),
+            stats: CacheStats::default(),
             store: store.clone(),
             settings,
         });
@@ -210,10 +243,17 @@ impl Directory {
         if let Some(entry) = self.tenants.get(key) {
             let age = entry.fetched.elapsed();
             match &entry.value {
-                Resolved::Unknown if age < self.settings.negative_ttl => return Ok(entry.value),
+                Resolved::Unknown if age < self.settings.negative_ttl => {
+                    self.stats.hits.inc();
+                    return Ok(entry.value);
+                }
                 Resolved::Unknown => {}
-                _ if age < self.settings.ttl => return Ok(entry.value),
+                _ if age < self.settings.ttl => {
+                    self.stats.hits.inc();
+                    return Ok(entry.value);
+                }
                 _ if age < self.settings.ttl + self.settings.max_stale => {
+                    self.stats.stale.inc();
                     if entry.quiet_until.is_none_or(|t| Instant::now() >= t) {
                         self.refresh_in_background(key);
                     }
@@ -292,10 +332,14 @@ impl Directory {
     async fn query(&self, key: &Arc<str>) -> Result<Resolved, StoreError> {
         let generation = self.generation.load(Ordering::Acquire);
         let timeout = self.settings.lookup_timeout;
-        let record = match tokio::time::timeout(timeout, self.store.find(key)).await {
-            Ok(r) => r?,
-            Err(_) => return Err(StoreError::Timeout(timeout)),
-        };
+        let record = self
+            .timed(async {
+                match tokio::time::timeout(timeout, self.store.find(key)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(StoreError::Timeout(timeout)),
+                }
+            })
+            .await?;
         let value = match record {
             None => Resolved::Unknown,
             Some(TenantRecord::Misconfigured { .. }) => Resolved::Misconfigured,
@@ -317,6 +361,28 @@ impl Directory {
         Ok(value)
     }
 
+    /// Runs one store query, counting it, its duration and its failure.
+    async fn timed<T>(
+        &self,
+        query: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let result = query.await;
+        self.stats.queries.inc();
+        self.stats
+            .query_seconds
+            .observe(started.elapsed().as_secs_f64());
+        if result.is_err() {
+            self.stats.query_errors.inc();
+        }
+        result
+    }
+
+    /// Every tenant holding a slot, with its counts.
+    pub fn busy_tenants(&self) -> Vec<crate::limit::Busy> {
+        self.slots.busy()
+    }
+
     /// Whether any active tenant lists this preflight origin (already split into index
     /// candidates), cached like tenants: TTL, and the last answer served while the store fails.
     pub async fn origin_in_use(
@@ -327,6 +393,7 @@ impl Directory {
         let cached = self.origins.get(origin);
         if let Some(e) = &cached {
             if e.fetched.elapsed() < self.settings.ttl {
+                self.stats.hits.inc();
                 return Ok(e.in_use);
             }
         }
@@ -335,11 +402,14 @@ impl Directory {
         }
         let generation = self.generation.load(Ordering::Acquire);
         let timeout = self.settings.lookup_timeout;
-        let answer = match tokio::time::timeout(timeout, self.store.origin_in_use(candidates)).await
-        {
-            Ok(r) => r,
-            Err(_) => Err(StoreError::Timeout(timeout)),
-        };
+        let answer = self
+            .timed(async {
+                match tokio::time::timeout(timeout, self.store.origin_in_use(candidates)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(StoreError::Timeout(timeout)),
+                }
+            })
+            .await;
         match answer {
             Ok(in_use) => {
                 if self.generation.load(Ordering::Acquire) == generation {
@@ -355,6 +425,7 @@ impl Directory {
             }
             Err(e) => match cached {
                 Some(c) if c.fetched.elapsed() < self.settings.ttl + self.settings.max_stale => {
+                    self.stats.stale.inc();
                     Ok(c.in_use)
                 }
                 _ => Err(e),

@@ -193,6 +193,8 @@ pub struct Forwarded<'a> {
 pub struct Forwarder {
     pool: Pool,
     settings: ForwardSettings,
+    /// Time from sending a request to the backend's response head (see [`crate::metrics`]).
+    pub upstream_response: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl Forwarder {
@@ -206,7 +208,11 @@ impl Forwarder {
             },
             tls,
         );
-        Forwarder { pool, settings }
+        Forwarder {
+            pool,
+            settings,
+            upstream_response: crate::metrics::latency_histogram(),
+        }
     }
 
     /// Sends the request to the tenant's backend and returns its response head, with the body
@@ -218,8 +224,11 @@ impl Forwarder {
         fwd: &Forwarded<'_>,
     ) -> Result<(Response<Incoming>, Lease), GatewayError> {
         let (upstream, req) = self.prepare(req, tenant, fwd)?;
+        let started = std::time::Instant::now();
         let sent = self.pool.send(upstream.target(), req);
         let (mut resp, lease) = self.within_response_timeout(upstream, sent).await?;
+        self.upstream_response
+            .observe(started.elapsed().as_secs_f64());
         strip_hop_by_hop(resp.headers_mut());
         Ok((resp, lease))
     }
@@ -251,7 +260,7 @@ impl Forwarder {
         let tenant_key = tenant.key.clone();
         let idle_timeout = self.settings.upgrade_idle_timeout;
         tokio::spawn(async move {
-            let _slot = slot; // one of the tenant's slots for as long as the tunnel is open
+            let _slot = slot.into_socket(); // one of the tenant's slots while the tunnel is open
             match tokio::try_join!(client_side, upstream_side) {
                 Ok((client, backend)) => {
                     splice(TokioIo::new(client), TokioIo::new(backend), idle_timeout).await;

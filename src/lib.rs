@@ -24,7 +24,8 @@
 //! trait, the JSON file store and the MongoDB store), [`directory`] (the cache in front of every store: TTL,
 //! negative TTL, coalesced misses, stale-while-revalidate, invalidation, miss budget).
 //!
-//! Around it: [`config`] (TOML → validated settings), [`admin`] (`/healthz`, `/readyz`),
+//! Around it: [`config`] (TOML → validated settings), [`admin`] (`/healthz`, `/readyz`,
+//! `/metrics`), [`metrics`],
 //! [`cli`] (`run`, `check`, `demo`, `tenants …`), [`demo`] (sample backend and zero-setup demo),
 //! [`logging`].
 #![forbid(unsafe_code)]
@@ -41,6 +42,7 @@ pub mod forward;
 pub mod identify;
 pub mod limit;
 pub mod logging;
+pub mod metrics;
 pub mod origin;
 pub mod pool;
 pub mod proxy;

@@ -16,6 +16,8 @@ use crate::error::GatewayError;
 #[derive(Debug, Default)]
 pub struct Slots {
     in_flight: AtomicU32,
+    /// How many of the slots in flight are open upgraded connections (WebSockets).
+    sockets: AtomicU32,
 }
 
 impl Slots {
@@ -33,11 +35,34 @@ impl Slots {
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Acquire)
     }
+
+    /// Open upgraded connections (part of [`Slots::in_flight`]).
+    pub fn sockets(&self) -> u32 {
+        self.sockets.load(Ordering::Acquire)
+    }
 }
 
 /// One taken slot; dropping it gives the slot back.
 #[derive(Debug)]
 pub struct SlotGuard(Arc<Slots>);
+
+impl SlotGuard {
+    /// The slot now holds an upgraded connection (counted as a socket until dropped).
+    pub fn into_socket(self) -> SocketGuard {
+        self.0.sockets.fetch_add(1, Ordering::AcqRel);
+        SocketGuard(self)
+    }
+}
+
+/// A slot held by an open upgraded connection.
+#[derive(Debug)]
+pub struct SocketGuard(SlotGuard);
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        (self.0).0.sockets.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 impl Drop for SlotGuard {
     fn drop(&mut self) {
@@ -48,12 +73,35 @@ impl Drop for SlotGuard {
 /// Finds the counter of a tenant by key, so that every copy of the tenant the cache ever holds
 /// shares one counter. Holds weak references: a counter lives as long as a cached copy of its
 /// tenant or a request in flight.
+/// One tenant's slots at a moment (for metrics).
+#[derive(Debug, Clone)]
+pub struct Busy {
+    pub tenant: Arc<str>,
+    pub in_flight: u32,
+    pub sockets: u32,
+}
+
 #[derive(Debug, Default)]
 pub struct SlotRegistry {
     counters: Mutex<HashMap<Arc<str>, Weak<Slots>>>,
 }
 
 impl SlotRegistry {
+    /// Every tenant holding at least one slot.
+    pub fn busy(&self) -> Vec<Busy> {
+        let map = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter()
+            .filter_map(|(k, w)| {
+                w.upgrade().map(|s| Busy {
+                    tenant: k.clone(),
+                    in_flight: s.in_flight(),
+                    sockets: s.sockets(),
+                })
+            })
+            .filter(|b| b.in_flight > 0)
+            .collect()
+    }
+
     /// The counter of `key`, created when none is alive.
     pub fn counter(&self, key: &Arc<str>) -> Arc<Slots> {
         let mut map = self.counters.lock().unwrap_or_else(|p| p.into_inner());

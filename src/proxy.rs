@@ -38,6 +38,7 @@ pub struct Gateway {
     pub cors: CorsSettings,
     /// `[server] max_header_bytes`.
     pub max_header_bytes: usize,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The client connection a request arrived on.
@@ -100,13 +101,16 @@ impl Gateway {
         resp.headers_mut()
             .insert(X_REQUEST_ID, ctx.request_id.clone());
 
+        let code = rejected.map(GatewayError::code);
+        let elapsed = started.elapsed();
+        self.metrics.observe(resp.status().as_u16(), code, elapsed);
         crate::logging::access(&crate::logging::AccessRecord {
             method: method.as_str(),
             path: uri.path(),
             status: resp.status().as_u16(),
             tenant: ctx.tenant.as_deref().unwrap_or("-"),
-            code: rejected.map_or("-", GatewayError::code),
-            latency_us: started.elapsed().as_micros() as u64,
+            code: code.unwrap_or("-"),
+            latency_us: elapsed.as_micros() as u64,
             request_id: ctx.request_id.to_str().unwrap_or("-"),
         });
         resp

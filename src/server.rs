@@ -24,6 +24,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::{Config, StoreConfig};
 use crate::directory::Directory;
 use crate::forward::Forwarder;
+use crate::metrics::Metrics;
 use crate::proxy::{ClientConn, Gateway};
 use crate::store::file::FileStore;
 use crate::store::mongodb::MongoStore;
@@ -133,19 +134,27 @@ pub async fn start_with_store(
         crate::tls::connector(config.forward.ca_file.as_deref()).map_err(StartError::Tls)?;
 
     let directory = Directory::new(store, config.cache.clone());
+    let forwarder = Forwarder::new(config.forward.clone(), connector);
+    let metrics = Arc::new(Metrics::new(
+        &directory,
+        &forwarder.upstream_response,
+        config.metrics_top_tenants,
+    ));
     let gateway = Arc::new(Gateway {
         directory: directory.clone(),
-        forwarder: Forwarder::new(config.forward.clone(), connector),
+        forwarder,
         key_sources: config.key_sources.clone(),
         require_origin: config.require_origin,
         cors: config.cors.clone(),
         max_header_bytes: config.max_header_bytes,
+        metrics: metrics.clone(),
     });
     let (stop, stopped) = watch::channel(false);
     if let Some(admin) = admin {
         tokio::spawn(crate::admin::serve(
             admin,
             directory.clone(),
+            metrics,
             wait_for(stopped.clone()),
         ));
     }

@@ -183,6 +183,18 @@ async fn each_open_websocket_holds_one_tenant_slot_until_it_closes() {
     let (second, _) = open(&gw, A, TOKEN).await.unwrap();
     assert_eq!(gw.in_flight("tnt_a").await, 2);
     assert_eq!(status_of(open(&gw, A, TOKEN).await.unwrap_err()), 429);
+    // The metrics see them as open WebSockets of the tenant.
+    let metrics = get(&gw.admin_url("/metrics"), &[]).await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    for line in [
+        "tenantgate_open_websockets 2",
+        "tenantgate_tenant_open_websockets{tenant=\"tnt_a\"} 2",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in {text}"
+        );
+    }
 
     // Closed by the client with a close handshake: the slot comes back.
     first.close(None).await.unwrap();
