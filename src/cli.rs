@@ -5,6 +5,8 @@
 //! tenantgate check --config gateway.toml    validate the config, reach the store, summarise
 //! tenantgate demo                           zero set-up: sample backend + gateway + tenants
 //! tenantgate tenants list|get|put|import|export|enable|disable|delete --config gateway.toml
+//! tenantgate completions bash|zsh|fish|elvish|powershell    shell completion script
+//! tenantgate man                            the manual page (roff)
 //! ```
 //!
 //! Exit codes (sysexits): 0 fine, 64 invalid config or arguments, 65 invalid tenant document,
@@ -61,6 +63,10 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to standard output.
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff) to standard output: `tenantgate man > tenantgate.1`.
+    Man,
     /// Manage tenant documents in the store the config names.
     Tenants {
         /// The gateway config that names the store (required).
@@ -100,13 +106,38 @@ enum TenantsAction {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version print to stdout and succeed; usage errors are sysexits' 64.
+        Err(e) => {
+            let _ = e.print();
+            return match e.use_stderr() {
+                true => ExitCode::from(EXIT_CONFIG),
+                false => ExitCode::SUCCESS,
+            };
+        }
+    };
     match cli.command {
         Command::Run { config } => run(&config, cli.log_format),
         Command::Check { config } => check(&config),
         Command::Demo { listen } => {
             let _guard = logging::init(cli.log_format);
             runtime().block_on(crate::demo::run(listen))
+        }
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "tenantgate", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Man => {
+            let page = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
+            match page.render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("tenantgate: cannot write the manual page: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Tenants {
             config: Some(config),

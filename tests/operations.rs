@@ -435,3 +435,29 @@ async fn metrics_count_requests_rejections_cache_and_bounded_per_tenant_gauges()
         assert_eq!(h.await.unwrap().status, 200);
     }
 }
+
+#[test]
+fn completions_and_man_page_come_from_the_command_definitions() {
+    let (code, out, err) = tenantgate(&["completions", "bash"], None);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("complete -F") && out.contains("tenants"),
+        "{out}"
+    );
+    for shell in ["zsh", "fish", "elvish", "powershell"] {
+        let (code, out, _) = tenantgate(&["completions", shell], None);
+        assert!(code == 0 && out.contains("tenantgate"), "{shell}");
+    }
+    let (code, _, err) = tenantgate(&["completions", "tcsh"], None);
+    assert_eq!(code, 64, "an unknown shell is a usage error: {err}");
+    assert_eq!(tenantgate(&["--version"], None).0, 0);
+    let (code, out, _) = tenantgate(&["man"], None);
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with(".ie") || out.contains(".TH tenantgate"),
+        "{out}"
+    );
+    for word in ["check", "demo", "tenants", "completions"] {
+        assert!(out.contains(word), "the manual lists {word}");
+    }
+}
