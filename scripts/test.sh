@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests, end-to-end tests over real sockets on 127.0.0.1:0, the
-# CLI/binary tests, and the MongoDB store against a real MongoDB-wire server.
+# CLI/binary tests, the MongoDB store against a real MongoDB-wire server, and the validation of
+# the deployment files (scripts/validate-deploy.sh).
 #
 # The MongoDB tests use smongo 1.2.8 from PyPI (see MONGODB_IN_TESTS in the README): installed
 # into .venv when missing (the first install compiles it: about 6 minutes on 2 cores; pip keeps
@@ -54,3 +55,5 @@ fi
 export TEST_MONGODB_URI="$uri"
 export TEST_SMONGO_PYTHON="$python"
 cargo test --locked --all-targets "$@"
+# The deployment files, as far as they can be checked without a Docker engine or a cluster.
+if [ $# -eq 0 ]; then bash scripts/validate-deploy.sh; fi

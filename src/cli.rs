@@ -4,6 +4,7 @@
 //! tenantgate run --config gateway.toml      serve
 //! tenantgate check --config gateway.toml    validate the config, reach the store, summarise
 //! tenantgate demo                           zero set-up: sample backend + gateway + tenants
+//! tenantgate backend [--listen ADDR]        the sample backend alone (compose, Kubernetes)
 //! tenantgate tenants list|get|put|import|export|enable|disable|delete --config gateway.toml
 //! tenantgate completions bash|zsh|fish|elvish|powershell    shell completion script
 //! tenantgate man                            the manual page (roff)
@@ -61,6 +62,12 @@ enum Command {
     Demo {
         /// Where the demo gateway listens (a free port is used when this one is taken).
         #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+    /// Serve only the sample backend (echoes requests; /slow, /stream, /events, /upload):
+    /// a stand-in for your single-tenant service in the compose and Kubernetes examples.
+    Backend {
+        #[arg(long, default_value = "127.0.0.1:3000")]
         listen: SocketAddr,
     },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to standard output.
@@ -123,6 +130,24 @@ pub fn main() -> ExitCode {
         Command::Demo { listen } => {
             let _guard = logging::init(cli.log_format);
             runtime().block_on(crate::demo::run(listen))
+        }
+        Command::Backend { listen } => {
+            let _guard = logging::init(cli.log_format);
+            runtime().block_on(async {
+                let listener = match tokio::net::TcpListener::bind(listen).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        eprintln!("tenantgate: cannot listen on {listen}: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                };
+                tracing::info!(%listen, "sample backend listening");
+                tokio::select! {
+                    _ = crate::demo::serve_backend(listener, Default::default()) => {}
+                    signal = shutdown_signal() => tracing::info!(signal, "sample backend stopped"),
+                }
+                ExitCode::SUCCESS
+            })
         }
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();

@@ -461,3 +461,37 @@ fn completions_and_man_page_come_from_the_command_definitions() {
         assert!(out.contains(word), "the manual lists {word}");
     }
 }
+
+#[tokio::test]
+async fn the_sample_backend_runs_alone_for_the_deployment_examples() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(BIN)
+        .args(["backend", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/echo");
+    eventually(10, || async {
+        client()
+            .request(tenant_request(
+                "GET",
+                &url,
+                "tnt_a",
+                A,
+                http_body_util::Full::new(bytes::Bytes::new()),
+            ))
+            .await
+            .is_ok()
+    })
+    .await;
+    let r = get(&url, &[("x-probe", "1")]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["headers"]["x-probe"][0], "1");
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    assert!(child.wait().unwrap().success(), "SIGTERM stops it cleanly");
+}
