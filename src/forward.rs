@@ -28,6 +28,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::body::{BodyLimitExceeded, ProxyBody, RequestBody};
 use crate::error::GatewayError;
@@ -195,6 +197,9 @@ pub struct Forwarder {
     settings: ForwardSettings,
     /// Time from sending a request to the backend's response head (see [`crate::metrics`]).
     pub upstream_response: prometheus_client::metrics::histogram::Histogram,
+    /// The spliced (upgraded) connections, closed together at shutdown.
+    tunnels: TaskTracker,
+    closing: CancellationToken,
 }
 
 impl Forwarder {
@@ -212,6 +217,8 @@ impl Forwarder {
             pool,
             settings,
             upstream_response: crate::metrics::latency_histogram(),
+            tunnels: TaskTracker::new(),
+            closing: CancellationToken::new(),
         }
     }
 
@@ -259,11 +266,13 @@ impl Forwarder {
         let upstream_side = hyper::upgrade::on(&mut resp);
         let tenant_key = tenant.key.clone();
         let idle_timeout = self.settings.upgrade_idle_timeout;
-        tokio::spawn(async move {
+        let closing = self.closing.clone();
+        self.tunnels.spawn(async move {
             let _slot = slot.into_socket(); // one of the tenant's slots while the tunnel is open
             match tokio::try_join!(client_side, upstream_side) {
                 Ok((client, backend)) => {
-                    splice(TokioIo::new(client), TokioIo::new(backend), idle_timeout).await;
+                    let (client, backend) = (TokioIo::new(client), TokioIo::new(backend));
+                    splice(client, backend, idle_timeout, closing).await;
                 }
                 Err(e) => {
                     tracing::warn!(tenant = %tenant_key, error = %e, "protocol upgrade failed")
@@ -275,6 +284,25 @@ impl Forwarder {
         strip_hop_by_hop(&mut parts.headers);
         restore_upgrade(&mut parts.headers, protocol);
         Ok(Response::from_parts(parts, ProxyBody::empty()))
+    }
+
+    /// Closes every spliced connection (both sides get a FIN) and waits up to `within` for
+    /// them to finish; new upgrades are not spliced any more. For shutdown.
+    pub async fn close_tunnels(&self, within: Duration) {
+        let open = self.tunnels.len();
+        self.closing.cancel();
+        self.tunnels.close();
+        if tokio::time::timeout(within, self.tunnels.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open,
+                "upgraded connections still closing at the end of the grace period"
+            );
+        } else if open > 0 {
+            tracing::info!(closed = open, "closed the upgraded connections");
+        }
     }
 
     /// The request as the backend gets it: origin-form URI, HTTP/1.1, the header rules, `Host`,
@@ -335,7 +363,7 @@ impl Forwarder {
 /// ends when either direction ends (after that direction's last bytes are written and its write
 /// side shut down): a WebSocket is over once either peer has closed, and waiting for the other
 /// half-close would let a silent peer hold the tenant's slot.
-async fn splice<C, B>(client: C, backend: B, idle_timeout: Duration)
+async fn splice<C, B>(client: C, backend: B, idle_timeout: Duration, closing: CancellationToken)
 where
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite,
     B: tokio::io::AsyncRead + tokio::io::AsyncWrite,
@@ -361,6 +389,10 @@ where
         r = idle => {
             tracing::debug!(idle_secs = idle_timeout.as_secs(), "closing an idle upgraded connection");
             r
+        }
+        _ = closing.cancelled() => {
+            tracing::debug!("closing an upgraded connection: the gateway is shutting down");
+            Ok(())
         }
     };
     if let Err(e) = ended {

@@ -278,8 +278,13 @@ async fn serve(
         grace_secs = grace.as_secs(),
         "shutting down: no new connections; finishing in-flight requests"
     );
-    tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("all connections finished"),
-        _ = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing the remaining connections"),
-    }
+    // HTTP connections finish their requests; upgraded ones (WebSockets, which would otherwise
+    // hold the whole grace period) are closed now so their clients reconnect elsewhere.
+    let requests = async {
+        tokio::select! {
+            _ = graceful.shutdown() => tracing::info!("all connections finished"),
+            _ = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing the remaining connections"),
+        }
+    };
+    tokio::join!(requests, gateway.forwarder.close_tunnels(grace));
 }

@@ -257,3 +257,48 @@ async fn idle_websockets_are_closed_and_free_their_slot() {
         "the idle socket is gone"
     );
 }
+
+#[tokio::test]
+async fn shutdown_finishes_requests_closes_websockets_and_refuses_new_connections() {
+    let (backend, _) = ws_backend().await;
+    let mut ws_tenant = tenant("tnt_a", &[A], 5);
+    ws_tenant["upstream"] = serde_json::json!(format!("http://{backend}"));
+    // shutdown_grace_secs = 5 (the test config).
+    let gw = Gateway::start(&[ws_tenant, tenant("tnt_b", &[A], 5)], "").await;
+    let (mut ws, _) = open(&gw, A, TOKEN).await.unwrap();
+    ws.send(Message::text("before")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("before"));
+    let c = client();
+    let slow = tokio::spawn({
+        let (c, url) = (c.clone(), gw.url("/slow?ms=1500"));
+        async move { as_tenant(&c, &url, "tnt_b", A).await }
+    });
+    eventually(5, || async { gw.backend.requests() == 1 }).await;
+
+    let started = std::time::Instant::now();
+    gw.running.shutdown();
+    // The WebSocket is closed by the gateway at once (both sides), not held for the grace period.
+    let ended = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) => return,
+                Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the WebSocket stayed open during shutdown");
+    // New connections are refused while the in-flight request finishes.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(tokio::net::TcpStream::connect(gw.running.addr)
+        .await
+        .is_err());
+    // The request in flight finishes normally.
+    assert_eq!(slow.await.unwrap().status, 200);
+    let Gateway { running, .. } = gw;
+    tokio::time::timeout(Duration::from_secs(5), running.wait())
+        .await
+        .expect("stopped within the grace period");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
