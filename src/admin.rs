@@ -1,6 +1,7 @@
 //! The admin listener (loopback by default): `GET /healthz` (the process is up),
 //! `GET /readyz` (503 until tenants can be resolved, i.e. the store answers) and `GET /metrics`
-//! (Prometheus, see [`crate::metrics`]).
+//! (Prometheus, see [`crate::metrics`]), and `POST /reload` (loopback callers only; see
+//! [`crate::server::Reloader`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -17,25 +18,32 @@ use tokio::net::TcpListener;
 use crate::body::ProxyBody;
 use crate::directory::Directory;
 use crate::metrics::Metrics;
+use crate::server::Reloader;
 
 /// Serves the admin endpoints until `shutdown` fires.
 pub async fn serve(
     listener: TcpListener,
     directory: Arc<Directory>,
     metrics: Arc<Metrics>,
+    reloader: Arc<Reloader>,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
             _ = &mut shutdown => return,
         };
-        let (dir, metrics) = (directory.clone(), metrics.clone());
+        let (dir, metrics, reloader) = (directory.clone(), metrics.clone(), reloader.clone());
         let service = service_fn(move |req| {
-            let (dir, metrics) = (dir.clone(), metrics.clone());
-            async move { Ok::<_, Infallible>(route(req, &dir, &metrics).await) }
+            let (dir, metrics, reloader) = (dir.clone(), metrics.clone(), reloader.clone());
+            async move {
+                if req.method() == Method::POST && req.uri().path() == "/reload" {
+                    return Ok::<_, Infallible>(reload(&reloader, peer).await);
+                }
+                Ok::<_, Infallible>(route(req, &dir, &metrics).await)
+            }
         });
         let conn = builder
             .serve_connection(TokioIo::new(stream), service)
@@ -72,7 +80,39 @@ async fn route(
         },
         _ => json(
             StatusCode::NOT_FOUND,
-            serde_json::json!({"error": {"code": "not_found", "message": "admin endpoints: GET /healthz, GET /readyz, GET /metrics"}}),
+            serde_json::json!({"error": {"code": "not_found", "message": "admin endpoints: GET /healthz, GET /readyz, GET /metrics, POST /reload"}}),
+        ),
+    }
+}
+
+/// `POST /reload`: loopback callers only, whatever interface the admin listener is on.
+async fn reload(reloader: &Arc<Reloader>, peer: std::net::SocketAddr) -> Response<ProxyBody> {
+    if !peer.ip().is_loopback() {
+        return json(
+            StatusCode::FORBIDDEN,
+            serde_json::json!({"error": {"code": "forbidden", "message": "POST /reload is accepted from loopback only"}}),
+        );
+    }
+    let reloader = reloader.clone();
+    let outcome = tokio::task::spawn_blocking(move || reloader.reload()).await;
+    match outcome {
+        Ok(Ok(done)) => {
+            tracing::info!(%done, "config reloaded (POST /reload)");
+            json(
+                StatusCode::OK,
+                serde_json::json!({"status": "reloaded", "message": done}),
+            )
+        }
+        Ok(Err(why)) => {
+            tracing::error!(%why, "config not reloaded (POST /reload)");
+            json(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                serde_json::json!({"error": {"code": "reload_refused", "message": why}}),
+            )
+        }
+        Err(e) => json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            serde_json::json!({"error": {"code": "reload_failed", "message": e.to_string()}}),
         ),
     }
 }

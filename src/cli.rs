@@ -221,6 +221,8 @@ fn run(path: &Path, format: LogFormat) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        #[cfg(unix)]
+        tokio::spawn(reload_on_sighup(running.reloader.clone()));
         let signal = shutdown_signal().await;
         tracing::info!(signal, "shutdown requested");
         running.shutdown();
@@ -228,6 +230,25 @@ fn run(path: &Path, format: LogFormat) -> ExitCode {
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })
+}
+
+/// Reloads the config on every SIGHUP (see [`crate::server::Reloader`]).
+#[cfg(unix)]
+async fn reload_on_sighup(reloader: Arc<crate::server::Reloader>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let reloader = reloader.clone();
+        match tokio::task::spawn_blocking(move || reloader.reload()).await {
+            Ok(Ok(done)) => tracing::info!(%done, "config reloaded (SIGHUP)"),
+            Ok(Err(why)) => {
+                tracing::error!(%why, "config not reloaded (SIGHUP); the running config stays")
+            }
+            Err(e) => tracing::error!(error = %e, "config reload failed"),
+        }
+    }
 }
 
 /// Waits for SIGTERM or SIGINT; returns its name.

@@ -246,7 +246,7 @@ pub struct RawConfig {
 }
 
 /// Which store holds the tenants.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreConfig {
     File {
         path: PathBuf,
@@ -269,6 +269,8 @@ pub struct CorsSettings {
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The file it was loaded from (what a reload re-reads); `None` when parsed from text.
+    pub path: Option<PathBuf>,
     pub listen: SocketAddr,
     pub max_connections: usize,
     pub shutdown_grace: Duration,
@@ -295,7 +297,9 @@ impl Config {
             file: file.clone(),
             message: format!("cannot read: {e}"),
         })?;
-        Config::parse_with_env(&text, &file, std::env::vars())
+        let mut config = Config::parse_with_env(&text, &file, std::env::vars())?;
+        config.path = Some(path.to_path_buf());
+        Ok(config)
     }
 
     /// Parses and validates config text; `file` names it in errors.
@@ -506,6 +510,7 @@ impl RawConfig {
             _ => return Err("[tls] cert / key: set both (PEM files) or neither".into()),
         };
         Ok(Config {
+            path: None,
             listen,
             max_connections,
             shutdown_grace: Duration::from_secs(s.shutdown_grace_secs),

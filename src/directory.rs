@@ -37,7 +37,7 @@ use crate::store::{Invalidation, StoreError, TenantStore};
 use crate::tenant::{Tenant, TenantRecord};
 
 /// Cache settings (`[cache]`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheSettings {
     pub ttl: Duration,
     pub negative_ttl: Duration,

@@ -19,8 +19,10 @@
 //! after `101` are spliced both ways while holding the tenant's slot ([`Forwarder::upgrade`]).
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Request, Response, Version};
@@ -194,7 +196,8 @@ pub struct Forwarded<'a> {
 /// The upstream side: one pool of keep-alive connections shared by every tenant.
 pub struct Forwarder {
     pool: Pool,
-    settings: ForwardSettings,
+    /// Swapped whole by a config reload; each request reads one version.
+    settings: ArcSwap<ForwardSettings>,
     /// Time from sending a request to the backend's response head (see [`crate::metrics`]).
     pub upstream_response: prometheus_client::metrics::histogram::Histogram,
     /// The spliced (upgraded) connections, closed together at shutdown.
@@ -215,7 +218,7 @@ impl Forwarder {
         );
         Forwarder {
             pool,
-            settings,
+            settings: ArcSwap::from_pointee(settings),
             upstream_response: crate::metrics::latency_histogram(),
             tunnels: TaskTracker::new(),
             closing: CancellationToken::new(),
@@ -230,10 +233,13 @@ impl Forwarder {
         tenant: &Tenant,
         fwd: &Forwarded<'_>,
     ) -> Result<(Response<Incoming>, Lease), GatewayError> {
-        let (upstream, req) = self.prepare(req, tenant, fwd)?;
+        let settings = self.settings.load_full();
+        let (upstream, req) = self.prepare(req, tenant, fwd, &settings)?;
         let started = std::time::Instant::now();
         let sent = self.pool.send(upstream.target(), req);
-        let (mut resp, lease) = self.within_response_timeout(upstream, sent).await?;
+        let (mut resp, lease) = self
+            .within_response_timeout(upstream, sent, &settings)
+            .await?;
         self.upstream_response
             .observe(started.elapsed().as_secs_f64());
         strip_hop_by_hop(resp.headers_mut());
@@ -253,19 +259,22 @@ impl Forwarder {
     ) -> Result<Response<ProxyBody>, GatewayError> {
         let client_side = hyper::upgrade::on(&mut req);
         let protocol = req.headers().get(header::UPGRADE).cloned();
-        let (upstream, mut req) = self.prepare(req, tenant, fwd)?;
+        let settings = self.settings.load_full();
+        let (upstream, mut req) = self.prepare(req, tenant, fwd, &settings)?;
         restore_upgrade(req.headers_mut(), protocol);
         strip_tenant_subprotocol(req.headers_mut());
 
         let sent = self.pool.send_upgrade(upstream.target(), req);
-        let mut resp = self.within_response_timeout(upstream, sent).await?;
+        let mut resp = self
+            .within_response_timeout(upstream, sent, &settings)
+            .await?;
         if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
             strip_hop_by_hop(resp.headers_mut());
             return Ok(resp.map(|body| ProxyBody::upstream(body, None, Some(slot))));
         }
         let upstream_side = hyper::upgrade::on(&mut resp);
         let tenant_key = tenant.key.clone();
-        let idle_timeout = self.settings.upgrade_idle_timeout;
+        let idle_timeout = settings.upgrade_idle_timeout;
         let closing = self.closing.clone();
         self.tunnels.spawn(async move {
             let _slot = slot.into_socket(); // one of the tenant's slots while the tunnel is open
@@ -284,6 +293,11 @@ impl Forwarder {
         strip_hop_by_hop(&mut parts.headers);
         restore_upgrade(&mut parts.headers, protocol);
         Ok(Response::from_parts(parts, ProxyBody::empty()))
+    }
+
+    /// Uses `settings` for the requests that start from now (a config reload).
+    pub fn update(&self, settings: ForwardSettings) {
+        self.settings.store(Arc::new(settings));
     }
 
     /// Closes every spliced connection (both sides get a FIN) and waits up to `within` for
@@ -308,13 +322,14 @@ impl Forwarder {
     /// The request as the backend gets it: origin-form URI, HTTP/1.1, the header rules, `Host`,
     /// the body counted against the body limit (a larger declared length is refused at once).
     fn prepare<'a>(
-        &'a self,
+        &self,
         req: Request<Incoming>,
         tenant: &'a Tenant,
         fwd: &Forwarded<'_>,
+        settings: &'a ForwardSettings,
     ) -> Result<(&'a Upstream, Request<RequestBody>), GatewayError> {
         let (mut parts, body) = req.into_parts();
-        if let Some(max) = self.settings.max_body {
+        if let Some(max) = settings.max_body {
             let declared = parts.headers.get(header::CONTENT_LENGTH);
             let declared = declared.and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
             if declared.is_some_and(|len| len > max) {
@@ -324,7 +339,7 @@ impl Forwarder {
         let upstream = tenant
             .upstream
             .as_ref()
-            .unwrap_or(&self.settings.default_upstream);
+            .unwrap_or(&settings.default_upstream);
         // Origin-form towards the backend ("GET /path?query HTTP/1.1"), whatever the client sent.
         parts.uri = Uri::from(
             parts
@@ -339,10 +354,10 @@ impl Forwarder {
             &mut parts.headers,
             tenant,
             fwd,
-            self.settings.inject_connection_string,
+            settings.inject_connection_string,
         );
         parts.headers.insert(header::HOST, upstream.host.clone());
-        let body = RequestBody::new(body, self.settings.max_body);
+        let body = RequestBody::new(body, settings.max_body);
         Ok((upstream, Request::from_parts(parts, body)))
     }
 
@@ -350,8 +365,9 @@ impl Forwarder {
         &self,
         upstream: &Upstream,
         sent: impl std::future::Future<Output = Result<T, SendError>>,
+        settings: &ForwardSettings,
     ) -> Result<T, GatewayError> {
-        match tokio::time::timeout(self.settings.response_timeout, sent).await {
+        match tokio::time::timeout(settings.response_timeout, sent).await {
             Err(_elapsed) => Err(GatewayError::UpstreamTimeout),
             Ok(Err(e)) => Err(classify(upstream, &e)),
             Ok(Ok(sent)) => Ok(sent),

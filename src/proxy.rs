@@ -25,20 +25,40 @@ use hyper::body::Incoming;
 use crate::body::ProxyBody;
 use crate::config::CorsSettings;
 use crate::directory::Directory;
+use arc_swap::ArcSwap;
+
 use crate::error::GatewayError;
 use crate::forward::{Forwarded, Forwarder, X_REQUEST_ID};
 use crate::{cors, forward, identify, origin};
 
-/// What the pipeline needs besides the request: built once from the config.
+/// What the pipeline needs besides the request.
 pub struct Gateway {
     pub directory: Arc<Directory>,
     pub forwarder: Forwarder,
+    /// The request rules; swapped whole by a config reload, each request reads one version.
+    pub policy: ArcSwap<Policy>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// The request rules from the config that a reload can change.
+#[derive(Debug, Clone)]
+pub struct Policy {
     pub key_sources: identify::KeySources,
     pub require_origin: bool,
     pub cors: CorsSettings,
     /// `[server] max_header_bytes`.
     pub max_header_bytes: usize,
-    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl Policy {
+    pub fn from_config(config: &crate::config::Config) -> Policy {
+        Policy {
+            key_sources: config.key_sources.clone(),
+            require_origin: config.require_origin,
+            cors: config.cors.clone(),
+            max_header_bytes: config.max_header_bytes,
+        }
+    }
 }
 
 /// The client connection a request arrived on.
@@ -91,12 +111,13 @@ impl Gateway {
             allowed_origin: None,
         };
 
-        let (mut resp, rejected) = match self.process(req, conn, &mut ctx).await {
+        let policy = self.policy.load_full();
+        let (mut resp, rejected) = match self.process(req, conn, &policy, &mut ctx).await {
             Ok(resp) => (resp, None),
             Err(err) => (err.to_response(&ctx.request_id), Some(err)),
         };
         if let Some(origin) = ctx.allowed_origin.take() {
-            cors::decorate(resp.headers_mut(), origin, &self.cors);
+            cors::decorate(resp.headers_mut(), origin, &policy.cors);
         }
         resp.headers_mut()
             .insert(X_REQUEST_ID, ctx.request_id.clone());
@@ -120,17 +141,18 @@ impl Gateway {
         &self,
         req: Request<Incoming>,
         conn: &ClientConn,
+        policy: &Policy,
         ctx: &mut RequestContext,
     ) -> Result<Response<ProxyBody>, GatewayError> {
-        if head_size(&req) > self.max_header_bytes {
+        if head_size(&req) > policy.max_header_bytes {
             return Err(GatewayError::HeadersTooLarge);
         }
         if cors::is_preflight(&req) {
-            return self.preflight(&req, ctx).await;
+            return self.preflight(&req, policy, ctx).await;
         }
 
         // 1. identify
-        let key = self
+        let key = policy
             .key_sources
             .tenant_key(req.headers(), req.uri())?
             .ok_or(GatewayError::TenantMissing)?;
@@ -142,7 +164,7 @@ impl Gateway {
 
         // 2. cors
         ctx.allowed_origin =
-            cors::check_origin(req.headers(), &tenant.origins, self.require_origin)?;
+            cors::check_origin(req.headers(), &tenant.origins, policy.require_origin)?;
 
         // 3. limit
         let slot = entry.slots.try_acquire(tenant.max_concurrent)?;
@@ -165,6 +187,7 @@ impl Gateway {
     async fn preflight(
         &self,
         req: &Request<Incoming>,
+        policy: &Policy,
         ctx: &mut RequestContext,
     ) -> Result<Response<ProxyBody>, GatewayError> {
         let headers = req.headers();
@@ -175,7 +198,7 @@ impl Gateway {
         let raw = origin
             .to_str()
             .map_err(|_| GatewayError::OriginNotAllowed)?;
-        let allowed = match self.key_sources.tenant_key(headers, req.uri())? {
+        let allowed = match policy.key_sources.tenant_key(headers, req.uri())? {
             Some(key) => {
                 ctx.tenant = Some(Arc::from(key));
                 identify::resolve(&self.directory, key)
@@ -203,7 +226,7 @@ impl Gateway {
         if !allowed {
             return Err(GatewayError::OriginNotAllowed);
         }
-        Ok(cors::preflight_allowed(origin, &self.cors))
+        Ok(cors::preflight_allowed(origin, &policy.cors))
     }
 }
 

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -25,7 +26,7 @@ use crate::config::{Config, StoreConfig};
 use crate::directory::Directory;
 use crate::forward::Forwarder;
 use crate::metrics::Metrics;
-use crate::proxy::{ClientConn, Gateway};
+use crate::proxy::{ClientConn, Gateway, Policy};
 use crate::store::file::FileStore;
 use crate::store::mongodb::MongoStore;
 use crate::store::{StoreError, TenantStore};
@@ -51,6 +52,81 @@ pub enum StartError {
     Tls(String),
 }
 
+/// Re-reads the config file (SIGHUP, `POST /reload`). The new file is validated first; the keys
+/// that only take effect at start-up must be unchanged, else nothing changes and the answer
+/// names them. What a reload changes: `[tenancy]`, `[cors]`, `[server] max_header_bytes` (the
+/// request rules) and `[upstream] url`, `response_timeout_ms`, `[server] max_body_bytes`,
+/// `upgrade_idle_timeout_secs`, `inject_connection_string` (the backend side). The tenants
+/// themselves reload on their own (file polling, change streams, TTL).
+pub struct Reloader {
+    current: std::sync::Mutex<Config>,
+    gateway: Arc<Gateway>,
+}
+
+impl Reloader {
+    /// Applies the config file again; `Ok` says what happened, `Err` why nothing changed.
+    pub fn reload(&self) -> Result<String, String> {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(path) = current.path.clone() else {
+            return Err("this gateway was not started from a config file".into());
+        };
+        let new = Config::load(&path).map_err(|e| e.to_string())?;
+        let restart = restart_only_changes(&current, &new);
+        if !restart.is_empty() {
+            return Err(format!(
+                "{}: not reloaded: {} only take effect at start-up (restart to change them)",
+                path.display(),
+                restart.join(", ")
+            ));
+        }
+        self.gateway
+            .policy
+            .store(Arc::new(Policy::from_config(&new)));
+        self.gateway.forwarder.update(new.forward.clone());
+        *current = new;
+        Ok(format!("{}: reloaded", path.display()))
+    }
+}
+
+/// The keys whose new value would need a restart.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let (o, n) = (&old.forward, &new.forward);
+    [
+        ("[server] listen", old.listen == new.listen),
+        (
+            "[server] max_connections",
+            old.max_connections == new.max_connections,
+        ),
+        (
+            "[server] shutdown_grace_secs",
+            old.shutdown_grace == new.shutdown_grace,
+        ),
+        (
+            "[server] header_read_timeout_secs",
+            old.header_read_timeout == new.header_read_timeout,
+        ),
+        (
+            "[admin]",
+            old.admin_listen == new.admin_listen
+                && old.metrics_top_tenants == new.metrics_top_tenants,
+        ),
+        ("[tls]", old.tls == new.tls),
+        ("[store]", old.store == new.store),
+        ("[cache]", old.cache == new.cache),
+        (
+            "[upstream] connect_timeout_ms / pool_* / ca_file",
+            o.connect_timeout == n.connect_timeout
+                && o.pool_idle_timeout == n.pool_idle_timeout
+                && o.pool_max_idle_per_host == n.pool_max_idle_per_host
+                && o.ca_file == n.ca_file,
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, same)| !same)
+    .map(|(key, _)| key)
+    .collect()
+}
+
 /// A started gateway.
 pub struct Running {
     /// Where the proxy listens.
@@ -58,6 +134,8 @@ pub struct Running {
     /// Where the admin endpoints listen, when enabled.
     pub admin_addr: Option<SocketAddr>,
     pub directory: Arc<Directory>,
+    /// Config reloads (also what SIGHUP and `POST /reload` call).
+    pub reloader: Arc<Reloader>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -143,11 +221,12 @@ pub async fn start_with_store(
     let gateway = Arc::new(Gateway {
         directory: directory.clone(),
         forwarder,
-        key_sources: config.key_sources.clone(),
-        require_origin: config.require_origin,
-        cors: config.cors.clone(),
-        max_header_bytes: config.max_header_bytes,
+        policy: ArcSwap::from_pointee(Policy::from_config(&config)),
         metrics: metrics.clone(),
+    });
+    let reloader = Arc::new(Reloader {
+        current: std::sync::Mutex::new(config.clone()),
+        gateway: gateway.clone(),
     });
     let (stop, stopped) = watch::channel(false);
     if let Some(admin) = admin {
@@ -155,6 +234,7 @@ pub async fn start_with_store(
             admin,
             directory.clone(),
             metrics,
+            reloader.clone(),
             wait_for(stopped.clone()),
         ));
     }
@@ -170,6 +250,7 @@ pub async fn start_with_store(
         addr,
         admin_addr,
         directory,
+        reloader,
         stop,
         task,
     })

@@ -324,6 +324,25 @@ async fn binary_logs_requests_as_json_reloads_and_drains_on_sigterm() {
         200
     );
 
+    // SIGHUP reloads the config: here, requests without Origin become allowed.
+    assert_eq!(
+        get(&url("/x"), &[("x-tenant-id", "tnt_a")]).await.status,
+        403
+    );
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("{text}[tenancy]\nrequire_origin = false\n")).unwrap();
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    wait_line(&rx, &mut seen, "config reloaded (SIGHUP)");
+    assert_eq!(
+        get(&url("/x"), &[("x-tenant-id", "tnt_a")]).await.status,
+        200
+    );
+
     // SIGTERM with a request in flight: it finishes, new connections are refused, exit 0.
     let slow_url = url("/slow?ms=1500");
     let slow = tokio::spawn(async move {
@@ -332,7 +351,6 @@ async fn binary_logs_requests_as_json_reloads_and_drains_on_sigterm() {
             .status
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let pid = child.id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
         .status()
@@ -494,4 +512,61 @@ async fn the_sample_backend_runs_alone_for_the_deployment_examples() {
     assert_eq!(r.json()["headers"]["x-probe"][0], "1");
     let _ = Command::new("kill").arg(child.id().to_string()).status();
     assert!(child.wait().unwrap().success(), "SIGTERM stops it cleanly");
+}
+
+#[tokio::test]
+async fn post_reload_applies_the_request_rules_and_refuses_bad_or_restart_only_changes() {
+    let backend = Backend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = dir.path().join("tenants.json");
+    write_json(&tenants, &json!([tenant("tnt_a", &[A], 5)]));
+    let base = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{}\"\n\
+         [store]\nkind = \"file\"\npath = {:?}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        backend.url(),
+        tenants.display().to_string()
+    );
+    let cfg = write_config(dir.path(), &base);
+    let config = tenantgate::config::Config::load(&cfg).unwrap();
+    let running = tenantgate::server::start(config).await.unwrap();
+    let url = format!("http://{}/x", running.addr);
+    let reload = format!("http://{}/reload", running.admin_addr.unwrap());
+    let no_origin = || async { get(&url, &[("x-tenant-id", "tnt_a")]).await };
+    assert_eq!(no_origin().await.error_code(), "origin_missing");
+
+    std::fs::write(&cfg, format!("{base}[tenancy]\nrequire_origin = false\n")).unwrap();
+    let r = send(&client(), "POST", &reload, &[]).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(no_origin().await.status, 200);
+
+    // Invalid: refused with the key named, the running config stays.
+    std::fs::write(&cfg, format!("{base}[tenancy]\nrequire_origin = 3\n")).unwrap();
+    let r = send(&client(), "POST", &reload, &[]).await;
+    assert_eq!(r.status, 422);
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("require_origin"));
+    assert_eq!(no_origin().await.status, 200);
+
+    // A key that needs a restart: refused, and said so.
+    let moved = base.replace(
+        "listen = \"127.0.0.1:0\"\n[upstream]",
+        "listen = \"127.0.0.1:1\"\n[upstream]",
+    );
+    std::fs::write(&cfg, format!("{moved}[tenancy]\nrequire_origin = true\n")).unwrap();
+    let r = send(&client(), "POST", &reload, &[]).await;
+    assert_eq!(r.status, 422);
+    let message = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        message.contains("[server] listen") && message.contains("restart"),
+        "{message}"
+    );
+    assert_eq!(
+        no_origin().await.status,
+        200,
+        "nothing of that file applied"
+    );
+    running.shutdown();
+    running.wait().await;
 }

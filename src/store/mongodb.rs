@@ -34,7 +34,7 @@ use crate::origin::AllowedOrigins;
 use crate::tenant::TenantRecord;
 
 /// `[store]` settings of `kind = "mongodb"`, validated.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct MongoSettings {
     /// Secret (may hold a password): never logged, never in `Debug`.
     uri: String,
