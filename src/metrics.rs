@@ -18,7 +18,7 @@
 //! tenants have none — 100,000 tenants never mean 100,000 series. The per-tenant gauges are
 //! read from the concurrency counters at scrape time: they cost the request path nothing.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -42,6 +42,9 @@ pub fn latency_histogram() -> Histogram {
 pub struct Metrics {
     registry: Registry,
     requests: Family<[(&'static str, u16); 1], Counter>,
+    /// The family's counter of each status, resolved once: the request path then costs one
+    /// atomic load and one add instead of a hashed, locked family lookup.
+    by_status: Box<[OnceLock<Counter>]>,
     rejections: Family<[(&'static str, &'static str); 1], Counter>,
     duration: Histogram,
 }
@@ -117,6 +120,7 @@ impl Metrics {
         Metrics {
             registry,
             requests,
+            by_status: (0..600).map(|_| OnceLock::new()).collect(),
             rejections,
             duration,
         }
@@ -124,7 +128,12 @@ impl Metrics {
 
     /// Counts one answered request.
     pub fn observe(&self, status: u16, rejection: Option<&'static str>, elapsed: Duration) {
-        self.requests.get_or_create(&[("status", status)]).inc();
+        match self.by_status.get(usize::from(status)) {
+            Some(slot) => slot
+                .get_or_init(|| self.requests.get_or_create(&[("status", status)]).clone())
+                .inc(),
+            None => self.requests.get_or_create(&[("status", status)]).inc(),
+        };
         if let Some(code) = rejection {
             self.rejections.get_or_create(&[("code", code)]).inc();
         }
