@@ -262,14 +262,12 @@ impl Directory {
                 _ => {}
             }
         }
-        self.fetch_shared(key, true)?.await
+        self.fetch_shared(key, true)?.0.await
     }
 
     fn refresh_in_background(self: &Arc<Self>, key: &str) {
-        if self.in_flight_for(key) {
-            return; // already being refreshed; its task reports the outcome
-        }
-        let Ok(fetch) = self.fetch_shared(key, false) else {
+        // Already being refreshed: the request that started it reports the outcome.
+        let Ok((fetch, true)) = self.fetch_shared(key, false) else {
             return;
         };
         let dir = self.clone();
@@ -285,17 +283,16 @@ impl Directory {
         });
     }
 
-    fn in_flight_for(&self, key: &str) -> bool {
-        let in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        in_flight.contains_key(key)
-    }
-
-    /// The one store query in flight for `key`, started when there is none; a new query for an
-    /// uncached key (`budgeted`) first takes from the miss budget.
-    fn fetch_shared(self: &Arc<Self>, key: &str, budgeted: bool) -> Result<Fetch, StoreError> {
+    /// The one store query in flight for `key`, started when there is none (then `true`); a
+    /// new query for an uncached key (`budgeted`) first takes from the miss budget.
+    fn fetch_shared(
+        self: &Arc<Self>,
+        key: &str,
+        budgeted: bool,
+    ) -> Result<(Fetch, bool), StoreError> {
         let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(f) = in_flight.get(key) {
-            return Ok(f.clone());
+            return Ok((f.clone(), false));
         }
         if budgeted {
             self.misses.take()?;
@@ -326,7 +323,7 @@ impl Directory {
         .boxed()
         .shared();
         in_flight.insert(key, fetch.clone());
-        Ok(fetch)
+        Ok((fetch, true))
     }
 
     async fn query(&self, key: &Arc<str>) -> Result<Resolved, StoreError> {

@@ -99,6 +99,15 @@ impl MongoSettings {
         })
     }
 
+    /// A driver error as the store's error: where, and why, with the password redacted.
+    fn unavailable(&self, e: mongodb::error::Error) -> StoreError {
+        StoreError::Unavailable(format!(
+            "{}: {}",
+            self.describe(),
+            redact(&self.uri, &e.to_string())
+        ))
+    }
+
     /// Hosts, database and collection: safe for logs.
     pub fn describe(&self) -> String {
         format!(
@@ -155,13 +164,7 @@ impl MongoStore {
     /// Builds the client (no I/O for a `mongodb://` URI; a `mongodb+srv://` URI is resolved
     /// here). The database may be down: lookups fail until it is up.
     pub async fn connect(settings: MongoSettings) -> Result<Arc<MongoStore>, StoreError> {
-        let unavailable = |e: mongodb::error::Error| {
-            StoreError::Unavailable(format!(
-                "{}: {}",
-                settings.describe(),
-                redact(&settings.uri, &e.to_string())
-            ))
-        };
+        let unavailable = |e| settings.unavailable(e);
         let mut options = ClientOptions::parse(&settings.uri)
             .await
             .map_err(unavailable)?;
@@ -203,11 +206,7 @@ impl MongoStore {
     }
 
     fn error(&self, e: mongodb::error::Error) -> StoreError {
-        StoreError::Unavailable(format!(
-            "{}: {}",
-            self.describe(),
-            redact(&self.settings.uri, &e.to_string())
-        ))
+        self.settings.unavailable(e)
     }
 
     /// The documents for `tenantgate tenants …`, in the same collection.
