@@ -8,12 +8,12 @@ WORKDIR /src
 # Dependencies first, so source edits do not rebuild them.
 COPY Cargo.toml Cargo.lock ./
 RUN mkdir -p src benches && echo 'fn main() {}' > src/main.rs && touch src/lib.rs && echo 'fn main() {}' > benches/hot_path.rs \
-    && cargo build --release --locked --bin tenantgate \
+    && cargo build --release --locked --features otel --bin tenantgate \
     && rm -rf src benches
 COPY src ./src
 COPY benches ./benches
 COPY tenants.example.json gateway.example.toml ./
-RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin tenantgate \
+RUN touch src/main.rs src/lib.rs && cargo build --release --locked --features otel --bin tenantgate \
     && strip target/release/tenantgate
 
 # distroless/cc: glibc and CA certificates, no shell, runs as uid 65532 ("nonroot").

@@ -103,6 +103,7 @@ fn header_rewrite(c: &mut Criterion) {
     let ip = HeaderValue::from_static("10.1.2.3");
     let proto: &'static HeaderValue = Box::leak(Box::new(HeaderValue::from_static("http")));
     let id = HeaderValue::from_static("0123456789abcdef0123456789abcdef");
+    let trace = HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
     c.bench_function("rewrite request headers (8 client headers)", |b| {
         b.iter(|| {
             let mut h = request.clone();
@@ -113,6 +114,7 @@ fn header_rewrite(c: &mut Criterion) {
                     client_ip: &ip,
                     proto,
                     request_id: &id,
+                    traceparent: &trace,
                 },
                 false,
             );
@@ -137,5 +139,28 @@ fn header_rewrite(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, origin_matching, tenant_resolution, header_rewrite);
+fn trace_context(c: &mut Criterion) {
+    let tracer = tenantgate::trace::Tracer::default();
+    let mut with_parent = HeaderMap::new();
+    with_parent.insert(
+        tenantgate::trace::TRACEPARENT,
+        HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+    );
+    let none = HeaderMap::new();
+    let get = http::Method::GET;
+    c.bench_function("trace context: new trace (no traceparent)", |b| {
+        b.iter(|| black_box(tracer.start(black_box(&none), &get, "/api/messages")))
+    });
+    c.bench_function("trace context: client traceparent kept", |b| {
+        b.iter(|| black_box(tracer.start(black_box(&with_parent), &get, "/api/messages")))
+    });
+}
+
+criterion_group!(
+    benches,
+    origin_matching,
+    tenant_resolution,
+    header_rewrite,
+    trace_context
+);
 criterion_main!(benches);

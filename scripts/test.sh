@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests, end-to-end tests over real sockets on 127.0.0.1:0, the
 # CLI/binary tests, the MongoDB store against a real MongoDB-wire server, and the validation of
-# the deployment files (scripts/validate-deploy.sh).
+# the deployment files (scripts/validate-deploy.sh), the OTLP export (built with
+# `--features otel`) and the browser demo in headless Chromium.
 #
 # The MongoDB tests use smongo 1.2.8 from PyPI (see MONGODB_IN_TESTS in the README): installed
 # into .venv when missing (the first install compiles it: about 6 minutes on 2 cores; pip keeps
@@ -10,6 +11,14 @@
 # broken test server fails the run; nothing is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# The browser test drives Debian's Chromium through chromedriver (tests/browser.rs).
+if [ -z "${CHROMIUM:-}" ] && ! { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; }; then
+    echo "test.sh: installing Debian's chromium and chromium-driver for the browser test" >&2
+    sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
 
 venv=${TENANTGATE_TEST_VENV:-$PWD/.venv}
 python="$venv/bin/python"
@@ -54,6 +63,6 @@ fi
 
 export TEST_MONGODB_URI="$uri"
 export TEST_SMONGO_PYTHON="$python"
-cargo test --locked --all-targets "$@"
+cargo test --locked --all-targets --features otel "$@"
 # The deployment files, as far as they can be checked without a Docker engine or a cluster.
 if [ $# -eq 0 ]; then bash scripts/validate-deploy.sh; fi

@@ -231,6 +231,30 @@ impl Default for RawTls {
     }
 }
 
+/// `[tracing]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTracing {
+    /// Export one OTLP span per request (needs the `otel` cargo feature).
+    pub enabled: bool,
+    /// OTLP/HTTP (protobuf) traces endpoint.
+    pub endpoint: String,
+    pub service_name: String,
+    /// Share of new traces recorded; a client's sampled flag decides for its own traces.
+    pub sample_ratio: f64,
+}
+
+impl Default for RawTracing {
+    fn default() -> Self {
+        RawTracing {
+            enabled: false,
+            endpoint: "http://127.0.0.1:4318/v1/traces".into(),
+            service_name: "tenantgate".into(),
+            sample_ratio: 1.0,
+        }
+    }
+}
+
 /// The file as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -243,6 +267,7 @@ pub struct RawConfig {
     pub tenancy: RawTenancy,
     pub cors: RawCors,
     pub tls: RawTls,
+    pub tracing: RawTracing,
 }
 
 /// Which store holds the tenants.
@@ -287,6 +312,7 @@ pub struct Config {
     pub key_sources: crate::identify::KeySources,
     pub require_origin: bool,
     pub cors: CorsSettings,
+    pub tracing: crate::trace::TracingSettings,
 }
 
 impl Config {
@@ -552,13 +578,72 @@ impl RawConfig {
             },
             require_origin: self.tenancy.require_origin,
             cors,
+            tracing: self.tracing.validate()?,
         })
+    }
+}
+
+impl RawTracing {
+    fn validate(self) -> Result<crate::trace::TracingSettings, String> {
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            return Err(format!(
+                "[tracing] sample_ratio: {} is not between 0.0 and 1.0",
+                self.sample_ratio
+            ));
+        }
+        let uri: http::Uri = self
+            .endpoint
+            .parse()
+            .map_err(|_| format!("[tracing] endpoint: {:?} is not a URL", self.endpoint))?;
+        if uri.scheme_str() != Some("http") || uri.host().is_none() {
+            return Err(format!(
+                "[tracing] endpoint: {:?} must be an http:// URL (OTLP/HTTP to a collector; \
+                 this build exports without TLS)",
+                self.endpoint
+            ));
+        }
+        if self.service_name.is_empty() {
+            return Err("[tracing] service_name: must not be empty".into());
+        }
+        let settings = crate::trace::TracingSettings {
+            enabled: self.enabled,
+            endpoint: self.endpoint,
+            service_name: self.service_name,
+            sample_ratio: self.sample_ratio,
+        };
+        if settings.enabled && !cfg!(feature = "otel") {
+            return Err(
+                "[tracing] enabled: this build has no OTLP export (build with `--features otel`)"
+                    .into(),
+            );
+        }
+        Ok(settings)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tracing_keys_are_checked() {
+        let c = Config::parse("", "g.toml").unwrap();
+        assert!(!c.tracing.enabled);
+        for (text, needle) in [
+            ("[tracing]\nsample_ratio = 1.5", "sample_ratio"),
+            (
+                "[tracing]\nendpoint = \"https://otel.example/v1/traces\"",
+                "http://",
+            ),
+            ("[tracing]\nendpoint = \"not a url\"", "not a URL"),
+            ("[tracing]\nservice_name = \"\"", "service_name"),
+        ] {
+            let err = Config::parse(text, "g.toml").unwrap_err().to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+        let enabled = Config::parse("[tracing]\nenabled = true", "g.toml");
+        assert_eq!(enabled.is_ok(), cfg!(feature = "otel"), "{enabled:?}");
+    }
 
     #[test]
     fn defaults_are_valid_and_the_tenant_header_is_always_allowed() {

@@ -7,7 +7,14 @@
 //! - `/slow?ms=N`: the same after N milliseconds;
 //! - `/stream?chunks=N&interval_ms=M`: N chunks, one every M milliseconds;
 //! - `/events?chunks=N&interval_ms=M`: the same as server-sent events (`text/event-stream`);
-//! - `/upload`: reads the request body as it streams in and answers its length.
+//! - `/upload`: reads the request body as it streams in and answers its length;
+//! - `/ws`: a WebSocket echo (it selects the first subprotocol offered, as a chat backend would).
+//!
+//! The demo also serves [`PAGE`], a small web page, from two loopback ports, which are two
+//! browser origins: the demo tenant `tnt_browser_demo` lists the first and not the second. Each
+//! page calls the gateway with `fetch` (a JSON POST with `X-Tenant-ID`, so the browser sends a
+//! real preflight) and opens a WebSocket with the `tenant.<key>` subprotocol, and shows what the
+//! browser allowed and what it blocked. `tests/browser.rs` opens both in headless Chromium.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -29,6 +36,13 @@ use crate::config::Config;
 
 /// The example tenants shipped in `tenants.example.json`.
 pub const EXAMPLE_TENANTS: &str = include_str!("../tenants.example.json");
+
+/// The browser demo page; `{{GATEWAY}}`, `{{TENANT}}`, `{{ORIGIN}}` and `{{LISTED}}` are filled
+/// in per listener.
+pub const PAGE: &str = include_str!("demo_page.html");
+
+/// The tenant the browser pages call as.
+pub const BROWSER_TENANT: &str = "tnt_browser_demo";
 
 type BoxBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
@@ -72,8 +86,56 @@ fn echo(req: &Request<Incoming>) -> serde_json::Value {
     })
 }
 
+/// `/ws`: answers the WebSocket handshake and echoes every message back.
+fn websocket_echo(req: Request<Incoming>) -> Response<BoxBody> {
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY) else {
+        let mut resp = json_response(serde_json::json!({"error": "not a WebSocket handshake"}));
+        *resp.status_mut() = http::StatusCode::BAD_REQUEST;
+        return resp;
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let protocol = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').map(str::trim).find(|p| !p.is_empty()))
+        .and_then(|p| HeaderValue::from_str(p).ok());
+    tokio::spawn(async move {
+        let Ok(upgraded) = hyper::upgrade::on(req).await else {
+            return;
+        };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            None,
+        )
+        .await;
+        use futures_util::{SinkExt, StreamExt};
+        while let Some(Ok(msg)) = ws.next().await {
+            if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut resp = Response::new(http_body_util::Empty::new().boxed());
+    *resp.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Ok(accept) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    if let Some(p) = protocol {
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, p);
+    }
+    resp
+}
+
 async fn backend(req: Request<Incoming>) -> Result<Response<BoxBody>, Infallible> {
     match req.uri().path() {
+        "/ws" => Ok(websocket_echo(req)),
         "/slow" => {
             tokio::time::sleep(Duration::from_millis(query_u64(&req, "ms", 1000))).await;
             Ok(json_response(echo(&req)))
@@ -163,19 +225,95 @@ pub async fn serve_backend_with(
             let _ = match tls {
                 None => {
                     builder
-                        .serve_connection(TokioIo::new(stream), service)
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .await
                 }
                 Some(tls) => match tls.accept(stream).await {
                     Ok(stream) => {
                         builder
-                            .serve_connection(TokioIo::new(stream), service)
+                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
                             .await
                     }
                     Err(_) => return,
                 },
             };
         });
+    }
+}
+
+/// Serves [`PAGE`] on `listener`, filled in for this listener's origin.
+pub async fn serve_page(listener: TcpListener, mut gateway: SocketAddr, listed: bool) {
+    if gateway.ip().is_unspecified() {
+        gateway.set_ip(std::net::IpAddr::from([127, 0, 0, 1]));
+    }
+    let origin = match listener.local_addr() {
+        Ok(a) => format!("http://{a}"),
+        Err(_) => return,
+    };
+    let page = Bytes::from(
+        PAGE.replace("{{GATEWAY}}", &format!("http://{gateway}"))
+            .replace("{{TENANT}}", BROWSER_TENANT)
+            .replace("{{ORIGIN}}", &origin)
+            .replace(
+                "{{LISTED}}",
+                if listed {
+                    "listed in the tenant's allowedOrigins: the browser lets the calls through"
+                } else {
+                    "not listed in the tenant's allowedOrigins: the browser blocks the calls"
+                },
+            ),
+    );
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let page = page.clone();
+        let service = service_fn(move |req: Request<Incoming>| {
+            let page = page.clone();
+            async move {
+                let mut resp = Response::new(http_body_util::Full::new(page));
+                if req.uri().path() != "/" {
+                    *resp.status_mut() = http::StatusCode::NOT_FOUND;
+                    *resp.body_mut() = http_body_util::Full::new(Bytes::from_static(b"not found"));
+                }
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/html; charset=utf-8"),
+                );
+                Ok::<_, Infallible>(resp)
+            }
+        });
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// The example tenants plus the browser demo's tenant, which lists `allowed_origin` only.
+fn demo_tenants(allowed_origin: &str) -> String {
+    let mut tenants: Vec<serde_json::Value> =
+        serde_json::from_str(EXAMPLE_TENANTS).unwrap_or_default();
+    tenants.push(serde_json::json!({
+        "apiKey": BROWSER_TENANT,
+        "allowedOrigins": [allowed_origin],
+        "providerConfig": {
+            "resources": { "endpoint": "https://browser-demo.communication.azure.com", "region": "eu-west-1" }
+        },
+        "isActive": true,
+        "maxConcurrentConnections": 20
+    }));
+    serde_json::to_string_pretty(&tenants).unwrap_or_default()
+}
+
+/// Binds `ip:port`, or a free port on `ip` when that one is taken (or `port` is 0).
+async fn bind_or_any(ip: std::net::IpAddr, port: u16) -> std::io::Result<TcpListener> {
+    match TcpListener::bind((ip, port)).await {
+        Ok(l) => Ok(l),
+        Err(_) => TcpListener::bind((ip, 0)).await,
     }
 }
 
@@ -191,10 +329,31 @@ pub async fn run(listen: SocketAddr) -> ExitCode {
     let backend_addr = backend.local_addr().expect("bound listener has an address");
     tokio::spawn(serve_backend(backend, Arc::default()));
 
+    // The two page origins: the gateway's port + 1 and + 2 when free.
+    let page_port = |offset: u16| match listen.port() {
+        0 => 0,
+        p => p.saturating_add(offset),
+    };
+    let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+    let pages = match tokio::try_join!(
+        bind_or_any(loopback, page_port(1)),
+        bind_or_any(loopback, page_port(2))
+    ) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("tenantgate demo: cannot serve the browser pages: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (allowed_page, other_page) = (
+        pages.0.local_addr().expect("bound listener has an address"),
+        pages.1.local_addr().expect("bound listener has an address"),
+    );
+
     let dir = std::env::temp_dir().join(format!("tenantgate-demo-{}", std::process::id()));
     let tenants = dir.join("tenants.json");
-    if let Err(e) =
-        std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&tenants, EXAMPLE_TENANTS))
+    if let Err(e) = std::fs::create_dir_all(&dir)
+        .and_then(|_| std::fs::write(&tenants, demo_tenants(&format!("http://{allowed_page}"))))
     {
         eprintln!("tenantgate demo: cannot write {}: {e}", tenants.display());
         return ExitCode::FAILURE;
@@ -222,9 +381,17 @@ pub async fn run(listen: SocketAddr) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    tokio::spawn(serve_page(pages.0, running.addr, true));
+    tokio::spawn(serve_page(pages.1, running.addr, false));
     println!(
         "{}",
-        instructions(running.addr, running.admin_addr, backend_addr, &tenants)
+        instructions(
+            running.addr,
+            running.admin_addr,
+            backend_addr,
+            (allowed_page, other_page),
+            &tenants
+        )
     );
     crate::cli::shutdown_signal().await;
     running.shutdown();
@@ -237,6 +404,7 @@ fn instructions(
     gw: SocketAddr,
     admin: Option<SocketAddr>,
     backend: SocketAddr,
+    (allowed_page, other_page): (SocketAddr, SocketAddr),
     tenants: &std::path::Path,
 ) -> String {
     let a = "-H 'X-Tenant-ID: tnt_client_a'";
@@ -268,6 +436,10 @@ Try these:
   for i in 1 2 3; do curl -s -o /dev/null -w '%{{http_code}}\n' {b} 'http://{gw}/slow?ms=2000' & done; wait
 
 # health and readiness{admin}
+
+In a browser (tenant {BROWSER_TENANT}: fetch with a real preflight, and a WebSocket):
+  allowed origin     http://{allowed_page}/
+  disallowed origin  http://{other_page}/
 
 Ctrl-C stops the demo.
 "#,

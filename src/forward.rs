@@ -191,6 +191,8 @@ pub struct Forwarded<'a> {
     /// `http` or `https`, as the client reached the gateway.
     pub proto: &'static HeaderValue,
     pub request_id: &'a HeaderValue,
+    /// The request's trace context for the backend ([`crate::trace`]).
+    pub traceparent: &'a HeaderValue,
 }
 
 /// The upstream side: one pool of keep-alive connections shared by every tenant.
@@ -599,6 +601,7 @@ pub fn rewrite_request_headers(
         headers.insert(X_FORWARDED_HOST, host);
     }
     headers.insert(X_REQUEST_ID, fwd.request_id.clone());
+    headers.insert(crate::trace::TRACEPARENT, fwd.traceparent.clone());
 }
 
 #[cfg(test)]
@@ -622,10 +625,13 @@ mod tests {
     fn forwarded<'a>(id: &'a HeaderValue) -> Forwarded<'a> {
         static HTTP: HeaderValue = HeaderValue::from_static("http");
         static IP: HeaderValue = HeaderValue::from_static("10.0.0.7");
+        static TRACE: HeaderValue =
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
         Forwarded {
             client_ip: &IP,
             proto: &HTTP,
             request_id: id,
+            traceparent: &TRACE,
         }
     }
 

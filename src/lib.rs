@@ -25,7 +25,8 @@
 //! negative TTL, coalesced misses, stale-while-revalidate, invalidation, miss budget).
 //!
 //! Around it: [`config`] (TOML → validated settings), [`admin`] (`/healthz`, `/readyz`,
-//! `/metrics`), [`metrics`],
+//! `/metrics`), [`metrics`], [`trace`] (`traceparent` for every request, OTLP spans with the
+//! `otel` feature),
 //! [`cli`] (`run`, `check`, `demo`, `tenants …`), [`demo`] (sample backend and zero-setup demo),
 //! [`logging`].
 #![forbid(unsafe_code)]
@@ -50,3 +51,4 @@ pub mod server;
 pub mod store;
 pub mod tenant;
 pub mod tls;
+pub mod trace;

@@ -134,6 +134,8 @@ pub struct AccessRecord<'a> {
     pub code: &'a str,
     pub latency_us: u64,
     pub request_id: &'a str,
+    /// 32 hex digits ([`crate::trace`]).
+    pub trace_id: &'a str,
 }
 
 struct AccessLog {
@@ -148,7 +150,7 @@ pub fn access(r: &AccessRecord<'_>) {
     let Some(log) = ACCESS.get() else {
         // No logger installed by `init` (library use, tests): hand it to tracing.
         tracing::info!(target: "tenantgate::access", method = r.method, path = r.path, status = r.status,
-            tenant = r.tenant, code = r.code, latency_us = r.latency_us, request_id = r.request_id);
+            tenant = r.tenant, code = r.code, latency_us = r.latency_us, request_id = r.request_id, trace_id = r.trace_id);
         return;
     };
     thread_local! {
@@ -156,7 +158,7 @@ pub fn access(r: &AccessRecord<'_>) {
     }
     let mut n = itoa::Buffer::new();
     let mut m = itoa::Buffer::new();
-    let fields: [(&[u8], Field<'_>); 7] = [
+    let fields: [(&[u8], Field<'_>); 8] = [
         (b"method", Field::Bare(r.method)),
         (b"path", Field::Text(r.path)),
         (b"status", Field::Bare(n.format(r.status))),
@@ -164,6 +166,7 @@ pub fn access(r: &AccessRecord<'_>) {
         (b"code", Field::Text(r.code)),
         (b"latency_us", Field::Bare(m.format(r.latency_us))),
         (b"request_id", Field::Text(r.request_id)),
+        (b"trace_id", Field::Text(r.trace_id)),
     ];
     LINE.with(|line| {
         let mut line = line.borrow_mut();

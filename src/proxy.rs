@@ -29,6 +29,7 @@ use arc_swap::ArcSwap;
 
 use crate::error::GatewayError;
 use crate::forward::{Forwarded, Forwarder, X_REQUEST_ID};
+use crate::trace::{RequestTrace, Tracer};
 use crate::{cors, forward, identify, origin};
 
 /// What the pipeline needs besides the request.
@@ -38,6 +39,8 @@ pub struct Gateway {
     /// The request rules; swapped whole by a config reload, each request reads one version.
     pub policy: ArcSwap<Policy>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Trace context for every request; OTLP spans when `[tracing]` exports.
+    pub tracer: Tracer,
 }
 
 /// The request rules from the config that a reload can change.
@@ -81,6 +84,7 @@ impl ClientConn {
 /// Per-request state the stages fill in, used for the error response and the log line.
 struct RequestContext {
     request_id: HeaderValue,
+    trace: RequestTrace,
     /// The tenant key, once it is known to be well-formed.
     tenant: Option<Arc<str>>,
     /// The request's origin, once it is known to be allowed for the tenant.
@@ -107,6 +111,7 @@ impl Gateway {
         let uri = req.uri().clone();
         let mut ctx = RequestContext {
             request_id: request_id(req.headers()),
+            trace: self.tracer.start(req.headers(), &method, uri.path()),
             tenant: None,
             allowed_origin: None,
         };
@@ -133,7 +138,17 @@ impl Gateway {
             code: code.unwrap_or("-"),
             latency_us: elapsed.as_micros() as u64,
             request_id: ctx.request_id.to_str().unwrap_or("-"),
+            trace_id: ctx.trace.trace_id(),
         });
+        self.tracer.finish(
+            ctx.trace,
+            &crate::trace::Outcome {
+                status: resp.status().as_u16(),
+                tenant: ctx.tenant.as_deref(),
+                code,
+                request_id: ctx.request_id.to_str().unwrap_or("-"),
+            },
+        );
         resp
     }
 
@@ -174,6 +189,7 @@ impl Gateway {
             client_ip: &conn.peer_ip,
             proto: conn.proto,
             request_id: &ctx.request_id,
+            traceparent: &ctx.trace.traceparent,
         };
         if forward::is_upgrade(req.headers()) {
             return Box::pin(self.forwarder.upgrade(req, tenant, &fwd, slot)).await;

@@ -50,6 +50,9 @@ pub enum StartError {
     /// The listener's certificate or the backends' CA file cannot be used.
     #[error("TLS: {0}")]
     Tls(String),
+    /// The OTLP exporter cannot be set up.
+    #[error("tracing: {0}")]
+    Tracing(String),
 }
 
 /// Re-reads the config file (SIGHUP, `POST /reload`). The new file is validated first; the keys
@@ -111,6 +114,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
                 && old.metrics_top_tenants == new.metrics_top_tenants,
         ),
         ("[tls]", old.tls == new.tls),
+        ("[tracing]", old.tracing == new.tracing),
         ("[store]", old.store == new.store),
         ("[cache]", old.cache == new.cache),
         (
@@ -211,6 +215,7 @@ pub async fn start_with_store(
     let connector =
         crate::tls::connector(config.forward.ca_file.as_deref()).map_err(StartError::Tls)?;
 
+    let tracer = crate::trace::Tracer::new(&config.tracing).map_err(StartError::Tracing)?;
     let directory = Directory::new(store, config.cache.clone());
     let forwarder = Forwarder::new(config.forward.clone(), connector);
     let metrics = Arc::new(Metrics::new(
@@ -223,6 +228,7 @@ pub async fn start_with_store(
         forwarder,
         policy: ArcSwap::from_pointee(Policy::from_config(&config)),
         metrics: metrics.clone(),
+        tracer,
     });
     let reloader = Arc::new(Reloader {
         current: std::sync::Mutex::new(config.clone()),
@@ -368,4 +374,6 @@ async fn serve(
         }
     };
     tokio::join!(requests, gateway.forwarder.close_tunnels(grace));
+    let gw = gateway.clone();
+    let _ = tokio::task::spawn_blocking(move || gw.tracer.flush()).await;
 }

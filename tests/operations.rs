@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -227,38 +226,6 @@ fn tenants_commands_manage_the_file_store() {
     assert_eq!(keys, ["tnt_client_a", "tnt_client_c", "tnt_d"]);
 }
 
-/// Reads the child's stdout lines on a thread.
-fn lines_of(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let out = BufReader::new(child.stdout.take().unwrap());
-    std::thread::spawn(move || {
-        for line in out.lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    rx
-}
-
-fn wait_line(
-    rx: &std::sync::mpsc::Receiver<String>,
-    seen: &mut Vec<String>,
-    needle: &str,
-) -> String {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let line = rx
-            .recv_timeout(left)
-            .unwrap_or_else(|_| panic!("no line with {needle:?}; saw:\n{}", seen.join("\n")));
-        seen.push(line.clone());
-        if line.contains(needle) {
-            return line;
-        }
-    }
-}
-
 #[tokio::test]
 async fn binary_logs_requests_as_json_reloads_and_drains_on_sigterm() {
     let backend = Backend::start().await;
@@ -274,22 +241,7 @@ async fn binary_logs_requests_as_json_reloads_and_drains_on_sigterm() {
             tenants.display().to_string()
         ),
     );
-    let mut child = Command::new(BIN)
-        .args([
-            "--log-format",
-            "json",
-            "run",
-            "--config",
-            cfg.to_str().unwrap(),
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let rx = lines_of(&mut child);
-    let mut seen = Vec::new();
-    let listening: serde_json::Value =
-        serde_json::from_str(&wait_line(&rx, &mut seen, "tenantgate listening")).unwrap();
-    let addr = listening["addr"].as_str().unwrap().to_string();
+    let (mut child, rx, mut seen, addr) = run_binary_json(&cfg);
     let url = |p: &str| format!("http://{addr}{p}");
 
     let r = get(

@@ -2,6 +2,7 @@
 //! temporary directory, and small HTTP client helpers.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -306,4 +307,65 @@ pub fn tenantgate(args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into(),
         String::from_utf8_lossy(&out.stderr).into(),
     )
+}
+
+/// Reads the child's stdout lines on a thread.
+pub fn lines_of(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = BufReader::new(child.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for line in out.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+pub fn wait_line(
+    rx: &std::sync::mpsc::Receiver<String>,
+    seen: &mut Vec<String>,
+    needle: &str,
+) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no line with {needle:?}; saw:\n{}", seen.join("\n")));
+        seen.push(line.clone());
+        if line.contains(needle) {
+            return line;
+        }
+    }
+}
+
+/// Starts the real binary as `--log-format json run --config cfg` and waits for it to listen:
+/// the process, its stdout lines, the lines read so far, and the proxy address.
+pub fn run_binary_json(
+    cfg: &std::path::Path,
+) -> (
+    std::process::Child,
+    std::sync::mpsc::Receiver<String>,
+    Vec<String>,
+    String,
+) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tenantgate"))
+        .args([
+            "--log-format",
+            "json",
+            "run",
+            "--config",
+            cfg.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = lines_of(&mut child);
+    let mut seen = Vec::new();
+    let listening: Value =
+        serde_json::from_str(&wait_line(&rx, &mut seen, "tenantgate listening")).unwrap();
+    let addr = listening["addr"].as_str().unwrap().to_string();
+    (child, rx, seen, addr)
 }
