@@ -304,6 +304,14 @@ fn check(path: &Path) -> ExitCode {
         eprintln!("tenantgate: invalid config: [upstream] ca_file: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
+    let t = &config.tracing;
+    match t.enabled {
+        true => println!(
+            "  tracing  OTLP to {} as {:?}, sample ratio {}",
+            t.endpoint, t.service_name, t.sample_ratio
+        ),
+        false => println!("  tracing  traceparent only (no span export)"),
+    }
     runtime().block_on(async {
         let (store, documents) = match open_documents(&config).await {
             Ok(s) => s,

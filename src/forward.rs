@@ -41,7 +41,7 @@ use crate::tenant::Tenant;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1, plus the legacy `Keep-Alive` and `Proxy-Connection`):
 /// they describe one connection and are never forwarded.
-pub const HOP_BY_HOP: [HeaderName; 7] = [
+pub static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -67,7 +67,7 @@ pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-p
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Headers the gateway owns on the way to the backend: client-sent copies are always removed.
-pub const INJECTED: [HeaderName; 7] = [
+pub static INJECTED: [HeaderName; 7] = [
     X_TENANT_ID,
     X_PROVIDER_ENDPOINT,
     X_PROVIDER_REGION,
@@ -522,12 +522,17 @@ fn caused_by<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'stati
     false
 }
 
+/// The error and its sources, `: `-separated; a source whose text the message already ends
+/// with (errors that print their cause themselves) is not repeated.
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut source = e.source();
     while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
+        let text = inner.to_string();
+        if !s.ends_with(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
         source = inner.source();
     }
     s
@@ -620,6 +625,25 @@ mod tests {
             TenantRecord::Valid(t) => (*t).clone(),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn error_chains_do_not_repeat_a_cause_the_message_already_shows() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot connect to 127.0.0.1:1: {0}")]
+        struct Connect(#[source] std::io::Error);
+        #[derive(Debug, thiserror::Error)]
+        #[error("request failed")]
+        struct Outer(#[source] Connect);
+        let refused = || std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert_eq!(
+            error_chain(&Connect(refused())),
+            "cannot connect to 127.0.0.1:1: refused"
+        );
+        assert_eq!(
+            error_chain(&Outer(Connect(refused()))),
+            "request failed: cannot connect to 127.0.0.1:1: refused"
+        );
     }
 
     fn forwarded<'a>(id: &'a HeaderValue) -> Forwarded<'a> {

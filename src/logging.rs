@@ -39,9 +39,38 @@ pub enum LogFormat {
 
 #[derive(Default)]
 pub(crate) struct Batch {
-    pending: Mutex<(Vec<u8>, bool)>,
+    pending: Mutex<Pending>,
     wake: Condvar,
     dropped: AtomicU64,
+}
+
+/// The lines waiting for stdout, in chunks of [`FLUSH_SIZE`] bytes: memory grows a chunk at a
+/// time with what is waiting (one growing buffer doubled, so a burst cost up to twice its size
+/// and a copy of everything so far), and written chunks are reused.
+#[derive(Default)]
+struct Pending {
+    chunks: Vec<Vec<u8>>,
+    bytes: usize,
+    /// Emptied chunks, kept for reuse (a few).
+    spare: Vec<Vec<u8>>,
+    closing: bool,
+}
+
+impl Pending {
+    fn push(&mut self, line: &[u8]) {
+        let room = self.chunks.last().map_or(0, |c| c.capacity() - c.len());
+        if room < line.len() {
+            let chunk = self
+                .spare
+                .pop()
+                .unwrap_or_else(|| Vec::with_capacity(FLUSH_SIZE.max(line.len())));
+            self.chunks.push(chunk);
+        }
+        if let Some(chunk) = self.chunks.last_mut() {
+            chunk.extend_from_slice(line);
+        }
+        self.bytes += line.len();
+    }
 }
 
 /// Appends each formatted line to the shared batch.
@@ -51,13 +80,13 @@ pub struct BatchWriter(Arc<Batch>);
 impl Write for BatchWriter {
     fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
         let mut pending = self.0.pending.lock().unwrap_or_else(|p| p.into_inner());
-        if pending.0.len() + line.len() > MAX_PENDING {
+        if pending.bytes + line.len() > MAX_PENDING {
             self.0.dropped.fetch_add(1, Ordering::Relaxed);
         } else {
-            let before = pending.0.len();
-            pending.0.extend_from_slice(line);
+            let before = pending.bytes;
+            pending.push(line);
             // Wake the writer once per full batch (a notify is a syscall), never per line.
-            if before < FLUSH_SIZE && pending.0.len() >= FLUSH_SIZE {
+            if before < FLUSH_SIZE && pending.bytes >= FLUSH_SIZE {
                 self.0.wake.notify_one();
             }
         }
@@ -88,7 +117,7 @@ impl Drop for LogGuard {
             .pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .1 = true;
+            .closing = true;
         self.batch.wake.notify_one();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -99,19 +128,22 @@ impl Drop for LogGuard {
 /// One turn of the writer thread: wait up to [`FLUSH_EVERY`] (less when a batch fills up or
 /// the guard is dropped), then write everything pending. Returns true when it is time to stop.
 fn write_out(batch: &Batch) -> bool {
-    let (lines, closing) = {
+    let (mut chunks, closing) = {
         let mut pending = batch.pending.lock().unwrap_or_else(|p| p.into_inner());
-        if !pending.1 && pending.0.len() < FLUSH_SIZE {
+        if !pending.closing && pending.bytes < FLUSH_SIZE {
             pending = batch
                 .wake
                 .wait_timeout(pending, FLUSH_EVERY)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
-        (std::mem::take(&mut pending.0), pending.1)
+        pending.bytes = 0;
+        (std::mem::take(&mut pending.chunks), pending.closing)
     };
     let mut out = std::io::stdout().lock();
-    let _ = out.write_all(&lines);
+    for chunk in &chunks {
+        let _ = out.write_all(chunk);
+    }
     let dropped = batch.dropped.swap(0, Ordering::Relaxed);
     if dropped > 0 {
         let _ = writeln!(
@@ -120,6 +152,15 @@ fn write_out(batch: &Batch) -> bool {
         );
     }
     let _ = out.flush();
+    drop(out);
+    // Back for reuse: up to 4 chunks, the size they were made.
+    chunks.truncate(4);
+    chunks.retain(|c| c.capacity() == FLUSH_SIZE);
+    chunks.iter_mut().for_each(Vec::clear);
+    let mut pending = batch.pending.lock().unwrap_or_else(|p| p.into_inner());
+    if pending.spare.is_empty() {
+        pending.spare = chunks;
+    }
     closing
 }
 
@@ -312,6 +353,23 @@ pub fn init(format: LogFormat) -> LogGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pending_lines_fill_fixed_chunks_in_order() {
+        let mut p = Pending::default();
+        let line = [b'x'; 1000];
+        for _ in 0..200 {
+            p.push(&line);
+        }
+        p.push(&vec![b'y'; FLUSH_SIZE + 1]); // longer than a chunk: a chunk of its own
+        p.push(b"z\n");
+        assert_eq!(p.bytes, 200 * 1000 + FLUSH_SIZE + 1 + 2);
+        let sizes: Vec<usize> = p.chunks.iter().map(Vec::len).collect();
+        assert_eq!(sizes, [65_000, 65_000, 65_000, 5_000, FLUSH_SIZE + 1, 2]);
+        assert!(p.chunks.iter().all(|c| c.capacity() >= c.len()));
+        let all: Vec<u8> = p.chunks.concat();
+        assert!(all.starts_with(&line) && all.ends_with(b"yz\n"));
+    }
 
     #[test]
     fn access_fields_are_escaped_only_when_needed() {

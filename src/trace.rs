@@ -86,7 +86,7 @@ impl Tracer {
 
     /// The request's trace, from its `traceparent` when valid; starts the span when exporting.
     pub fn start(&self, headers: &HeaderMap, method: &http::Method, path: &str) -> RequestTrace {
-        let incoming = headers.get(TRACEPARENT).filter(|v| parse(v).is_some());
+        let incoming = headers.get(TRACEPARENT).filter(|v| is_valid(v));
         #[cfg(feature = "otel")]
         if let Some(otel) = &self.otel {
             return otel.start(incoming.and_then(parse), incoming, method, path);
@@ -121,7 +121,8 @@ impl Tracer {
     }
 }
 
-/// A valid `traceparent`: ids and flags.
+/// A `traceparent`'s ids and flags.
+#[cfg(any(test, feature = "otel"))]
 #[derive(Debug, PartialEq, Eq)]
 struct Parent {
     trace_id: u128,
@@ -129,49 +130,57 @@ struct Parent {
     flags: u8,
 }
 
-/// Parses `traceparent` as W3C Trace Context level 1 says: `version-traceid-parentid-flags` in
-/// lowercase hex, version `ff` and all-zero ids invalid, later versions may append `-...`.
-fn parse(value: &HeaderValue) -> Option<Parent> {
+/// Whether `traceparent` is valid as W3C Trace Context level 1 says: `version-traceid-parentid-
+/// flags` in lowercase hex, version `ff` and all-zero ids invalid, later versions may append
+/// `-...`. Checked byte by byte: this runs on every request that carries one.
+fn is_valid(value: &HeaderValue) -> bool {
     let s = value.as_bytes();
-    let hex = |part: &[u8]| -> Option<u128> {
-        part.iter().try_fold(0u128, |n, &c| {
-            let d = match c {
-                b'0'..=b'9' => c - b'0',
-                b'a'..=b'f' => c - b'a' + 10,
-                _ => return None,
-            };
-            Some(n << 4 | u128::from(d))
-        })
-    };
+    let lower_hex = |part: &[u8]| part.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+    let nonzero = |part: &[u8]| part.iter().any(|&c| c != b'0');
     if s.len() < 55 || s[2] != b'-' || s[35] != b'-' || s[52] != b'-' {
+        return false;
+    }
+    let (version, trace_id, span_id, flags) = (&s[0..2], &s[3..35], &s[36..52], &s[53..55]);
+    let well_sized = match version {
+        b"00" => s.len() == 55,
+        _ => s.len() == 55 || s[55] == b'-',
+    };
+    well_sized
+        && version != b"ff"
+        && [version, trace_id, span_id, flags]
+            .into_iter()
+            .all(lower_hex)
+        && nonzero(trace_id)
+        && nonzero(span_id)
+}
+
+/// The ids and flags of a valid `traceparent`.
+#[cfg(any(test, feature = "otel"))]
+fn parse(value: &HeaderValue) -> Option<Parent> {
+    if !is_valid(value) {
         return None;
     }
-    let version = hex(&s[0..2])?;
-    let well_sized = if version == 0 {
-        s.len() == 55
-    } else {
-        s.len() == 55 || s[55] == b'-'
-    };
-    let (trace_id, span_id, flags) = (hex(&s[3..35])?, hex(&s[36..52])?, hex(&s[53..55])?);
-    (version != 0xff && well_sized && trace_id != 0 && span_id != 0).then_some(Parent {
-        trace_id,
-        span_id: span_id as u64,
-        flags: flags as u8,
+    let s = value.to_str().ok()?;
+    Some(Parent {
+        trace_id: u128::from_str_radix(&s[3..35], 16).ok()?,
+        span_id: u64::from_str_radix(&s[36..52], 16).ok()?,
+        flags: u8::from_str_radix(&s[53..55], 16).ok()?,
     })
 }
 
 /// `00-<trace id>-<span id>-<flags>`.
 fn render(trace_id: u128, span_id: u64, flags: u8) -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
+    fn hex_into(out: &mut [u8], bytes: &[u8]) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+            pair[0] = HEX[usize::from(b >> 4)];
+            pair[1] = HEX[usize::from(b & 0xf)];
+        }
+    }
     let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
-    for i in 0..32 {
-        out[3 + i] = HEX[(trace_id >> (124 - 4 * i) & 0xf) as usize];
-    }
-    for i in 0..16 {
-        out[36 + i] = HEX[(span_id >> (60 - 4 * i) & 0xf) as usize];
-    }
-    out[53] = HEX[usize::from(flags >> 4)];
-    out[54] = HEX[usize::from(flags & 0xf)];
+    hex_into(&mut out[3..35], &trace_id.to_be_bytes());
+    hex_into(&mut out[36..52], &span_id.to_be_bytes());
+    hex_into(&mut out[53..55], &[flags]);
     HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 

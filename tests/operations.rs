@@ -142,6 +142,7 @@ fn check_exit_codes() {
     let (code, out, _) = tenantgate(&["check", "--config", cfg.to_str().unwrap()], None);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("2 active, 1 inactive, 0 invalid"), "{out}");
+    assert!(out.contains("tracing  traceparent only"), "{out}");
 
     let cfg = write_config(
         dir.path(),
@@ -161,6 +162,23 @@ fn check_exit_codes() {
     let (code, _, err) = tenantgate(&["check", "--config", cfg.to_str().unwrap()], None);
     assert_eq!(code, 69);
     assert!(err.contains("/nonexistent/tenants.json"), "{err}");
+
+    // OTLP export asked of a build that has it is reported; of one without, refused by name.
+    let cfg = write_config(
+        dir.path(),
+        &format!("{good}\n[tracing]\nenabled = true\nservice_name = \"chat-gw\"\n"),
+    );
+    let (code, out, err) = tenantgate(&["check", "--config", cfg.to_str().unwrap()], None);
+    if cfg!(feature = "otel") {
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.contains("tracing  OTLP to http://127.0.0.1:4318/v1/traces as \"chat-gw\""),
+            "{out}"
+        );
+    } else {
+        assert_eq!(code, 64);
+        assert!(err.contains("[tracing] enabled"), "{err}");
+    }
 
     let (code, _, err) = tenantgate(&["run", "--config", "/nonexistent/gateway.toml"], None);
     assert_eq!(code, 64);
