@@ -612,10 +612,7 @@ impl RawTracing {
             sample_ratio: self.sample_ratio,
         };
         if settings.enabled && !cfg!(feature = "otel") {
-            return Err(
-                "[tracing] enabled: this build has no OTLP export (build with `--features otel`)"
-                    .into(),
-            );
+            return Err(crate::trace::EXPORT_NOT_BUILT.into());
         }
         Ok(settings)
     }

@@ -128,27 +128,26 @@ impl Gateway {
             .insert(X_REQUEST_ID, ctx.request_id.clone());
 
         let code = rejected.map(GatewayError::code);
-        let elapsed = started.elapsed();
-        self.metrics.observe(resp.status().as_u16(), code, elapsed);
+        let (status, elapsed) = (resp.status().as_u16(), started.elapsed());
+        let request_id = ctx.request_id.to_str().unwrap_or("-");
+        self.metrics.observe(status, code, elapsed);
         crate::logging::access(&crate::logging::AccessRecord {
             method: method.as_str(),
             path: uri.path(),
-            status: resp.status().as_u16(),
+            status,
             tenant: ctx.tenant.as_deref().unwrap_or("-"),
             code: code.unwrap_or("-"),
             latency_us: elapsed.as_micros() as u64,
-            request_id: ctx.request_id.to_str().unwrap_or("-"),
+            request_id,
             trace_id: ctx.trace.trace_id(),
         });
-        self.tracer.finish(
-            ctx.trace,
-            &crate::trace::Outcome {
-                status: resp.status().as_u16(),
-                tenant: ctx.tenant.as_deref(),
-                code,
-                request_id: ctx.request_id.to_str().unwrap_or("-"),
-            },
-        );
+        let outcome = crate::trace::Outcome {
+            status,
+            tenant: ctx.tenant.as_deref(),
+            code,
+            request_id,
+        };
+        self.tracer.finish(ctx.trace, &outcome);
         resp
     }
 

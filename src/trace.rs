@@ -14,6 +14,10 @@
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
+/// Why `[tracing] enabled = true` is refused by a build without the `otel` feature.
+pub const EXPORT_NOT_BUILT: &str =
+    "[tracing] enabled: this build has no OTLP export (build with `--features otel`)";
+
 /// `traceparent` (W3C Trace Context).
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
@@ -78,10 +82,7 @@ impl Tracer {
             })
         }
         #[cfg(not(feature = "otel"))]
-        Err(
-            "[tracing] enabled: this build has no OTLP export (build with `--features otel`)"
-                .into(),
-        )
+        Err(EXPORT_NOT_BUILT.into())
     }
 
     /// The request's trace, from its `traceparent` when valid; starts the span when exporting.
@@ -89,7 +90,7 @@ impl Tracer {
         let incoming = headers.get(TRACEPARENT).filter(|v| is_valid(v));
         #[cfg(feature = "otel")]
         if let Some(otel) = &self.otel {
-            return otel.start(incoming.and_then(parse), incoming, method, path);
+            return otel.start(incoming.and_then(ids), incoming, method, path);
         }
         let _ = (method, path);
         RequestTrace {
@@ -154,12 +155,19 @@ fn is_valid(value: &HeaderValue) -> bool {
         && nonzero(span_id)
 }
 
-/// The ids and flags of a valid `traceparent`.
-#[cfg(any(test, feature = "otel"))]
+/// The ids and flags of a `traceparent`, when valid.
+#[cfg(test)]
 fn parse(value: &HeaderValue) -> Option<Parent> {
-    if !is_valid(value) {
-        return None;
+    if is_valid(value) {
+        ids(value)
+    } else {
+        None
     }
+}
+
+/// The ids and flags of a `traceparent` that [`is_valid`] accepted.
+#[cfg(any(test, feature = "otel"))]
+fn ids(value: &HeaderValue) -> Option<Parent> {
     let s = value.to_str().ok()?;
     Some(Parent {
         trace_id: u128::from_str_radix(&s[3..35], 16).ok()?,
