@@ -3,7 +3,9 @@
 //! the client's body on its way to the backend, counted against `[server] max_body_bytes`.
 //!
 //! The slot lives inside the body so that it is released exactly when the body is done: at its
-//! last frame, or when hyper drops it because the client went away mid-stream.
+//! last frame, or when hyper drops it because the client went away mid-stream. A body that is
+//! complete from the start (204, `HEAD`) frees it when hyper drops the body, which it does
+//! without polling it.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -13,16 +15,21 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
+use crate::exchange::BackendBody;
 use crate::limit::SlotGuard;
-use crate::pool::Lease;
+
+/// What a streamed response body can fail with.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 pin_project! {
     /// Body of every response the gateway sends.
     #[project = ProxyBodyProj]
     pub enum ProxyBody {
-        /// Streamed from the backend, frame by frame, without buffering. Polling it drives the
-        /// backend connection (`lease`), which goes back to the pool after the last frame.
-        Upstream { #[pin] body: Incoming, lease: Option<Lease>, slot: Option<SlotGuard> },
+        /// Streamed from the backend, frame by frame, without buffering; its connection goes
+        /// back to the pool after the last frame.
+        Backend { #[pin] body: BackendBody, slot: Option<SlotGuard> },
+        /// A backend's answer through hyper's client (an upgrade the backend declined).
+        Upgrade { #[pin] body: Incoming, slot: Option<SlotGuard> },
         /// Made by the gateway (errors, preflights); sent in one frame.
         Full { data: Option<Bytes> },
     }
@@ -42,71 +49,73 @@ impl ProxyBody {
         ProxyBody::Full { data: None }
     }
 
-    /// The backend's body on its connection (pooled: `lease`), holding `slot` until its last
-    /// frame has gone out.
-    pub fn upstream(body: Incoming, lease: Option<Lease>, slot: Option<SlotGuard>) -> Self {
-        // A body that is already complete (no content) frees its connection at once: hyper
-        // may never poll such a body.
-        let lease = match lease {
-            Some(lease) if body.is_end_stream() => {
-                lease.release();
-                None
-            }
-            lease => lease,
-        };
-        ProxyBody::Upstream { body, lease, slot }
+    /// The backend's body, holding `slot` until its last frame has gone out.
+    pub fn backend(body: BackendBody, slot: SlotGuard) -> Self {
+        ProxyBody::Backend {
+            body,
+            slot: Some(slot),
+        }
     }
+
+    /// The answer to an upgrade request that the backend declined, holding `slot` likewise.
+    pub fn declined_upgrade(body: Incoming, slot: SlotGuard) -> Self {
+        ProxyBody::Upgrade {
+            body,
+            slot: Some(slot),
+        }
+    }
+}
+
+/// Polls a streamed body and frees the tenant's slot at its last frame (or an error) rather
+/// than when hyper gets round to dropping the body.
+fn poll_holding_slot<B>(
+    mut body: Pin<&mut B>,
+    slot: &mut Option<SlotGuard>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BodyError>>>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BodyError>,
+{
+    let polled = body.as_mut().poll_frame(cx);
+    let finished = match &polled {
+        Poll::Ready(None) | Poll::Ready(Some(Err(_))) => true,
+        Poll::Ready(Some(Ok(_))) => body.is_end_stream(),
+        Poll::Pending => false,
+    };
+    if finished {
+        slot.take();
+    }
+    polled.map(|f| f.map(|r| r.map_err(Into::into)))
 }
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.project() {
-            ProxyBodyProj::Upstream {
-                mut body,
-                lease,
-                slot,
-            } => {
-                if let Some(lease) = lease.as_mut() {
-                    lease.poll_driver(cx);
-                }
-                let polled = body.as_mut().poll_frame(cx);
-                // Finished: at the last frame (or an error), free the tenant's slot now rather
-                // than when hyper gets round to dropping the body, and give a cleanly finished
-                // connection back to the pool (a failed one is dropped with its lease).
-                let finished = match &polled {
-                    Poll::Ready(None) => Some(true),
-                    Poll::Ready(Some(Ok(_))) if body.is_end_stream() => Some(true),
-                    Poll::Ready(Some(Err(_))) => Some(false),
-                    _ => None,
-                };
-                if let Some(reusable) = finished {
-                    if let Some(lease) = lease.take().filter(|_| reusable) {
-                        lease.release();
-                    }
-                    slot.take();
-                }
-                polled
-            }
+            ProxyBodyProj::Backend { body, slot } => poll_holding_slot(body, slot, cx),
+            ProxyBodyProj::Upgrade { body, slot } => poll_holding_slot(body, slot, cx),
             ProxyBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ProxyBody::Upstream { body, .. } => body.is_end_stream(),
+            ProxyBody::Backend { body, .. } => body.is_end_stream(),
+            ProxyBody::Upgrade { body, .. } => body.is_end_stream(),
             ProxyBody::Full { data } => data.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ProxyBody::Upstream { body, .. } => body.size_hint(),
+            ProxyBody::Backend { body, .. } => body.size_hint(),
+            ProxyBody::Upgrade { body, .. } => body.size_hint(),
             ProxyBody::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }

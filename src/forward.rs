@@ -35,8 +35,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::body::{BodyLimitExceeded, ProxyBody, RequestBody};
 use crate::error::GatewayError;
+use crate::exchange::{BackendBody, ExchangeError};
 use crate::limit::SlotGuard;
-use crate::pool::{Lease, Pool, PoolSettings, SendError, Target};
+use crate::pool::{Pool, PoolSettings, SendError, Target};
 use crate::tenant::Tenant;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1, plus the legacy `Keep-Alive` and `Proxy-Connection`):
@@ -228,24 +229,24 @@ impl Forwarder {
     }
 
     /// Sends the request to the tenant's backend and returns its response head, with the body
-    /// still streaming on the returned connection lease.
+    /// still streaming from the backend connection.
     pub async fn forward(
         &self,
         req: Request<Incoming>,
         tenant: &Tenant,
         fwd: &Forwarded<'_>,
-    ) -> Result<(Response<Incoming>, Lease), GatewayError> {
+    ) -> Result<Response<BackendBody>, GatewayError> {
         let settings = self.settings.load_full();
         let (upstream, req) = self.prepare(req, tenant, fwd, &settings)?;
         let started = std::time::Instant::now();
         let sent = self.pool.send(upstream.target(), req);
-        let (mut resp, lease) = self
+        let mut resp = self
             .within_response_timeout(upstream, sent, &settings)
             .await?;
         self.upstream_response
             .observe(started.elapsed().as_secs_f64());
         strip_hop_by_hop(resp.headers_mut());
-        Ok((resp, lease))
+        Ok(resp)
     }
 
     /// Forwards a protocol upgrade (WebSocket): on `101 Switching Protocols` the client and
@@ -272,7 +273,7 @@ impl Forwarder {
             .await?;
         if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
             strip_hop_by_hop(resp.headers_mut());
-            return Ok(resp.map(|body| ProxyBody::upstream(body, None, Some(slot))));
+            return Ok(resp.map(|body| ProxyBody::declined_upgrade(body, slot)));
         }
         let upstream_side = hyper::upgrade::on(&mut resp);
         let tenant_key = tenant.key.clone();
@@ -503,9 +504,13 @@ fn classify(upstream: &Upstream, e: &SendError) -> GatewayError {
         SendError::Http(h) if caused_by::<BodyLimitExceeded>(h) => {
             return GatewayError::BodyTooLarge
         }
-        SendError::Connect { .. } | SendError::Tls { .. } | SendError::Http(_) => {
-            GatewayError::UpstreamUnavailable
+        SendError::Exchange(ExchangeError::Body(b)) if caused_by::<BodyLimitExceeded>(&**b) => {
+            return GatewayError::BodyTooLarge
         }
+        SendError::Connect { .. }
+        | SendError::Tls { .. }
+        | SendError::Http(_)
+        | SendError::Exchange(_) => GatewayError::UpstreamUnavailable,
     };
     tracing::warn!(upstream = ?upstream, error = %error_chain(e), code = err.code(), "upstream request failed");
     err

@@ -17,7 +17,7 @@
 //! | 1. identify the tenant from its key | [`identify`] | 401 / 400 / 403 / 503 |
 //! | 2. check the browser origin (and answer preflights) | [`cors`], [`origin`] | 403 |
 //! | 3. take one of the tenant's concurrency slots | [`limit`] | 429 |
-//! | 4. rewrite headers, stream to the backend and back (or splice an upgrade) | [`forward`], [`pool`], [`body`] | 413 / 502 / 504 |
+//! | 4. rewrite headers, stream to the backend and back (or splice an upgrade) | [`forward`], [`pool`], [`exchange`], [`body`] | 413 / 502 / 504 |
 //! | every refusal as the contract's JSON | [`error`] | |
 //!
 //! Where tenants come from: [`tenant`] (the document and its validation), [`store`] (the store
@@ -39,6 +39,7 @@ pub mod cors;
 pub mod demo;
 pub mod directory;
 pub mod error;
+pub mod exchange;
 pub mod forward;
 pub mod identify;
 pub mod limit;

@@ -1,32 +1,31 @@
-//! Keep-alive connections to the backends, driven inside the request's own task.
+//! Keep-alive connections to the backends, used inside the request's own task.
 //!
-//! Each upstream connection is a hyper HTTP/1.1 client connection (`SendRequest` + its
-//! `Connection` future). Instead of spawning a task per connection (what hyper-util's pooled
-//! client does), the connection future is polled by whoever uses it: the request while it waits
-//! for the response head, then the response body while it streams to the client. This removes
-//! the cross-task hand-offs of every request and, measured on the bench workload, most of the
-//! CPU the gateway spent on the upstream side.
+//! An idle connection is a socket and its buffers; a request takes one (most recently used
+//! first) or opens one, runs its exchange on it ([`crate::exchange`]), and the response body,
+//! once read to its end, gives it back ([`Lease::release`]). No task per connection and no
+//! channels: the request's task does the reading and writing. A body dropped half-way drops its
+//! connection, so a connection is never reused mid-message.
 //!
-//! A connection whose response body has been read to the end goes back to an idle stack per
-//! backend (most recently used first, at most `max_idle_per_host`, dropped after
-//! `idle_timeout`). A body dropped half-way drops its connection, so a connection is never
-//! reused mid-message. A reused connection that turns out to be closed is replaced by a fresh
-//! one, transparently, as long as the request has not been sent on it.
+//! Idle connections are kept per backend (scheme and authority), at most `max_idle_per_host`,
+//! each for at most `idle_timeout`. One the backend closed while it sat idle is noticed without
+//! a system call (its socket became readable) and discarded; if one closes just as a request is
+//! written and nothing comes back, a bodiless request with an idempotent method is sent again
+//! on a fresh connection, anything else gets its 502.
 //!
-//! `https://` backends get the same treatment over rustls (ALPN `http/1.1`); the idle stacks are
-//! kept per scheme and authority.
+//! `https://` backends get the same treatment over rustls (ALPN `http/1.1`).
 
 use std::collections::HashMap;
-use std::future::{poll_fn, Future};
+use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use http::uri::Authority;
-use http::{Request, Response};
+use http::{Method, Request, Response};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, Connection, SendRequest};
+use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -35,6 +34,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use crate::body::RequestBody;
+use crate::exchange::{self, BackendBody, ExchangeError};
 
 /// Why a request could not be sent or answered.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +52,9 @@ pub enum SendError {
         source: std::io::Error,
     },
     #[error("{0}")]
+    Exchange(#[from] ExchangeError),
+    /// From hyper's client, which carries upgrades.
+    #[error("{0}")]
     Http(#[from] hyper::Error),
 }
 
@@ -65,7 +68,7 @@ pub struct Target<'a> {
 }
 
 /// The byte stream to a backend: plain TCP, or TLS over it.
-enum UpstreamIo {
+pub(crate) enum UpstreamIo {
     Plain(TcpStream),
     /// Boxed: the TLS state is large and rare next to plain connections.
     Tls(Box<TlsStream<TcpStream>>),
@@ -129,29 +132,31 @@ impl AsyncWrite for UpstreamIo {
     }
 }
 
-/// The future that runs one HTTP/1.1 connection to a backend.
-type Driver = Connection<TokioIo<UpstreamIo>, RequestBody>;
-
-struct Conn {
-    sender: SendRequest<RequestBody>,
-    /// `None` once the connection has finished. Boxed: the connection state is large and a
-    /// `Conn` moves several times per request (pool, request, lease, response body); the box is
-    /// allocated once per connection, not per request.
-    driver: Option<Pin<Box<Driver>>>,
+/// A connection to a backend with its buffers (kept with it, so their memory is reused).
+pub struct Conn {
+    pub(crate) io: UpstreamIo,
+    /// Bytes read and not yet used: empty between exchanges on a healthy connection.
+    pub(crate) read_buf: BytesMut,
+    pub(crate) write_buf: Vec<u8>,
 }
 
 impl Conn {
-    /// Drives the connection; false once it has closed.
-    fn poll_driver(&mut self, cx: &mut Context<'_>) -> bool {
-        if let Some(driver) = self.driver.as_mut() {
-            if let Poll::Ready(result) = driver.as_mut().poll(cx) {
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "upstream connection ended with an error");
-                }
-                self.driver = None;
-            }
+    fn new(io: UpstreamIo) -> Conn {
+        Conn {
+            io,
+            read_buf: BytesMut::new(),
+            write_buf: Vec::new(),
         }
-        self.driver.is_some()
+    }
+
+    /// Whether an idle connection has become readable: the backend closed it (or sent something
+    /// unasked for). Costs no system call: the runtime already knows the socket's readiness.
+    fn is_stale(&self, cx: &mut Context<'_>) -> bool {
+        let tcp = match &self.io {
+            UpstreamIo::Plain(s) => s,
+            UpstreamIo::Tls(s) => s.get_ref().0,
+        };
+        tcp.poll_read_ready(cx).is_ready()
     }
 }
 
@@ -180,8 +185,8 @@ pub struct Pool {
     shared: Arc<Shared>,
 }
 
-/// A connection lent to one request and then to its response body. Must be polled
-/// ([`Lease::poll_driver`]) while the body is read; [`Lease::release`] returns it to the pool.
+/// A connection lent to one request and then to its response body; [`Lease::release`] returns
+/// it to the pool.
 pub struct Lease {
     conn: Conn,
     key: PoolKey,
@@ -192,16 +197,16 @@ pub struct Lease {
 type PoolKey = (bool, Authority);
 
 impl Lease {
-    /// Drives the connection so the response body makes progress.
-    pub fn poll_driver(&mut self, cx: &mut Context<'_>) {
-        self.conn.poll_driver(cx);
+    pub(crate) fn conn(&self) -> &Conn {
+        &self.conn
+    }
+
+    pub(crate) fn conn_mut(&mut self) -> &mut Conn {
+        &mut self.conn
     }
 
     /// Gives the connection back for reuse (call once the response body is complete).
     pub fn release(self) {
-        if self.conn.driver.is_none() || self.conn.sender.is_closed() {
-            return;
-        }
         let max = self.shared.settings.max_idle_per_host;
         if max == 0 {
             return;
@@ -229,18 +234,18 @@ impl Pool {
         }
     }
 
-    fn checkout(&self, key: &PoolKey) -> Option<Conn> {
+    fn checkout(&self, key: &PoolKey, cx: &mut Context<'_>) -> Option<Conn> {
         let mut idle = self.shared.idle.lock().unwrap_or_else(|p| p.into_inner());
         let stack = idle.get_mut(key)?;
         while let Some(c) = stack.pop() {
-            if c.since.elapsed() < self.shared.settings.idle_timeout && !c.conn.sender.is_closed() {
+            if c.since.elapsed() < self.shared.settings.idle_timeout && !c.conn.is_stale(cx) {
                 return Some(c.conn);
             }
         }
         None
     }
 
-    async fn connect(&self, target: Target<'_>) -> Result<Conn, SendError> {
+    async fn connect(&self, target: Target<'_>) -> Result<UpstreamIo, SendError> {
         let addr = target.addr;
         let timeout = self.shared.settings.connect_timeout;
         let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
@@ -270,12 +275,8 @@ impl Pool {
                 }
             }
         };
-        let (sender, driver) = http1::Builder::new().handshake(TokioIo::new(io)).await?;
         tracing::debug!(upstream = addr, "opened upstream connection");
-        Ok(Conn {
-            sender,
-            driver: Some(Box::pin(driver)),
-        })
+        Ok(io)
     }
 
     /// Sends an upgrade request on a connection of its own (never pooled: after `101` it
@@ -285,69 +286,61 @@ impl Pool {
         target: Target<'_>,
         req: Request<RequestBody>,
     ) -> Result<Response<Incoming>, SendError> {
-        let conn = Box::pin(self.connect(target)).await?;
-        let (mut sender, driver) = (conn.sender, conn.driver);
-        if let Some(driver) = driver {
-            let driver = Pin::into_inner(driver);
-            tokio::spawn(async move {
-                if let Err(e) = driver.with_upgrades().await {
-                    tracing::debug!(error = %e, "upgraded upstream connection ended with an error");
-                }
-            });
-        }
+        let io = Box::pin(self.connect(target)).await?;
+        let (mut sender, driver) = http1::Builder::new().handshake(TokioIo::new(io)).await?;
+        tokio::spawn(async move {
+            if let Err(e) = driver.with_upgrades().await {
+                tracing::debug!(error = %e, "upgraded upstream connection ended with an error");
+            }
+        });
         Ok(sender.send_request(req).await?)
     }
 
-    /// Sends `req` (origin-form URI, `Host` set) to `target` and returns the response head
-    /// with the connection that carries its body.
+    /// Sends `req` (origin-form URI, `Host` set) to `target` and returns the response head;
+    /// its body streams from the connection, which it gives back to the pool when read to the end.
     pub async fn send(
         &self,
         target: Target<'_>,
-        mut req: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Lease), SendError> {
+        req: Request<RequestBody>,
+    ) -> Result<Response<BackendBody>, SendError> {
         let key = (target.tls.is_some(), target.authority.clone());
+        let (head, body) = req.into_parts();
+        let mut body = (!http_body::Body::is_end_stream(&body)).then_some(body);
+        let bodiless = body.is_none();
         loop {
-            let (mut conn, reused) = match self.checkout(&key) {
+            let (conn, reused) = match poll_fn(|cx| Poll::Ready(self.checkout(&key, cx))).await {
                 Some(c) => (c, true),
                 // Boxed: connecting is the rare path, and keeping its state out of this future
-                // keeps the per-request future small (it is moved on every request).
-                None => (Box::pin(self.connect(target)).await?, false),
+                // keeps the per-request future small.
+                None => (Conn::new(Box::pin(self.connect(target)).await?), false),
             };
-            // Ready for a request? (A reused connection may have been closed by the backend.)
-            let ready = poll_fn(|cx| {
-                if !conn.poll_driver(cx) {
-                    return Poll::Ready(false);
+            let lease = |conn| Lease {
+                conn,
+                key: key.clone(),
+                shared: self.shared.clone(),
+            };
+            match exchange::exchange(conn, &head, body.take(), lease).await {
+                Ok(resp) => return Ok(resp),
+                // The backend closed a kept connection as the request went out: nothing was
+                // processed, and a request without a body can be written again.
+                Err(failed)
+                    if reused
+                        && failed.nothing_received
+                        && bodiless
+                        && is_idempotent(&head.method) =>
+                {
+                    tracing::debug!(error = %failed.error, "kept upstream connection was closed; retrying on a new one");
                 }
-                conn.sender.poll_ready(cx).map(|r| r.is_ok())
-            })
-            .await;
-            if !ready && reused {
-                continue;
-            }
-            // (A fresh connection that is not ready makes the send below fail with the reason.)
-            let mut response = std::pin::pin!(conn.sender.try_send_request(req));
-            let result = poll_fn(|cx| {
-                conn.poll_driver(cx);
-                response.as_mut().poll(cx)
-            })
-            .await;
-            match result {
-                Ok(resp) => {
-                    return Ok((
-                        resp,
-                        Lease {
-                            conn,
-                            key,
-                            shared: self.shared.clone(),
-                        },
-                    ));
-                }
-                Err(mut e) => match e.take_message() {
-                    // Not sent: safe to try again on another connection.
-                    Some(back) if reused => req = back,
-                    _ => return Err(SendError::Http(e.into_error())),
-                },
+                Err(failed) => return Err(SendError::Exchange(failed.error)),
             }
         }
     }
+}
+
+/// RFC 9110 §9.2.2: methods a client may repeat without changing the outcome.
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
 }

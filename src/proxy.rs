@@ -193,8 +193,8 @@ impl Gateway {
         if forward::is_upgrade(req.headers()) {
             return Box::pin(self.forwarder.upgrade(req, tenant, &fwd, slot)).await;
         }
-        let (resp, lease) = self.forwarder.forward(req, tenant, &fwd).await?;
-        Ok(resp.map(|body| ProxyBody::upstream(body, Some(lease), Some(slot))))
+        let resp = self.forwarder.forward(req, tenant, &fwd).await?;
+        Ok(resp.map(|body| ProxyBody::backend(body, slot)))
     }
 
     /// A preflight: by the tenant's allow-list when the key is present, otherwise by whether any

@@ -774,6 +774,126 @@ async fn r_close_header_absent(c: &HttpClient, gw: &Gateway) -> bool {
         .is_none_or(|v| !v.eq_ignore_ascii_case("close"))
 }
 
+/// A backend written byte by byte: the path of each request picks a canned answer, some of
+/// them wrong on purpose.
+async fn scripted_backend() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let mut seen = Vec::new();
+                let head = loop {
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break String::from_utf8_lossy(&seen[..end]).to_string();
+                    }
+                };
+                let path = head.split(' ').nth(1).unwrap_or("").to_string();
+                let answer: Vec<u8> = match path.as_str() {
+                    // Refuses the upload after its head, then reads (and drops) whatever comes,
+                    // as servers do before closing.
+                    "/early" => b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\nconnection: close\r\n\r\nbig!".to_vec(),
+                    "/conflicting-length" => b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\nabcd".to_vec(),
+                    "/not-http" => b"SSH-2.0-OpenSSH_9.6\r\n\r\n".to_vec(),
+                    "/huge-head" => format!("HTTP/1.1 200 OK\r\nx-big: {}\r\ncontent-length: 2\r\n\r\nok", "a".repeat(70 * 1024)).into_bytes(),
+                    "/chunked" => b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n6;note=x\r\nhello \r\n5\r\nworld\r\n0\r\nx-checksum: 1\r\n\r\n".to_vec(),
+                    "/until-close" => b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nall of it".to_vec(),
+                    "/truncated" => b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly this".to_vec(),
+                    _ => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
+                };
+                let _ = s.write_all(&answer).await;
+                let _ = s.shutdown().await;
+                // Lingering close: drain until the gateway goes away.
+                while let Ok(Ok(n)) =
+                    tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await
+                {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn backend_answers_are_framed_strictly_and_early_answers_are_heard() {
+    let mut t = tenant("tnt_a", &[A], 5);
+    t["upstream"] = json!(format!("http://{}", scripted_backend().await));
+    let gw = Gateway::start(&[t], "").await;
+    let c = client();
+    let get = |path: &'static str| {
+        let (c, url) = (c.clone(), gw.url(path));
+        async move { as_tenant(&c, &url, "tnt_a", A).await }
+    };
+
+    // Chunked (with an extension and a trailer) and close-delimited bodies arrive whole.
+    let r = get("/chunked").await;
+    assert_eq!((r.status.as_u16(), &r.body[..]), (200, &b"hello world"[..]));
+    let r = get("/until-close").await;
+    assert_eq!((r.status.as_u16(), &r.body[..]), (200, &b"all of it"[..]));
+
+    // Heads the gateway cannot trust are a 502, never passed on.
+    for path in ["/conflicting-length", "/not-http", "/huge-head"] {
+        let r = get(path).await;
+        assert_eq!(
+            (r.status.as_u16(), r.error_code().as_str()),
+            (502, "upstream_unavailable"),
+            "{path}"
+        );
+    }
+    // A body cut short ends the client's response early instead of passing as complete.
+    let req = tenant_request(
+        "GET",
+        &gw.url("/truncated"),
+        "tnt_a",
+        A,
+        http_body_util::Empty::<Bytes>::new(),
+    );
+    // (Either the head with part of the body and then an error, or just the error, depending on
+    // whether the gateway flushed the head before it saw the connection end.)
+    let complete = match client_for().request(req).await {
+        Ok(resp) => resp.into_body().collect().await.is_ok(),
+        Err(_) => false,
+    };
+    assert!(!complete, "a truncated body must not look complete");
+    assert_eq!(
+        gw.in_flight("tnt_a").await,
+        0,
+        "slots are back after every failure"
+    );
+
+    // A backend that refuses an upload before it is sent is heard at once: the client is still
+    // holding back most of its declared body.
+    let mut s = TcpStream::connect(gw.running.addr).await.unwrap();
+    s.write_all(
+        format!("POST /early HTTP/1.1\r\nhost: gw\r\nx-tenant-id: tnt_a\r\norigin: {A}\r\ncontent-length: 1000000\r\n\r\nfirst bytes").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut answer))
+        .await
+        .expect("the backend's early answer reaches the client")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]).to_string();
+    assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+    assert!(answer.ends_with("big!"), "{answer}");
+    drop(s);
+    eventually(5, || async { gw.in_flight("tnt_a").await == 0 }).await;
+
+    // And the gateway is fine afterwards.
+    assert_eq!(get("/ok").await.status, 200);
+}
+
 #[tokio::test]
 async fn query_parameter_key_is_opt_in_for_event_streams() {
     let url = |gw: &Gateway| gw.url("/stream?chunks=1&interval_ms=1&tenant=tnt_a");

@@ -1,0 +1,777 @@
+//! One request/response exchange with a backend over HTTP/1.1, on a connection from
+//! [`crate::pool`]: the request head written in one buffer (the body follows, chunked when its
+//! length is unknown), the response head parsed with `httparse`, and the response body framed by
+//! `Content-Length`, chunked coding or the end of the connection (RFC 9112 §6.3).
+//!
+//! Why not hyper's client here: a hyper client connection hands each request, response and body
+//! chunk through channels to a dispatcher state machine; on the bench workload that was about a
+//! third of the gateway's user-space instructions per request (BENCHMARKS.md). This is the same
+//! work without the hand-offs. Protocol upgrades (WebSocket), which are rare and long-lived,
+//! still go through hyper's client ([`crate::pool::Pool::send_upgrade`]).
+//!
+//! The rules kept strict, because a pooled connection must never be reused mid-message: a
+//! response is reusable only when it was framed by length or chunks, said neither `Connection:
+//! close` nor HTTP/1.0, was read to its end, and left no extra bytes behind. Anything the parser
+//! does not accept (a malformed head, conflicting `Content-Length`s, a bad chunk size) fails the
+//! exchange with a 502 and drops the connection.
+
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{request, Method, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::AsyncWrite;
+use tokio_util::io::poll_read_buf;
+
+use crate::body::RequestBody;
+use crate::pool::{Conn, Lease};
+
+/// Largest response head accepted from a backend.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Most header lines accepted in a response head.
+const MAX_HEADERS: usize = 128;
+/// Request body bytes gathered into one write.
+const WRITE_BATCH: usize = 64 * 1024;
+/// Read size for response bodies.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Why an exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("backend closed the connection before answering")]
+    Closed,
+    #[error("invalid response from the backend: {0}")]
+    Protocol(&'static str),
+    /// The client's request body failed (or passed the body limit) while it streamed.
+    #[error("request body: {0}")]
+    Body(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// A failed exchange, and whether the request may be sent again on another connection: nothing
+/// of a response arrived and the request had no body to replay.
+pub struct Failed {
+    pub error: ExchangeError,
+    pub nothing_received: bool,
+}
+
+/// How the response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Empty,
+    Length(u64),
+    Chunked(Chunk),
+    /// Until the backend closes the connection (never reusable).
+    UntilClose,
+}
+
+/// Where the chunked decoder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    Size,
+    Data(u64),
+    /// The CRLF after a chunk's data.
+    DataEnd,
+    Trailers,
+}
+
+/// A parsed response head.
+struct Head {
+    status: StatusCode,
+    headers: HeaderMap,
+    framing: Framing,
+    keep_alive: bool,
+}
+
+/// Writes `head` (and `body`, if any) on `conn` and reads the response head. The body keeps
+/// streaming while the answer is awaited, so a backend that answers before the upload ends (a
+/// 413, say) is heard; such a connection is not reused.
+pub async fn exchange(
+    mut conn: Conn,
+    head: &request::Parts,
+    body: Option<RequestBody>,
+    lease: impl FnOnce(Conn) -> Lease,
+) -> Result<Response<BackendBody>, Failed> {
+    let chunked = body.is_some() && !head.headers.contains_key(header::CONTENT_LENGTH);
+    let mut out = std::mem::take(&mut conn.write_buf);
+    out.clear();
+    encode_head(&mut out, head, chunked);
+    let mut writer = Writer {
+        out,
+        written: 0,
+        body: body.map(Box::pin),
+        chunked,
+        done: false,
+        failed: None,
+    };
+    let is_head = head.method == Method::HEAD;
+    let parsed = poll_fn(|cx| {
+        if let Err(e) = writer.poll_write(cx, &mut conn) {
+            return Poll::Ready(Err(e));
+        }
+        poll_head(cx, &mut conn, is_head, writer.failed.take())
+    })
+    .await;
+    let unfinished = !writer.done;
+    conn.write_buf = writer.out;
+    let received = !conn.read_buf.is_empty();
+    let parsed = parsed.map_err(|error| Failed {
+        nothing_received: !received
+            && matches!(error, ExchangeError::Io(_) | ExchangeError::Closed),
+        error,
+    })?;
+    let mut resp = Response::new(BackendBody::new(
+        lease(conn),
+        parsed.framing,
+        // A request body that was not sent to its end leaves the connection mid-message.
+        parsed.keep_alive && !unfinished,
+    ));
+    *resp.status_mut() = parsed.status;
+    *resp.headers_mut() = parsed.headers;
+    Ok(resp)
+}
+
+/// The request line and headers, as sent: `METHOD /path?query HTTP/1.1`, the headers as they
+/// are, `Transfer-Encoding: chunked` when the body's length is unknown.
+fn encode_head(out: &mut Vec<u8>, head: &request::Parts, chunked: bool) {
+    out.extend_from_slice(head.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = head.uri.path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &head.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The sending half of an exchange: the head, then the body's frames as they come.
+struct Writer {
+    out: Vec<u8>,
+    written: usize,
+    body: Option<Pin<Box<RequestBody>>>,
+    chunked: bool,
+    done: bool,
+    /// A write error, reported only if no response arrives (a backend that answered early and
+    /// closed makes later writes fail; its answer wins).
+    failed: Option<std::io::Error>,
+}
+
+impl Writer {
+    /// Makes what progress it can; `Err` only for a failed request body.
+    fn poll_write(&mut self, cx: &mut Context<'_>, conn: &mut Conn) -> Result<(), ExchangeError> {
+        while !self.done {
+            self.fill(cx)?;
+            if self.written < self.out.len() {
+                match Pin::new(&mut conn.io).poll_write(cx, &self.out[self.written..]) {
+                    Poll::Ready(Ok(0)) => {
+                        return self.fail(std::io::ErrorKind::WriteZero.into());
+                    }
+                    Poll::Ready(Ok(n)) => self.written += n,
+                    Poll::Ready(Err(e)) => return self.fail(e),
+                    Poll::Pending => return Ok(()),
+                }
+                if self.written == self.out.len() {
+                    self.out.clear();
+                    self.written = 0;
+                }
+                continue;
+            }
+            if self.body.is_some() {
+                return Ok(()); // waiting for the client's next frame
+            }
+            match Pin::new(&mut conn.io).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.done = true,
+                Poll::Ready(Err(e)) => return self.fail(e),
+                Poll::Pending => return Ok(()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends the body frames that are ready, up to one write's worth.
+    fn fill(&mut self, cx: &mut Context<'_>) -> Result<(), ExchangeError> {
+        while let Some(body) = self.body.as_mut() {
+            if self.out.len() >= WRITE_BATCH {
+                return Ok(());
+            }
+            match body.as_mut().poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    // Trailers from the client are not forwarded.
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    if data.is_empty() {
+                        continue;
+                    }
+                    if self.chunked {
+                        let mut size = [0u8; 16];
+                        let hex = hex_len(data.len(), &mut size);
+                        self.out.extend_from_slice(hex);
+                        self.out.extend_from_slice(b"\r\n");
+                    }
+                    self.out.extend_from_slice(&data);
+                    if self.chunked {
+                        self.out.extend_from_slice(b"\r\n");
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => return Err(ExchangeError::Body(e)),
+                Poll::Ready(None) => {
+                    if self.chunked {
+                        self.out.extend_from_slice(b"0\r\n\r\n");
+                    }
+                    self.body = None;
+                }
+                Poll::Pending => return Ok(()),
+            }
+        }
+        Ok(())
+    }
+
+    fn fail(&mut self, e: std::io::Error) -> Result<(), ExchangeError> {
+        self.failed = Some(e);
+        self.body = None;
+        self.done = true;
+        Ok(())
+    }
+}
+
+/// `n` in lowercase hex, written into `buf`.
+fn hex_len(mut n: usize, buf: &mut [u8; 16]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b"0123456789abcdef"[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+/// Reads until a whole response head (after any `1xx` interim answers) is in.
+fn poll_head(
+    cx: &mut Context<'_>,
+    conn: &mut Conn,
+    is_head: bool,
+    write_error: Option<std::io::Error>,
+) -> Poll<Result<Head, ExchangeError>> {
+    let mut write_error = write_error;
+    loop {
+        if let Some(head) = parse_head(&mut conn.read_buf, is_head)? {
+            return Poll::Ready(Ok(head));
+        }
+        if conn.read_buf.len() >= MAX_HEAD_BYTES {
+            return Poll::Ready(Err(ExchangeError::Protocol("response head too large")));
+        }
+        conn.read_buf.reserve(READ_CHUNK);
+        match poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.read_buf) {
+            Poll::Ready(Ok(0)) => {
+                return Poll::Ready(Err(match write_error.take() {
+                    Some(e) => ExchangeError::Io(e),
+                    None if conn.read_buf.is_empty() => ExchangeError::Closed,
+                    None => ExchangeError::Protocol("connection closed inside the response head"),
+                }))
+            }
+            Poll::Ready(Ok(_)) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(ExchangeError::Io(e))),
+            Poll::Pending => {
+                // A write failure with nothing to read is the connection's end.
+                return match write_error {
+                    Some(e) => Poll::Ready(Err(ExchangeError::Io(e))),
+                    None => Poll::Pending,
+                };
+            }
+        }
+    }
+}
+
+/// Parses a response head at the start of `buf` and removes it from there; `None` until the
+/// head is complete. `1xx` interim responses (`100 Continue`, `103 Early Hints`) are skipped.
+fn parse_head(buf: &mut BytesMut, is_head: bool) -> Result<Option<Head>, ExchangeError> {
+    loop {
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut slots);
+        let len = match resp.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(ExchangeError::Protocol("too many header lines"))
+            }
+            Err(_) => return Err(ExchangeError::Protocol("malformed response head")),
+        };
+        let code = resp.code.unwrap_or(0);
+        if (100..200).contains(&code) {
+            if code == 101 {
+                return Err(ExchangeError::Protocol(
+                    "101 Switching Protocols without an upgrade",
+                ));
+            }
+            buf.advance(len);
+            continue;
+        }
+        let status =
+            StatusCode::from_u16(code).map_err(|_| ExchangeError::Protocol("bad status code"))?;
+        let http11 = resp.version == Some(1);
+        // The names now; where each value sits in the head, so values can share its bytes.
+        let base = buf.as_ptr() as usize;
+        let mut names = Vec::with_capacity(resp.headers.len());
+        let mut spans = Vec::with_capacity(resp.headers.len());
+        for h in resp.headers.iter() {
+            let name = HeaderName::from_bytes(h.name.as_bytes())
+                .map_err(|_| ExchangeError::Protocol("invalid header name"))?;
+            let at = h.value.as_ptr() as usize - base;
+            names.push(name);
+            spans.push(at..at + h.value.len());
+        }
+        let mut headers = HeaderMap::with_capacity(names.len());
+        let bytes = buf.split_to(len).freeze();
+        for (name, span) in names.into_iter().zip(spans) {
+            let value = HeaderValue::from_maybe_shared(bytes.slice(span))
+                .map_err(|_| ExchangeError::Protocol("invalid header value"))?;
+            headers.append(name, value);
+        }
+        let (framing, mut keep_alive) = framing(&headers, status, is_head)?;
+        keep_alive &= http11 && !has_token(&headers, header::CONNECTION, "close");
+        return Ok(Some(Head {
+            status,
+            headers,
+            framing,
+            keep_alive,
+        }));
+    }
+}
+
+/// How the body is delimited (RFC 9112 §6.3) and whether that allows reuse.
+fn framing(
+    headers: &HeaderMap,
+    status: StatusCode,
+    is_head: bool,
+) -> Result<(Framing, bool), ExchangeError> {
+    if is_head
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok((Framing::Empty, true));
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        let last = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .flat_map(|v| v.to_str().unwrap_or("").split(','))
+            .map(str::trim)
+            .rfind(|t| !t.is_empty());
+        if last.is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
+            // With a Content-Length too, chunked wins, but such a peer is not trusted twice.
+            let reusable = !headers.contains_key(header::CONTENT_LENGTH);
+            return Ok((Framing::Chunked(Chunk::Size), reusable));
+        }
+        return Ok((Framing::UntilClose, false));
+    }
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.to_str().unwrap_or("x").split(',') {
+            let part = part.trim();
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(ExchangeError::Protocol("invalid Content-Length"));
+            }
+            let n: u64 = part
+                .parse()
+                .map_err(|_| ExchangeError::Protocol("invalid Content-Length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(ExchangeError::Protocol("conflicting Content-Length values"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(0) => (Framing::Empty, true),
+        Some(n) => (Framing::Length(n), true),
+        None => (Framing::UntilClose, false),
+    })
+}
+
+/// Whether a comma-separated header has `token` (case-insensitive).
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// A backend's response body, read from its connection as the client takes it. When it has
+/// been read to its end on a reusable connection, the connection goes back to the pool; if it is
+/// dropped before that, so is the connection.
+pub struct BackendBody {
+    lease: Option<Lease>,
+    framing: Framing,
+    reusable: bool,
+}
+
+impl BackendBody {
+    fn new(lease: Lease, framing: Framing, reusable: bool) -> BackendBody {
+        let mut body = BackendBody {
+            lease: Some(lease),
+            framing,
+            reusable,
+        };
+        if framing == Framing::Empty {
+            body.finish();
+        }
+        body
+    }
+
+    /// The body is complete: give a reusable connection back.
+    fn finish(&mut self) {
+        self.framing = Framing::Empty;
+        if let Some(lease) = self.lease.take() {
+            if self.reusable && lease.conn().read_buf.is_empty() {
+                lease.release();
+            }
+        }
+    }
+
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, ExchangeError>>> {
+        loop {
+            let Some(lease) = self.lease.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let conn = lease.conn_mut();
+            let buf = &mut conn.read_buf;
+            match self.framing {
+                Framing::Empty => return Poll::Ready(None),
+                Framing::Length(left) if !buf.is_empty() => {
+                    let n = left.min(buf.len() as u64);
+                    let data = buf.split_to(n as usize).freeze();
+                    if n == left {
+                        self.finish();
+                    } else {
+                        self.framing = Framing::Length(left - n);
+                    }
+                    return Poll::Ready(Some(Ok(data)));
+                }
+                Framing::UntilClose if !buf.is_empty() => {
+                    return Poll::Ready(Some(Ok(buf.split().freeze())));
+                }
+                Framing::Chunked(state) => match chunk_step(buf, state) {
+                    Ok(Some(Step::Next(next))) => {
+                        self.framing = Framing::Chunked(next);
+                        continue;
+                    }
+                    Ok(Some(Step::Data(data, next))) => {
+                        self.framing = Framing::Chunked(next);
+                        return Poll::Ready(Some(Ok(data)));
+                    }
+                    Ok(Some(Step::End)) => {
+                        self.finish();
+                        return Poll::Ready(None);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.lease = None;
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                },
+                Framing::Length(_) | Framing::UntilClose => {}
+            }
+            // More bytes needed.
+            let conn = match self.lease.as_mut() {
+                Some(lease) => lease.conn_mut(),
+                None => return Poll::Ready(None),
+            };
+            if conn.read_buf.len() >= MAX_HEAD_BYTES {
+                return Poll::Ready(Some(Err(ExchangeError::Protocol("chunk line too long"))));
+            }
+            conn.read_buf.reserve(READ_CHUNK);
+            match poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.read_buf) {
+                Poll::Ready(Ok(0)) if self.framing == Framing::UntilClose => {
+                    self.reusable = false;
+                    self.finish();
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Ok(0)) => {
+                    self.lease = None;
+                    return Poll::Ready(Some(Err(ExchangeError::Protocol(
+                        "connection closed before the end of the body",
+                    ))));
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => {
+                    self.lease = None;
+                    return Poll::Ready(Some(Err(ExchangeError::Io(e))));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// One step of the chunked decoder over what is buffered; `None` when it needs more bytes.
+enum Step {
+    Next(Chunk),
+    Data(Bytes, Chunk),
+    End,
+}
+
+fn chunk_step(buf: &mut BytesMut, state: Chunk) -> Result<Option<Step>, ExchangeError> {
+    Ok(Some(match state {
+        Chunk::Size => match httparse::parse_chunk_size(buf) {
+            Ok(httparse::Status::Complete((used, size))) => {
+                buf.advance(used);
+                Step::Next(if size == 0 {
+                    Chunk::Trailers
+                } else {
+                    Chunk::Data(size)
+                })
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(_) => return Err(ExchangeError::Protocol("invalid chunk size")),
+        },
+        Chunk::Data(left) => {
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            let n = left.min(buf.len() as u64);
+            let data = buf.split_to(n as usize).freeze();
+            let next = if n == left {
+                Chunk::DataEnd
+            } else {
+                Chunk::Data(left - n)
+            };
+            Step::Data(data, next)
+        }
+        Chunk::DataEnd => {
+            if buf.len() < 2 {
+                return Ok(None);
+            }
+            if &buf[..2] != b"\r\n" {
+                return Err(ExchangeError::Protocol("chunk data not followed by CRLF"));
+            }
+            buf.advance(2);
+            Step::Next(Chunk::Size)
+        }
+        // Trailer lines are read and dropped; the empty line ends the body.
+        Chunk::Trailers => {
+            let Some(eol) = buf.windows(2).position(|w| w == b"\r\n") else {
+                return Ok(None);
+            };
+            buf.advance(eol + 2);
+            if eol == 0 {
+                Step::End
+            } else {
+                Step::Next(Chunk::Trailers)
+            }
+        }
+    }))
+}
+
+impl Body for BackendBody {
+    type Data = Bytes;
+    type Error = ExchangeError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ExchangeError>>> {
+        self.get_mut()
+            .poll_data(cx)
+            .map(|d| d.map(|r| r.map(Frame::data)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.framing == Framing::Empty
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Empty => SizeHint::with_exact(0),
+            Framing::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &[u8], is_head: bool) -> Result<Option<Head>, ExchangeError> {
+        parse_head(&mut BytesMut::from(raw), is_head)
+    }
+
+    fn framing_of(raw: &str) -> (Framing, bool) {
+        let head = parse(raw.as_bytes(), false).unwrap().unwrap();
+        (head.framing, head.keep_alive)
+    }
+
+    #[test]
+    fn response_heads_are_framed_as_rfc_9112_says() {
+        let ok = |extra: &str| format!("HTTP/1.1 200 OK\r\n{extra}\r\n");
+        assert_eq!(
+            framing_of(&ok("content-length: 5\r\n")),
+            (Framing::Length(5), true)
+        );
+        assert_eq!(
+            framing_of(&ok("content-length: 0\r\n")),
+            (Framing::Empty, true)
+        );
+        assert_eq!(
+            framing_of(&ok("Content-Length: 7, 7\r\ncontent-length: 7\r\n")),
+            (Framing::Length(7), true)
+        );
+        assert_eq!(
+            framing_of(&ok("transfer-encoding: gzip, chunked\r\n")),
+            (Framing::Chunked(Chunk::Size), true)
+        );
+        assert_eq!(
+            framing_of(&ok("transfer-encoding: chunked\r\ncontent-length: 3\r\n")),
+            (Framing::Chunked(Chunk::Size), false),
+            "both: chunked wins, the connection is not reused"
+        );
+        assert_eq!(
+            framing_of(&ok("transfer-encoding: gzip\r\n")),
+            (Framing::UntilClose, false)
+        );
+        assert_eq!(framing_of(&ok("")), (Framing::UntilClose, false));
+        assert_eq!(
+            framing_of(&ok(
+                "content-length: 5\r\nconnection: keep-alive, Close\r\n"
+            )),
+            (Framing::Length(5), false)
+        );
+        assert_eq!(
+            framing_of("HTTP/1.0 200 OK\r\ncontent-length: 5\r\n\r\n"),
+            (Framing::Length(5), false)
+        );
+        assert_eq!(
+            framing_of("HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n"),
+            (Framing::Empty, true)
+        );
+        assert_eq!(
+            framing_of("HTTP/1.1 304 Not Modified\r\ntransfer-encoding: chunked\r\n\r\n"),
+            (Framing::Empty, true)
+        );
+        let head = parse(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            head.framing,
+            Framing::Empty,
+            "the answer to HEAD has no body"
+        );
+
+        for bad in [
+            "content-length: 5\r\ncontent-length: 6\r\n",
+            "content-length: -1\r\n",
+            "content-length: 5x\r\n",
+            "content-length: +5\r\n",
+        ] {
+            assert!(
+                matches!(
+                    parse(ok(bad).as_bytes(), false),
+                    Err(ExchangeError::Protocol(_))
+                ),
+                "{bad:?} accepted"
+            );
+        }
+        assert!(matches!(
+            parse(b"HTTP/1.1 200 OK\r\nbad header\r\n\r\n", false),
+            Err(ExchangeError::Protocol(_))
+        ));
+        assert!(matches!(
+            parse(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", false),
+            Err(ExchangeError::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn interim_answers_are_skipped_and_partial_heads_wait() {
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 201 Created\r\nx-a: 1\r\nX-B: two words\r\ncontent-length: 2\r\n\r\nhi"[..],
+        );
+        let head = parse_head(&mut buf, false).unwrap().unwrap();
+        assert_eq!(head.status, StatusCode::CREATED);
+        assert_eq!(head.headers["x-a"], "1");
+        assert_eq!(head.headers["x-b"], "two words");
+        assert!(
+            head.headers.get("link").is_none(),
+            "interim headers are not kept"
+        );
+        assert_eq!(&buf[..], b"hi", "the body stays in the buffer");
+
+        let mut partial = BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-le"[..]);
+        assert!(parse_head(&mut partial, false).unwrap().is_none());
+        assert_eq!(partial.len(), 27, "nothing consumed");
+    }
+
+    #[test]
+    fn chunked_bodies_decode_across_any_split() {
+        let wire =
+            b"5;ext=1\r\nhello\r\n1a\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nx-trailer: t\r\n\r\n";
+        for split in 1..wire.len() {
+            let (mut buf, mut state, mut data, mut ended) =
+                (BytesMut::new(), Chunk::Size, Vec::new(), false);
+            for part in [&wire[..split], &wire[split..]] {
+                buf.extend_from_slice(part);
+                while let Some(step) = chunk_step(&mut buf, state).unwrap() {
+                    match step {
+                        Step::Next(next) => state = next,
+                        Step::Data(d, next) => {
+                            data.extend_from_slice(&d);
+                            state = next;
+                        }
+                        Step::End => {
+                            ended = true;
+                            break;
+                        }
+                    }
+                }
+            }
+            assert!(ended, "split at {split}");
+            assert_eq!(data, b"helloabcdefghijklmnopqrstuvwxyz", "split at {split}");
+            assert!(buf.is_empty(), "split at {split}");
+        }
+        let mut bad = BytesMut::from(&b"zz\r\n"[..]);
+        assert!(chunk_step(&mut bad, Chunk::Size).is_err());
+        let mut no_crlf = BytesMut::from(&b"abXY"[..]);
+        let Some(Step::Data(_, Chunk::DataEnd)) = chunk_step(&mut no_crlf, Chunk::Data(2)).unwrap()
+        else {
+            panic!("data expected")
+        };
+        assert!(chunk_step(&mut no_crlf, Chunk::DataEnd).is_err());
+    }
+
+    #[test]
+    fn request_heads_are_written_in_origin_form_with_chunked_when_unsized() {
+        let req = http::Request::post("http://ignored/p?q=1")
+            .header("host", "backend:80")
+            .header("x-tenant-id", "tnt_a")
+            .body(())
+            .unwrap();
+        let (mut parts, ()) = req.into_parts();
+        parts.uri = http::Uri::from_static("/p?q=1");
+        let mut out = Vec::new();
+        encode_head(&mut out, &parts, true);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST /p?q=1 HTTP/1.1\r\nhost: backend:80\r\nx-tenant-id: tnt_a\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+        let mut buf = [0u8; 16];
+        assert_eq!(hex_len(0, &mut buf), b"0");
+        assert_eq!(hex_len(65536, &mut buf), b"10000");
+        assert_eq!(hex_len(255, &mut buf), b"ff");
+    }
+}
