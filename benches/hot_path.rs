@@ -7,7 +7,10 @@ use std::time::Duration;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use tenantgate::directory::{CacheSettings, Directory, Resolved};
-use tenantgate::forward::{rewrite_request_headers, strip_hop_by_hop, Forwarded};
+use tenantgate::exchange;
+use tenantgate::forward::{
+    forwarded_headers, rewrite_request_headers, strip_hop_by_hop, Forwarded,
+};
 use tenantgate::origin::AllowedOrigins;
 use tenantgate::store::file::FileStore;
 use tenantgate::tenant::{Tenant, TenantRecord};
@@ -104,23 +107,44 @@ fn header_rewrite(c: &mut Criterion) {
     let proto: &'static HeaderValue = Box::leak(Box::new(HeaderValue::from_static("http")));
     let id = HeaderValue::from_static("0123456789abcdef0123456789abcdef");
     let trace = HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
-    c.bench_function("rewrite request headers (8 client headers)", |b| {
+    let fwd = Forwarded {
+        client_ip: &ip,
+        proto,
+        request_id: &id,
+        traceparent: &trace,
+    };
+    c.bench_function("forwarded request head as bytes (8 client headers)", |b| {
+        let mut head = Vec::with_capacity(1024);
         b.iter(|| {
-            let mut h = request.clone();
-            rewrite_request_headers(
-                &mut h,
-                &t,
-                &Forwarded {
-                    client_ip: &ip,
-                    proto,
-                    request_id: &id,
-                    traceparent: &trace,
-                },
-                false,
-            );
-            black_box(h)
+            head.clear();
+            exchange::request_line(&mut head, &http::Method::GET, "/api/messages");
+            forwarded_headers(black_box(&request), &t, &fwd, false, |n, v| {
+                exchange::header_line(&mut head, n, v)
+            });
+            exchange::end_head(&mut head, false);
+            black_box(head.len())
         })
     });
+    c.bench_function(
+        "rewrite request headers in a map, upgrades (8 client headers)",
+        |b| {
+            b.iter(|| {
+                let mut h = request.clone();
+                rewrite_request_headers(
+                    &mut h,
+                    &t,
+                    &Forwarded {
+                        client_ip: &ip,
+                        proto,
+                        request_id: &id,
+                        traceparent: &trace,
+                    },
+                    false,
+                );
+                black_box(h)
+            })
+        },
+    );
     let mut response = HeaderMap::new();
     for (k, v) in [
         ("content-type", "application/json"),

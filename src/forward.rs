@@ -35,7 +35,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::body::{BodyLimitExceeded, ProxyBody, RequestBody};
 use crate::error::GatewayError;
-use crate::exchange::{BackendBody, ExchangeError};
+use crate::exchange::{self, BackendBody, ExchangeError, Outgoing};
 use crate::limit::SlotGuard;
 use crate::pool::{Pool, PoolSettings, SendError, Target};
 use crate::tenant::Tenant;
@@ -237,9 +237,9 @@ impl Forwarder {
         fwd: &Forwarded<'_>,
     ) -> Result<Response<BackendBody>, GatewayError> {
         let settings = self.settings.load_full();
-        let (upstream, req) = self.prepare(req, tenant, fwd, &settings)?;
+        let (upstream, outgoing) = self.prepare(req, tenant, fwd, &settings)?;
         let started = std::time::Instant::now();
-        let sent = self.pool.send(upstream.target(), req);
+        let sent = self.pool.send(upstream.target(), outgoing);
         let mut resp = self
             .within_response_timeout(upstream, sent, &settings)
             .await?;
@@ -263,7 +263,7 @@ impl Forwarder {
         let client_side = hyper::upgrade::on(&mut req);
         let protocol = req.headers().get(header::UPGRADE).cloned();
         let settings = self.settings.load_full();
-        let (upstream, mut req) = self.prepare(req, tenant, fwd, &settings)?;
+        let (upstream, mut req) = self.prepare_upgrade(req, tenant, fwd, &settings)?;
         restore_upgrade(req.headers_mut(), protocol);
         strip_tenant_subprotocol(req.headers_mut());
 
@@ -322,9 +322,47 @@ impl Forwarder {
         }
     }
 
-    /// The request as the backend gets it: origin-form URI, HTTP/1.1, the header rules, `Host`,
-    /// the body counted against the body limit (a larger declared length is refused at once).
+    /// The request as the backend gets it, as bytes: the request line in origin form
+    /// (`GET /path?query HTTP/1.1`, whatever the client spoke), `Host` for the backend, the
+    /// header rules, and the body counted against the body limit (a larger declared length is
+    /// refused at once).
     fn prepare<'a>(
+        &self,
+        req: Request<Incoming>,
+        tenant: &'a Tenant,
+        fwd: &Forwarded<'_>,
+        settings: &'a ForwardSettings,
+    ) -> Result<(&'a Upstream, Outgoing), GatewayError> {
+        let (parts, body) = req.into_parts();
+        check_declared_length(&parts.headers, settings)?;
+        let upstream = upstream_for(tenant, settings);
+        let body = RequestBody::new(body, settings.max_body);
+        let body = (!http_body::Body::is_end_stream(&body)).then_some(body);
+        let chunked = body.is_some() && !parts.headers.contains_key(header::CONTENT_LENGTH);
+        let mut head = Vec::with_capacity(1024);
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        exchange::request_line(&mut head, &parts.method, target);
+        exchange::header_line(&mut head, &header::HOST, &upstream.host);
+        forwarded_headers(
+            &parts.headers,
+            tenant,
+            fwd,
+            settings.inject_connection_string,
+            |name, value| exchange::header_line(&mut head, name, value),
+        );
+        exchange::end_head(&mut head, chunked);
+        let outgoing = Outgoing {
+            head,
+            method: parts.method,
+            body,
+            chunked,
+        };
+        Ok((upstream, outgoing))
+    }
+
+    /// [`Forwarder::prepare`] for an upgrade, which goes through hyper's client: the same rules
+    /// applied to the request itself.
+    fn prepare_upgrade<'a>(
         &self,
         req: Request<Incoming>,
         tenant: &'a Tenant,
@@ -332,18 +370,8 @@ impl Forwarder {
         settings: &'a ForwardSettings,
     ) -> Result<(&'a Upstream, Request<RequestBody>), GatewayError> {
         let (mut parts, body) = req.into_parts();
-        if let Some(max) = settings.max_body {
-            let declared = parts.headers.get(header::CONTENT_LENGTH);
-            let declared = declared.and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-            if declared.is_some_and(|len| len > max) {
-                return Err(GatewayError::BodyTooLarge);
-            }
-        }
-        let upstream = tenant
-            .upstream
-            .as_ref()
-            .unwrap_or(&settings.default_upstream);
-        // Origin-form towards the backend ("GET /path?query HTTP/1.1"), whatever the client sent.
+        check_declared_length(&parts.headers, settings)?;
+        let upstream = upstream_for(tenant, settings);
         parts.uri = Uri::from(
             parts
                 .uri
@@ -351,7 +379,6 @@ impl Forwarder {
                 .cloned()
                 .unwrap_or_else(|| PathAndQuery::from_static("/")),
         );
-        // HTTP/1.1 to the backend whatever the client spoke to us.
         parts.version = Version::HTTP_11;
         rewrite_request_headers(
             &mut parts.headers,
@@ -575,43 +602,94 @@ fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
     }
 }
 
-/// Applies the request rules listed at the top of this module.
+/// A declared request body over `[server] max_body_bytes` is refused before anything is sent.
+fn check_declared_length(
+    headers: &HeaderMap,
+    settings: &ForwardSettings,
+) -> Result<(), GatewayError> {
+    if let Some(max) = settings.max_body {
+        let declared = headers.get(header::CONTENT_LENGTH);
+        let declared = declared.and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > max) {
+            return Err(GatewayError::BodyTooLarge);
+        }
+    }
+    Ok(())
+}
+
+/// The tenant's own backend, else the default one.
+fn upstream_for<'a>(tenant: &'a Tenant, settings: &'a ForwardSettings) -> &'a Upstream {
+    tenant
+        .upstream
+        .as_ref()
+        .unwrap_or(&settings.default_upstream)
+}
+
+/// The request rules listed at the top of this module: calls `emit` for every header the
+/// backend gets (bar `Host`), in order — the client's that survive, then the gateway's.
+pub fn forwarded_headers(
+    headers: &HeaderMap,
+    tenant: &Tenant,
+    fwd: &Forwarded<'_>,
+    inject_secret: bool,
+    mut emit: impl FnMut(&HeaderName, &HeaderValue),
+) {
+    let named = connection_named(headers);
+    let (mut client_host, mut forwarded_for) = (None, None::<Vec<u8>>);
+    for (name, value) in headers {
+        if name == header::HOST {
+            client_host.get_or_insert(value);
+        } else if name == X_FORWARDED_FOR {
+            // Several lines are one list (RFC 9110 §5.3): joined, then the peer appended.
+            let list = forwarded_for.get_or_insert_with(Vec::new);
+            if !list.is_empty() {
+                list.extend_from_slice(b", ");
+            }
+            list.extend_from_slice(value.as_bytes());
+        } else if name == crate::trace::TRACEPARENT {
+            // Replaced by the request's own (which continues the client's trace when valid).
+        } else if !(HOP_BY_HOP.contains(name) || INJECTED.contains(name) || named.contains(name)) {
+            emit(name, value);
+        }
+    }
+    emit(&X_TENANT_ID, &tenant.key_header);
+    emit(&X_PROVIDER_ENDPOINT, &tenant.endpoint);
+    emit(&X_PROVIDER_REGION, &tenant.region);
+    if inject_secret {
+        if let Some(cs) = &tenant.connection_string {
+            emit(&X_PROVIDER_CONNECTION_STRING, cs);
+        }
+    }
+    match forwarded_for {
+        Some(mut joined) => {
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(fwd.client_ip.as_bytes());
+            let joined = HeaderValue::from_bytes(&joined).unwrap_or_else(|_| fwd.client_ip.clone());
+            emit(&X_FORWARDED_FOR, &joined);
+        }
+        None => emit(&X_FORWARDED_FOR, fwd.client_ip),
+    }
+    emit(&X_FORWARDED_PROTO, fwd.proto);
+    if let Some(host) = client_host {
+        emit(&X_FORWARDED_HOST, host);
+    }
+    emit(&X_REQUEST_ID, fwd.request_id);
+    emit(&crate::trace::TRACEPARENT, fwd.traceparent);
+}
+
+/// [`forwarded_headers`] applied to a header map in place (for the upgrade path, which hands a
+/// request to hyper's client). `Host` is removed; the caller sets the backend's.
 pub fn rewrite_request_headers(
     headers: &mut HeaderMap,
     tenant: &Tenant,
     fwd: &Forwarded<'_>,
     inject_secret: bool,
 ) {
-    let client_host = headers.get(header::HOST).cloned();
-    let named = connection_named(headers);
-    remove_where(headers, |n| {
-        HOP_BY_HOP.contains(n) || INJECTED.contains(n) || n == header::HOST || named.contains(n)
+    let mut rewritten = HeaderMap::with_capacity(headers.len() + 10);
+    forwarded_headers(headers, tenant, fwd, inject_secret, |name, value| {
+        rewritten.append(name.clone(), value.clone());
     });
-    headers.insert(X_TENANT_ID, tenant.key_header.clone());
-    headers.insert(X_PROVIDER_ENDPOINT, tenant.endpoint.clone());
-    headers.insert(X_PROVIDER_REGION, tenant.region.clone());
-    if inject_secret {
-        if let Some(cs) = &tenant.connection_string {
-            headers.insert(X_PROVIDER_CONNECTION_STRING, cs.clone());
-        }
-    }
-    let xff = match headers.get(X_FORWARDED_FOR) {
-        Some(prev) => {
-            let mut joined = Vec::with_capacity(prev.len() + 2 + fwd.client_ip.len());
-            joined.extend_from_slice(prev.as_bytes());
-            joined.extend_from_slice(b", ");
-            joined.extend_from_slice(fwd.client_ip.as_bytes());
-            HeaderValue::from_bytes(&joined).unwrap_or_else(|_| fwd.client_ip.clone())
-        }
-        None => fwd.client_ip.clone(),
-    };
-    headers.insert(X_FORWARDED_FOR, xff);
-    headers.insert(X_FORWARDED_PROTO, fwd.proto.clone());
-    if let Some(host) = client_host {
-        headers.insert(X_FORWARDED_HOST, host);
-    }
-    headers.insert(X_REQUEST_ID, fwd.request_id.clone());
-    headers.insert(crate::trace::TRACEPARENT, fwd.traceparent.clone());
+    *headers = rewritten;
 }
 
 #[cfg(test)]
@@ -708,8 +786,20 @@ mod tests {
             ("x-forwarded-host", "evil"),
             ("x-forwarded-for", "1.2.3.4"),
             ("x-request-id", "client-id"),
+            (
+                "traceparent",
+                "00-11111111111111111111111111111111-2222222222222222-01",
+            ),
+            ("x-forwarded-for", "5.6.7.8"),
+            ("accept", "text/plain"),
         ]);
         rewrite_request_headers(&mut h, &tenant(), &forwarded(&id), false);
+        assert_eq!(
+            h.get_all("traceparent").iter().collect::<Vec<_>>(),
+            ["00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"],
+            "the request's trace context replaces the client's header"
+        );
+        assert_eq!(h["accept"], "text/plain", "other client headers pass");
         assert_eq!(
             h.get_all("x-tenant-provider-endpoint")
                 .iter()
@@ -732,7 +822,11 @@ mod tests {
         );
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "gw.example");
-        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.7");
+        assert_eq!(
+            h.get_all("x-forwarded-for").iter().collect::<Vec<_>>(),
+            ["1.2.3.4, 5.6.7.8, 10.0.0.7"],
+            "every line of the client's list is kept, in order, then the peer"
+        );
         assert_eq!(h["x-request-id"], "req-9");
         assert!(
             h.get("host").is_none(),

@@ -34,7 +34,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use crate::body::RequestBody;
-use crate::exchange::{self, BackendBody, ExchangeError};
+use crate::exchange::{self, BackendBody, ExchangeError, Outgoing};
 
 /// Why a request could not be sent or answered.
 #[derive(Debug, thiserror::Error)]
@@ -296,16 +296,20 @@ impl Pool {
         Ok(sender.send_request(req).await?)
     }
 
-    /// Sends `req` (origin-form URI, `Host` set) to `target` and returns the response head;
-    /// its body streams from the connection, which it gives back to the pool when read to the end.
+    /// Sends the request to `target` and returns the response head; its body streams from the
+    /// connection, which it gives back to the pool when read to the end.
     pub async fn send(
         &self,
         target: Target<'_>,
-        req: Request<RequestBody>,
+        req: Outgoing,
     ) -> Result<Response<BackendBody>, SendError> {
         let key = (target.tls.is_some(), target.authority.clone());
-        let (head, body) = req.into_parts();
-        let mut body = (!http_body::Body::is_end_stream(&body)).then_some(body);
+        let Outgoing {
+            head,
+            method,
+            mut body,
+            chunked,
+        } = req;
         let bodiless = body.is_none();
         loop {
             let (conn, reused) = match poll_fn(|cx| Poll::Ready(self.checkout(&key, cx))).await {
@@ -319,15 +323,12 @@ impl Pool {
                 key: key.clone(),
                 shared: self.shared.clone(),
             };
-            match exchange::exchange(conn, &head, body.take(), lease).await {
+            match exchange::exchange(conn, &head, &method, (body.take(), chunked), lease).await {
                 Ok(resp) => return Ok(resp),
                 // The backend closed a kept connection as the request went out: nothing was
                 // processed, and a request without a body can be written again.
                 Err(failed)
-                    if reused
-                        && failed.nothing_received
-                        && bodiless
-                        && is_idempotent(&head.method) =>
+                    if reused && failed.nothing_received && bodiless && is_idempotent(&method) =>
                 {
                     tracing::debug!(error = %failed.error, "kept upstream connection was closed; retrying on a new one");
                 }
