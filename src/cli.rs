@@ -177,26 +177,23 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// The Tokio runtime: one worker per core, or `TOKIO_WORKER_THREADS`. With a single worker the
-/// single-threaded scheduler is used: same behaviour, no cross-thread hand-offs (measurably less
-/// CPU per request than the work-stealing scheduler with one worker).
+/// The main Tokio runtime: single-threaded. It accepts connections and runs the admin listener
+/// and the store's background work; client connections are served by [`connection_threads`]
+/// threads of their own (see `server`), or on this runtime when that is 1.
 fn runtime() -> tokio::runtime::Runtime {
-    let workers = std::env::var("TOKIO_WORKER_THREADS")
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let mut builder = if workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(workers);
-        b
-    };
-    builder
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("cannot start the Tokio runtime")
+}
+
+/// Threads serving client connections: `TOKIO_WORKER_THREADS`, else one per core.
+fn connection_threads() -> usize {
+    std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 fn load_config(path: &Path) -> Result<Config, ExitCode> {
@@ -207,10 +204,11 @@ fn load_config(path: &Path) -> Result<Config, ExitCode> {
 }
 
 fn run(path: &Path, format: LogFormat) -> ExitCode {
-    let config = match load_config(path) {
+    let mut config = match load_config(path) {
         Ok(c) => c,
         Err(code) => return code,
     };
+    config.workers = connection_threads();
     let _guard = logging::init(format);
     runtime().block_on(async {
         let running = match crate::server::start(config).await {

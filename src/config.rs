@@ -313,6 +313,10 @@ pub struct Config {
     pub require_origin: bool,
     pub cors: CorsSettings,
     pub tracing: crate::trace::TracingSettings,
+    /// Threads that serve client connections, each with a single-threaded runtime of its own;
+    /// 1 serves them on the caller's runtime. Not a file key: `tenantgate run` sets it from
+    /// `TOKIO_WORKER_THREADS`, else the number of cores.
+    pub workers: usize,
 }
 
 impl Config {
@@ -537,6 +541,7 @@ impl RawConfig {
         };
         Ok(Config {
             path: None,
+            workers: 1,
             listen,
             max_connections,
             shutdown_grace: Duration::from_secs(s.shutdown_grace_secs),

@@ -193,8 +193,18 @@ pub struct Lease {
     shared: Arc<Shared>,
 }
 
-/// Idle connections are kept per backend: TLS or not, and authority.
-type PoolKey = (bool, Authority);
+/// Idle connections are kept per connection thread (a socket stays with the runtime that polls
+/// it) and per backend: TLS or not, and authority.
+type PoolKey = (usize, bool, Authority);
+
+thread_local! {
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the current thread as connection thread `i` (see `server`'s worker threads).
+pub fn set_worker(i: usize) {
+    WORKER.with(|w| w.set(i));
+}
 
 impl Lease {
     pub(crate) fn conn(&self) -> &Conn {
@@ -303,7 +313,11 @@ impl Pool {
         target: Target<'_>,
         req: Outgoing,
     ) -> Result<Response<BackendBody>, SendError> {
-        let key = (target.tls.is_some(), target.authority.clone());
+        let key = (
+            WORKER.with(|w| w.get()),
+            target.tls.is_some(),
+            target.authority.clone(),
+        );
         let Outgoing {
             head,
             method,

@@ -17,7 +17,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
@@ -291,6 +291,13 @@ async fn serve(
         .max_header_list_size(parser_limit as u32);
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(config.max_connections));
+    let workers = match Workers::start(config.workers) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the connection threads; serving on one");
+            None
+        }
+    };
     tokio::pin!(shutdown);
 
     loop {
@@ -313,50 +320,34 @@ async fn serve(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let gw = gateway.clone();
-        let conn = Arc::new(ClientConn::new(
+        let client = Client {
             peer,
-            if tls.is_some() { &HTTPS } else { &HTTP },
-        ));
-        let service = service_fn(move |req| {
-            let (gw, conn) = (gw.clone(), conn.clone());
-            async move { Ok::<_, Infallible>(gw.handle(req, &conn).await) }
-        });
-        let Some(tls) = &tls else {
-            let connection = graceful.watch(
-                builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                    .into_owned(),
-            );
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(%peer, error = %e, "client connection ended with an error");
-                }
-                drop(permit);
-            });
+            tls: tls.clone(),
+            builder: builder.clone(),
+            gateway: gateway.clone(),
+            watcher: graceful.watcher(),
+            permit,
+            handshake_timeout: config.header_read_timeout,
+        };
+        let Some(workers) = &workers else {
+            tokio::spawn(client.serve(stream));
             continue;
         };
-        // TLS: the handshake runs in the connection's task, bounded like a request head.
-        let (tls, builder, watcher) = (tls.clone(), builder.clone(), graceful.watcher());
-        let handshake_timeout = config.header_read_timeout;
-        tokio::spawn(async move {
-            let stream = match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            if let Err(e) = watcher.watch(connection.into_owned()).await {
-                tracing::debug!(%peer, error = %e, "client connection ended with an error");
+        // Handed to the next connection thread: the socket leaves this runtime's poller and
+        // joins that thread's.
+        match stream.into_std() {
+            Ok(stream) => {
+                workers.next().spawn(async move {
+                    match TcpStream::from_std(stream) {
+                        Ok(stream) => client.serve(stream).await,
+                        Err(e) => {
+                            tracing::warn!(%peer, error = %e, "cannot hand over a connection")
+                        }
+                    }
+                });
             }
-            drop(permit);
-        });
+            Err(e) => tracing::warn!(%peer, error = %e, "cannot hand over a connection"),
+        }
     }
 
     drop(listener);
@@ -376,4 +367,116 @@ async fn serve(
     tokio::join!(requests, gateway.forwarder.close_tunnels(grace));
     let gw = gateway.clone();
     let _ = tokio::task::spawn_blocking(move || gw.tracer.flush()).await;
+    drop(workers);
+}
+
+/// One accepted client connection and what serving it needs.
+struct Client {
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    builder: auto::Builder<TokioExecutor>,
+    gateway: Arc<Gateway>,
+    watcher: hyper_util::server::graceful::Watcher,
+    /// Its place under `[server] max_connections`, given back when it closes.
+    permit: tokio::sync::OwnedSemaphorePermit,
+    handshake_timeout: Duration,
+}
+
+impl Client {
+    /// Serves the connection until it closes: TLS first when configured (its handshake bounded
+    /// like a request head), then HTTP/1.1 or HTTP/2, each request through the gateway.
+    async fn serve(self, stream: TcpStream) {
+        let Client {
+            peer,
+            tls,
+            builder,
+            gateway,
+            watcher,
+            permit,
+            handshake_timeout,
+        } = self;
+        let conn = Arc::new(ClientConn::new(
+            peer,
+            if tls.is_some() { &HTTPS } else { &HTTP },
+        ));
+        let service = service_fn(move |req| {
+            let (gw, conn) = (gateway.clone(), conn.clone());
+            async move { Ok::<_, Infallible>(gw.handle(req, &conn).await) }
+        });
+        let ended = match tls {
+            None => {
+                let connection =
+                    builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                watcher.watch(connection.into_owned()).await
+            }
+            Some(tls) => {
+                let stream = match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                let connection =
+                    builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                watcher.watch(connection.into_owned()).await
+            }
+        };
+        if let Err(e) = ended {
+            tracing::debug!(%peer, error = %e, "client connection ended with an error");
+        }
+        drop(permit);
+    }
+}
+
+/// The connection threads: one single-threaded Tokio runtime per thread, connections dealt to
+/// them in turn. Like nginx's worker processes: a connection, its requests and its backend
+/// connections stay on one thread, with no work-stealing scheduler between them (measured:
+/// BENCHMARKS.md, "Many cores"). Dropping it stops the threads.
+struct Workers {
+    handles: Vec<tokio::runtime::Handle>,
+    next: std::sync::atomic::AtomicUsize,
+    /// Closed on drop: each thread's runtime then returns and drops its remaining tasks.
+    _stop: Vec<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Workers {
+    /// `None` for a single worker: connections are then served on the caller's runtime.
+    fn start(count: usize) -> std::io::Result<Option<Workers>> {
+        if count <= 1 {
+            return Ok(None);
+        }
+        let (mut handles, mut stop) = (Vec::with_capacity(count), Vec::with_capacity(count));
+        for i in 0..count {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            handles.push(runtime.handle().clone());
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            stop.push(tx);
+            std::thread::Builder::new()
+                .name(format!("tenantgate-conn-{i}"))
+                .spawn(move || {
+                    crate::pool::set_worker(i + 1);
+                    runtime.block_on(async {
+                        let _ = rx.await;
+                    });
+                })?;
+        }
+        Ok(Some(Workers {
+            handles,
+            next: std::sync::atomic::AtomicUsize::new(0),
+            _stop: stop,
+        }))
+    }
+
+    fn next(&self) -> &tokio::runtime::Handle {
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        &self.handles[i % self.handles.len()]
+    }
 }

@@ -605,6 +605,60 @@ async fn upstream_failures_are_502_and_504_with_cors() {
 }
 
 #[tokio::test]
+async fn connection_threads_share_tenants_slots_and_shut_down_cleanly() {
+    let gw = Gateway::start_on_threads(&[tenant("tnt_a", &[A], 3)], 3).await;
+    // Many clients at once: their connections are dealt to the three threads.
+    let mut clients = Vec::new();
+    for _ in 0..12 {
+        let url = gw.url("/x");
+        clients.push(tokio::spawn(async move {
+            let c = client();
+            let mut statuses = Vec::new();
+            for _ in 0..10 {
+                statuses.push(as_tenant(&c, &url, "tnt_a", A).await.status.as_u16());
+            }
+            statuses
+        }));
+    }
+    let mut ok = 0;
+    for c in clients {
+        for status in c.await.unwrap() {
+            assert!(status == 200 || status == 429, "{status}");
+            ok += usize::from(status == 200);
+        }
+    }
+    assert_eq!(
+        gw.backend.requests(),
+        ok as u64,
+        "every 200 reached the backend once"
+    );
+    assert!(
+        gw.backend.connections() <= 12,
+        "{} backend connections: kept connections are reused on each thread",
+        gw.backend.connections()
+    );
+    // One tenant cap across the threads: three slow requests fill it, wherever they run.
+    let slow: Vec<_> = (0..3)
+        .map(|_| {
+            let url = gw.url("/slow?ms=1500");
+            tokio::spawn(async move { get(&url, &[("x-tenant-id", "tnt_a"), ("origin", A)]).await })
+        })
+        .collect();
+    eventually(5, || async { gw.in_flight("tnt_a").await == 3 }).await;
+    let r = get(&gw.url("/x"), &[("x-tenant-id", "tnt_a"), ("origin", A)]).await;
+    assert_eq!(r.error_code(), "tenant_concurrency_exceeded");
+    // Shutdown waits for the in-flight requests on every thread.
+    gw.running.shutdown();
+    for s in slow {
+        assert_eq!(
+            s.await.unwrap().status,
+            200,
+            "in-flight requests finish during shutdown"
+        );
+    }
+}
+
+#[tokio::test]
 async fn http2_prior_knowledge_from_clients() {
     let gw = Gateway::start(&[tenant("tnt_a", &[A], 50)], "").await;
     let c = h2_client();

@@ -100,6 +100,24 @@ impl Gateway {
         }
     }
 
+    /// Like [`Gateway::start`], serving client connections on `workers` threads of their own.
+    pub async fn start_on_threads(tenants: &[Value], workers: usize) -> Gateway {
+        let backend = Backend::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let tenants_path = dir.path().join("tenants.json");
+        write_json(&tenants_path, &Value::Array(tenants.to_vec()));
+        let mut config = config(&backend.url(), &tenants_path, "");
+        config.workers = workers;
+        let store = FileStore::open(tenants_path.clone(), Duration::from_millis(50));
+        let running = start_with_store(config, store).await.unwrap();
+        Gateway {
+            running,
+            backend,
+            tenants_path,
+            dir,
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.running.addr)
     }
