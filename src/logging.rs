@@ -8,7 +8,8 @@
 //! the generic tracing formatter it cost about as much CPU as the tenancy logic itself.
 //!
 //! Lines are appended to an in-memory batch and written to stdout by a background thread every
-//! [`FLUSH_EVERY`] (or as soon as a batch is large). A request never waits on stdout and never
+//! [`FLUSH_EVERY`] (or as soon as a batch is large); access lines first gather per thread, so a
+//! line may wait up to twice that, and may come out after a later warning of the same thread. A request never waits on stdout and never
 //! wakes another thread: measured on the bench workload, a per-line hand-off to a writer thread
 //! (tracing-appender) cost more CPU than the whole tenancy logic. If stdout stalls for long
 //! enough that [`MAX_PENDING`] bytes are waiting, further lines are dropped and counted, and the
@@ -113,6 +114,7 @@ pub struct LogGuard {
 
 impl Drop for LogGuard {
     fn drop(&mut self) {
+        flush_thread();
         self.batch
             .pending
             .lock()
@@ -244,8 +246,67 @@ pub fn access(r: &AccessRecord<'_>) {
             }
             line.push(b'\n');
         }
-        let _ = BatchWriter(log.batch.clone()).write(&line);
+        append_access(&log.batch, &line);
     });
+}
+
+/// Access lines gathered by one thread before they go to the shared batch together.
+const LOCAL_BLOCK: usize = 16 * 1024;
+
+thread_local! {
+    static LOCAL: std::cell::RefCell<LocalLines> = const {
+        std::cell::RefCell::new(LocalLines { lines: Vec::new(), batch: None })
+    };
+}
+
+/// A thread's access lines on their way to the batch. With several connection threads, taking
+/// the batch's lock once per line made them contend for it on every request: measured on 16
+/// cores, the access log then tripled p99 latency. Handed over a block at a time, every
+/// [`FLUSH_EVERY`] by [`flush_thread`], and when the thread ends.
+struct LocalLines {
+    lines: Vec<u8>,
+    batch: Option<Arc<Batch>>,
+}
+
+impl LocalLines {
+    fn hand_over(&mut self) {
+        if let Some(batch) = &self.batch {
+            if !self.lines.is_empty() {
+                let _ = BatchWriter(batch.clone()).write(&self.lines);
+                self.lines.clear();
+            }
+        }
+    }
+}
+
+impl Drop for LocalLines {
+    fn drop(&mut self) {
+        self.hand_over();
+    }
+}
+
+fn append_access(batch: &Arc<Batch>, line: &[u8]) {
+    let buffered = LOCAL.try_with(|local| {
+        let mut local = local.borrow_mut();
+        if local.batch.is_none() {
+            local.batch = Some(batch.clone());
+            local.lines.reserve(LOCAL_BLOCK);
+        }
+        local.lines.extend_from_slice(line);
+        if local.lines.len() >= LOCAL_BLOCK {
+            local.hand_over();
+        }
+    });
+    if buffered.is_err() {
+        // The thread is exiting: straight to the batch.
+        let _ = BatchWriter(batch.clone()).write(line);
+    }
+}
+
+/// Hands the access lines this thread has gathered to the writer. Each runtime thread that
+/// serves requests calls it every [`FLUSH_EVERY`]; [`LogGuard`] calls it at exit.
+pub fn flush_thread() {
+    let _ = LOCAL.try_with(|local| local.borrow_mut().hand_over());
 }
 
 /// A value of the access line: written as is (`method=GET`, numbers) or as a quoted string.
@@ -353,6 +414,42 @@ pub fn init(format: LogFormat) -> LogGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn access_lines_gather_per_thread_and_reach_the_batch_in_blocks_on_flush_and_at_exit() {
+        let batch = Arc::new(Batch::default());
+        let b = batch.clone();
+        std::thread::spawn(move || {
+            let waiting = || b.pending.lock().unwrap().bytes;
+            append_access(&b, b"one\n");
+            assert_eq!(waiting(), 0, "gathered on the thread");
+            flush_thread();
+            assert_eq!(waiting(), 4);
+            let line = [b'x'; 1000];
+            for _ in 0..LOCAL_BLOCK / 1000 {
+                append_access(&b, &line);
+            }
+            assert_eq!(waiting(), 4, "below a block: still on the thread");
+            append_access(&b, &line);
+            assert_eq!(
+                waiting(),
+                4 + (LOCAL_BLOCK / 1000 + 1) * 1000,
+                "a full block goes at once"
+            );
+            append_access(&b, b"two\n");
+        })
+        .join()
+        .unwrap();
+        let p = batch.pending.lock().unwrap();
+        let all = p.chunks.concat();
+        assert!(all.starts_with(b"one\nxxx"));
+        assert!(all.ends_with(b"xtwo\n"));
+        assert_eq!(
+            p.bytes,
+            4 + (LOCAL_BLOCK / 1000 + 1) * 1000 + 4,
+            "the rest handed over at thread exit"
+        );
+    }
 
     #[test]
     fn pending_lines_fill_fixed_chunks_in_order() {

@@ -291,6 +291,9 @@ async fn serve(
         .max_header_list_size(parser_limit as u32);
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(config.max_connections));
+    // Access lines of the requests served on this runtime (one worker) or logged by its tasks.
+    let (stop_flushing, flushing) = tokio::sync::oneshot::channel();
+    let flusher = tokio::spawn(flush_logs_until(flushing));
     let workers = match Workers::start(config.workers) {
         Ok(w) => w,
         Err(e) => {
@@ -368,6 +371,8 @@ async fn serve(
     let gw = gateway.clone();
     let _ = tokio::task::spawn_blocking(move || gw.tracer.flush()).await;
     drop(workers);
+    drop(stop_flushing);
+    let _ = flusher.await;
 }
 
 /// One accepted client connection and what serving it needs.
@@ -442,7 +447,31 @@ struct Workers {
     handles: Vec<tokio::runtime::Handle>,
     next: std::sync::atomic::AtomicUsize,
     /// Closed on drop: each thread's runtime then returns and drops its remaining tasks.
-    _stop: Vec<tokio::sync::oneshot::Sender<()>>,
+    stop: Vec<tokio::sync::oneshot::Sender<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Workers {
+    /// Stops the threads and waits for them, so their last access lines are handed over before
+    /// the log writer stops.
+    fn drop(&mut self) {
+        self.stop.clear();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Runs on each thread that serves requests until `stop` fires: hands the thread's access lines
+/// to the log writer every [`crate::logging::FLUSH_EVERY`].
+async fn flush_logs_until(mut stop: tokio::sync::oneshot::Receiver<()>) {
+    let mut tick = tokio::time::interval(crate::logging::FLUSH_EVERY);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tick.tick() => crate::logging::flush_thread(),
+        }
+    }
 }
 
 impl Workers {
@@ -452,6 +481,7 @@ impl Workers {
             return Ok(None);
         }
         let (mut handles, mut stop) = (Vec::with_capacity(count), Vec::with_capacity(count));
+        let mut threads = Vec::with_capacity(count);
         for i in 0..count {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -459,19 +489,19 @@ impl Workers {
             handles.push(runtime.handle().clone());
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
             stop.push(tx);
-            std::thread::Builder::new()
+            let thread = std::thread::Builder::new()
                 .name(format!("tenantgate-conn-{i}"))
                 .spawn(move || {
                     crate::pool::set_worker(i + 1);
-                    runtime.block_on(async {
-                        let _ = rx.await;
-                    });
+                    runtime.block_on(flush_logs_until(rx));
                 })?;
+            threads.push(thread);
         }
         Ok(Some(Workers {
             handles,
             next: std::sync::atomic::AtomicUsize::new(0),
-            _stop: stop,
+            stop,
+            threads,
         }))
     }
 

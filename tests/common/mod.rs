@@ -346,6 +346,11 @@ pub fn wait_line(
     seen: &mut Vec<String>,
     needle: &str,
 ) -> String {
+    // Access lines from different connection threads may come out in any order (each thread
+    // hands its lines over in blocks): a line read while waiting for another counts too.
+    if let Some(line) = seen.iter().find(|l| l.contains(needle)) {
+        return line.clone();
+    }
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
