@@ -51,7 +51,7 @@ pub enum ExchangeError {
     Protocol(&'static str),
     /// The client's request body failed (or passed the body limit) while it streamed.
     #[error("request body: {0}")]
-    Body(Box<dyn std::error::Error + Send + Sync>),
+    Body(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// A failed exchange, and whether the request may be sent again on another connection: nothing
@@ -280,9 +280,8 @@ fn poll_head(
     cx: &mut Context<'_>,
     conn: &mut Conn,
     is_head: bool,
-    write_error: Option<std::io::Error>,
+    mut write_error: Option<std::io::Error>,
 ) -> Poll<Result<Head, ExchangeError>> {
-    let mut write_error = write_error;
     loop {
         if let Some(head) = parse_head(&mut conn.read_buf, is_head)? {
             return Poll::Ready(Ok(head));
@@ -513,10 +512,6 @@ impl BackendBody {
                 Framing::Length(_) | Framing::UntilClose => {}
             }
             // More bytes needed.
-            let conn = match self.lease.as_mut() {
-                Some(lease) => lease.conn_mut(),
-                None => return Poll::Ready(None),
-            };
             if conn.read_buf.len() >= MAX_HEAD_BYTES {
                 return Poll::Ready(Some(Err(ExchangeError::Protocol("chunk line too long"))));
             }

@@ -35,7 +35,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::body::{BodyLimitExceeded, ProxyBody, RequestBody};
 use crate::error::GatewayError;
-use crate::exchange::{self, BackendBody, ExchangeError, Outgoing};
+use crate::exchange::{self, BackendBody, Outgoing};
 use crate::limit::SlotGuard;
 use crate::pool::{Pool, PoolSettings, SendError, Target};
 use crate::tenant::Tenant;
@@ -528,12 +528,7 @@ fn classify(upstream: &Upstream, e: &SendError) -> GatewayError {
         SendError::ConnectTimeout(_) => GatewayError::UpstreamTimeout,
         // The client's body passed the limit while it streamed: the client's fault, not the
         // backend's.
-        SendError::Http(h) if caused_by::<BodyLimitExceeded>(h) => {
-            return GatewayError::BodyTooLarge
-        }
-        SendError::Exchange(ExchangeError::Body(b)) if caused_by::<BodyLimitExceeded>(&**b) => {
-            return GatewayError::BodyTooLarge
-        }
+        _ if caused_by::<BodyLimitExceeded>(e) => return GatewayError::BodyTooLarge,
         SendError::Connect { .. }
         | SendError::Tls { .. }
         | SendError::Http(_)

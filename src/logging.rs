@@ -9,8 +9,8 @@
 //!
 //! Lines are appended to an in-memory batch and written to stdout by a background thread every
 //! [`FLUSH_EVERY`] (or as soon as a batch is large); access lines first gather per thread, so a
-//! line may wait up to twice that, and may come out after a later warning of the same thread. A request never waits on stdout and never
-//! wakes another thread: measured on the bench workload, a per-line hand-off to a writer thread
+//! line may wait up to twice that, and may come out after a later warning of the same thread. A
+//! request never waits on stdout and never wakes another thread: measured on the bench workload, a per-line hand-off to a writer thread
 //! (tracing-appender) cost more CPU than the whole tenancy logic. If stdout stalls for long
 //! enough that [`MAX_PENDING`] bytes are waiting, further lines are dropped and counted, and the
 //! count is reported once stdout moves again.
@@ -74,23 +74,30 @@ impl Pending {
     }
 }
 
+impl Batch {
+    /// Adds lines for the writer thread (or counts them as dropped when too much is waiting).
+    fn append(&self, lines: &[u8]) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if pending.bytes + lines.len() > MAX_PENDING {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        } else {
+            let before = pending.bytes;
+            pending.push(lines);
+            // Wake the writer once per full batch (a notify is a syscall), never per line.
+            if before < FLUSH_SIZE && pending.bytes >= FLUSH_SIZE {
+                self.wake.notify_one();
+            }
+        }
+    }
+}
+
 /// Appends each formatted line to the shared batch.
 #[derive(Clone)]
 pub struct BatchWriter(Arc<Batch>);
 
 impl Write for BatchWriter {
     fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
-        let mut pending = self.0.pending.lock().unwrap_or_else(|p| p.into_inner());
-        if pending.bytes + line.len() > MAX_PENDING {
-            self.0.dropped.fetch_add(1, Ordering::Relaxed);
-        } else {
-            let before = pending.bytes;
-            pending.push(line);
-            // Wake the writer once per full batch (a notify is a syscall), never per line.
-            if before < FLUSH_SIZE && pending.bytes >= FLUSH_SIZE {
-                self.0.wake.notify_one();
-            }
-        }
+        self.0.append(line);
         Ok(line.len())
     }
 
@@ -272,7 +279,7 @@ impl LocalLines {
     fn hand_over(&mut self) {
         if let Some(batch) = &self.batch {
             if !self.lines.is_empty() {
-                let _ = BatchWriter(batch.clone()).write(&self.lines);
+                batch.append(&self.lines);
                 self.lines.clear();
             }
         }
@@ -299,7 +306,7 @@ fn append_access(batch: &Arc<Batch>, line: &[u8]) {
     });
     if buffered.is_err() {
         // The thread is exiting: straight to the batch.
-        let _ = BatchWriter(batch.clone()).write(line);
+        batch.append(line);
     }
 }
 

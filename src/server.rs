@@ -21,6 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, StoreConfig};
 use crate::directory::Directory;
@@ -292,9 +293,9 @@ async fn serve(
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(config.max_connections));
     // Access lines of the requests served on this runtime (one worker) or logged by its tasks.
-    let (stop_flushing, flushing) = tokio::sync::oneshot::channel();
-    let flusher = tokio::spawn(flush_logs_until(flushing));
-    let workers = match Workers::start(config.workers) {
+    let stop_flushing = CancellationToken::new();
+    let flusher = tokio::spawn(flush_logs_until(stop_flushing.clone()));
+    let mut workers = match Workers::start(config.workers) {
         Ok(w) => w,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the connection threads; serving on one");
@@ -332,7 +333,7 @@ async fn serve(
             permit,
             handshake_timeout: config.header_read_timeout,
         };
-        let Some(workers) = &workers else {
+        let Some(workers) = &mut workers else {
             tokio::spawn(client.serve(stream));
             continue;
         };
@@ -371,7 +372,7 @@ async fn serve(
     let gw = gateway.clone();
     let _ = tokio::task::spawn_blocking(move || gw.tracer.flush()).await;
     drop(workers);
-    drop(stop_flushing);
+    stop_flushing.cancel();
     let _ = flusher.await;
 }
 
@@ -442,12 +443,13 @@ impl Client {
 /// The connection threads: one single-threaded Tokio runtime per thread, connections dealt to
 /// them in turn. Like nginx's worker processes: a connection, its requests and its backend
 /// connections stay on one thread, with no work-stealing scheduler between them (measured:
-/// BENCHMARKS.md, "Many cores"). Dropping it stops the threads.
+/// BENCHMARKS.md, "16 cores, 4 workers each"). Dropping it stops the threads.
 struct Workers {
     handles: Vec<tokio::runtime::Handle>,
-    next: std::sync::atomic::AtomicUsize,
-    /// Closed on drop: each thread's runtime then returns and drops its remaining tasks.
-    stop: Vec<tokio::sync::oneshot::Sender<()>>,
+    /// Where the next connection goes.
+    next: usize,
+    /// Cancelled on drop: each thread's runtime then returns and drops its remaining tasks.
+    stop: CancellationToken,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -455,7 +457,7 @@ impl Drop for Workers {
     /// Stops the threads and waits for them, so their last access lines are handed over before
     /// the log writer stops.
     fn drop(&mut self) {
-        self.stop.clear();
+        self.stop.cancel();
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
@@ -464,11 +466,11 @@ impl Drop for Workers {
 
 /// Runs on each thread that serves requests until `stop` fires: hands the thread's access lines
 /// to the log writer every [`crate::logging::FLUSH_EVERY`].
-async fn flush_logs_until(mut stop: tokio::sync::oneshot::Receiver<()>) {
+async fn flush_logs_until(stop: CancellationToken) {
     let mut tick = tokio::time::interval(crate::logging::FLUSH_EVERY);
     loop {
         tokio::select! {
-            _ = &mut stop => return,
+            _ = stop.cancelled() => return,
             _ = tick.tick() => crate::logging::flush_thread(),
         }
     }
@@ -480,33 +482,32 @@ impl Workers {
         if count <= 1 {
             return Ok(None);
         }
-        let (mut handles, mut stop) = (Vec::with_capacity(count), Vec::with_capacity(count));
-        let mut threads = Vec::with_capacity(count);
+        let stop = CancellationToken::new();
+        let (mut handles, mut threads) = (Vec::with_capacity(count), Vec::with_capacity(count));
         for i in 0..count {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             handles.push(runtime.handle().clone());
-            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            stop.push(tx);
+            let stop = stop.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("tenantgate-conn-{i}"))
                 .spawn(move || {
                     crate::pool::set_worker(i + 1);
-                    runtime.block_on(flush_logs_until(rx));
+                    runtime.block_on(flush_logs_until(stop));
                 })?;
             threads.push(thread);
         }
         Ok(Some(Workers {
             handles,
-            next: std::sync::atomic::AtomicUsize::new(0),
+            next: 0,
             stop,
             threads,
         }))
     }
 
-    fn next(&self) -> &tokio::runtime::Handle {
-        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        &self.handles[i % self.handles.len()]
+    fn next(&mut self) -> &tokio::runtime::Handle {
+        self.next = (self.next + 1) % self.handles.len();
+        &self.handles[self.next]
     }
 }
