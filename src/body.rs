@@ -1,6 +1,7 @@
-//! The bodies the gateway hands to hyper. Responses: either the backend's streamed body,
-//! carrying the tenant's concurrency slot, or a small body the gateway made itself. Requests:
-//! the client's body on its way to the backend, counted against `[server] max_body_bytes`.
+//! The bodies of the request path. Responses: either the backend's streamed body, carrying the
+//! tenant's concurrency slot, or a small body the gateway made itself. Requests: the client's
+//! body as the server read it ([`Inbound`]), on its way to the backend counted against
+//! `[server] max_body_bytes` ([`RequestBody`]).
 //!
 //! The slot lives inside the body so that it is released exactly when the body is done: at its
 //! last frame, or when hyper drops it because the client went away mid-stream. A body that is
@@ -16,6 +17,7 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
 use crate::exchange::BackendBody;
+use crate::http1::ClientBody;
 use crate::limit::SlotGuard;
 
 /// What a streamed response body can fail with.
@@ -123,6 +125,50 @@ impl Body for ProxyBody {
     }
 }
 
+pin_project! {
+    /// A client's request body as a server hands it over: read from the connection by the
+    /// gateway's HTTP/1.1 server ([`crate::http1`]) or by hyper's (HTTP/2, TLS, upgrades).
+    #[project = InboundProj]
+    pub enum Inbound {
+        /// No body (none declared, or `Content-Length: 0`).
+        Empty,
+        Http1 { #[pin] body: ClientBody },
+        Hyper { #[pin] body: Incoming },
+    }
+}
+
+impl Body for Inbound {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.project() {
+            InboundProj::Empty => Poll::Ready(None),
+            InboundProj::Http1 { body } => body.poll_frame(cx),
+            InboundProj::Hyper { body } => body.poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Inbound::Empty => true,
+            Inbound::Http1 { body } => body.is_end_stream(),
+            Inbound::Hyper { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Inbound::Empty => SizeHint::with_exact(0),
+            Inbound::Http1 { body } => body.size_hint(),
+            Inbound::Hyper { body } => body.size_hint(),
+        }
+    }
+}
+
 /// Raised by [`RequestBody`] when a request body passes `[server] max_body_bytes`.
 #[derive(Debug, thiserror::Error)]
 #[error("request body larger than {0} bytes")]
@@ -133,14 +179,14 @@ pin_project! {
     /// buffered) and cut with [`BodyLimitExceeded`] once it passes the limit.
     pub struct RequestBody {
         #[pin]
-        inner: Incoming,
+        inner: Inbound,
         limit: Option<u64>,
         seen: u64,
     }
 }
 
 impl RequestBody {
-    pub fn new(inner: Incoming, limit: Option<u64>) -> RequestBody {
+    pub fn new(inner: Inbound, limit: Option<u64>) -> RequestBody {
         RequestBody {
             inner,
             limit,
@@ -168,7 +214,7 @@ impl Body for RequestBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }

@@ -46,6 +46,10 @@ pub enum GatewayError {
     BodyTooLarge,
     #[error("the request headers are larger than this gateway accepts")]
     HeadersTooLarge,
+    #[error("the request is not valid HTTP/1.1")]
+    BadRequest,
+    #[error("the request head did not arrive in time")]
+    RequestTimeout,
     #[error("the upstream is unavailable")]
     UpstreamUnavailable,
     #[error("the upstream did not answer in time")]
@@ -64,6 +68,8 @@ impl GatewayError {
             ConcurrencyExceeded => StatusCode::TOO_MANY_REQUESTS,
             BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            BadRequest => StatusCode::BAD_REQUEST,
+            RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -84,6 +90,8 @@ impl GatewayError {
             ConcurrencyExceeded => "tenant_concurrency_exceeded",
             BodyTooLarge => "body_too_large",
             HeadersTooLarge => "headers_too_large",
+            BadRequest => "bad_request",
+            RequestTimeout => "request_timeout",
             UpstreamUnavailable => "upstream_unavailable",
             UpstreamTimeout => "upstream_timeout",
         }
@@ -94,7 +102,8 @@ impl GatewayError {
         use GatewayError::*;
         match self {
             TenantMissing | TenantMalformed | TenantUnknown | TenantInactive | OriginMissing
-            | OriginNotAllowed | ConcurrencyExceeded | BodyTooLarge | HeadersTooLarge => {
+            | OriginNotAllowed | ConcurrencyExceeded | BodyTooLarge | HeadersTooLarge
+            | BadRequest | RequestTimeout => {
                 Cause::Client
             }
             TenantMisconfigured | StoreUnavailable => Cause::Gateway,
@@ -164,6 +173,8 @@ mod tests {
             (UpstreamTimeout, 504, "upstream_timeout", Cause::Upstream),
             (BodyTooLarge, 413, "body_too_large", Cause::Client),
             (HeadersTooLarge, 431, "headers_too_large", Cause::Client),
+            (BadRequest, 400, "bad_request", Cause::Client),
+            (RequestTimeout, 408, "request_timeout", Cause::Client),
         ];
         for (err, status, code, cause) in table {
             assert_eq!(err.status().as_u16(), status, "{err:?}");

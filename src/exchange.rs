@@ -71,9 +71,9 @@ enum Framing {
     UntilClose,
 }
 
-/// Where the chunked decoder is.
+/// Where the chunked decoder is (for response bodies here, request bodies in [`crate::http1`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
+pub(crate) enum Chunk {
     Size,
     Data(u64),
     /// The CRLF after a chunk's data.
@@ -263,7 +263,7 @@ impl Writer {
 }
 
 /// `n` in lowercase hex, written into `buf`.
-fn hex_len(mut n: usize, buf: &mut [u8; 16]) -> &[u8] {
+pub(crate) fn hex_len(mut n: usize, buf: &mut [u8; 16]) -> &[u8] {
     let mut i = buf.len();
     loop {
         i -= 1;
@@ -427,7 +427,7 @@ fn framing(
 }
 
 /// Whether a comma-separated header has `token` (case-insensitive).
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+pub(crate) fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
     headers
         .get_all(name)
         .iter()
@@ -540,13 +540,13 @@ impl BackendBody {
 }
 
 /// One step of the chunked decoder over what is buffered; `None` when it needs more bytes.
-enum Step {
+pub(crate) enum Step {
     Next(Chunk),
     Data(Bytes, Chunk),
     End,
 }
 
-fn chunk_step(buf: &mut BytesMut, state: Chunk) -> Result<Option<Step>, ExchangeError> {
+pub(crate) fn chunk_step(buf: &mut BytesMut, state: Chunk) -> Result<Option<Step>, ExchangeError> {
     Ok(Some(match state {
         Chunk::Size => match httparse::parse_chunk_size(buf) {
             Ok(httparse::Status::Complete((used, size))) => {

@@ -26,14 +26,13 @@ use arc_swap::ArcSwap;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Request, Response, Version};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::body::{BodyLimitExceeded, ProxyBody, RequestBody};
+use crate::body::{BodyLimitExceeded, Inbound, ProxyBody, RequestBody};
 use crate::error::GatewayError;
 use crate::exchange::{self, BackendBody, Outgoing};
 use crate::limit::SlotGuard;
@@ -232,7 +231,7 @@ impl Forwarder {
     /// still streaming from the backend connection.
     pub async fn forward(
         &self,
-        req: Request<Incoming>,
+        req: Request<Inbound>,
         tenant: &Tenant,
         fwd: &Forwarded<'_>,
     ) -> Result<Response<BackendBody>, GatewayError> {
@@ -255,7 +254,7 @@ impl Forwarder {
     /// passed through like any response.
     pub async fn upgrade(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<Inbound>,
         tenant: &Tenant,
         fwd: &Forwarded<'_>,
         slot: SlotGuard,
@@ -328,7 +327,7 @@ impl Forwarder {
     /// refused at once).
     fn prepare<'a>(
         &self,
-        req: Request<Incoming>,
+        req: Request<Inbound>,
         tenant: &'a Tenant,
         fwd: &Forwarded<'_>,
         settings: &'a ForwardSettings,
@@ -364,7 +363,7 @@ impl Forwarder {
     /// applied to the request itself.
     fn prepare_upgrade<'a>(
         &self,
-        req: Request<Incoming>,
+        req: Request<Inbound>,
         tenant: &'a Tenant,
         fwd: &Forwarded<'_>,
         settings: &'a ForwardSettings,

@@ -13,7 +13,7 @@
 //!
 //! | stage | module | refuses with |
 //! |---|---|---|
-//! | accept, TLS, HTTP/1.1 + HTTP/2, connection cap, head size, shutdown | [`server`], [`tls`] | 431 |
+//! | accept, TLS, HTTP/1.1 + HTTP/2, connection cap, head size, shutdown | [`server`], [`http1`], [`tls`] | 400 / 408 / 431 |
 //! | 1. identify the tenant from its key | [`identify`] | 401 / 400 / 403 / 503 |
 //! | 2. check the browser origin (and answer preflights) | [`cors`], [`origin`] | 403 |
 //! | 3. take one of the tenant's concurrency slots | [`limit`] | 429 |
@@ -41,6 +41,7 @@ pub mod directory;
 pub mod error;
 pub mod exchange;
 pub mod forward;
+pub mod http1;
 pub mod identify;
 pub mod limit;
 pub mod logging;

@@ -20,9 +20,8 @@ use std::time::Instant;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response};
-use hyper::body::Incoming;
 
-use crate::body::ProxyBody;
+use crate::body::{Inbound, ProxyBody};
 use crate::config::CorsSettings;
 use crate::directory::Directory;
 use arc_swap::ArcSwap;
@@ -105,7 +104,7 @@ fn head_size<B>(req: &Request<B>) -> usize {
 impl Gateway {
     /// Runs one request through the pipeline and logs it. Never fails: every outcome is a
     /// response.
-    pub async fn handle(&self, req: Request<Incoming>, conn: &ClientConn) -> Response<ProxyBody> {
+    pub async fn handle(&self, req: Request<Inbound>, conn: &ClientConn) -> Response<ProxyBody> {
         let started = Instant::now();
         let method = req.method().clone();
         let uri = req.uri().clone();
@@ -151,9 +150,31 @@ impl Gateway {
         resp
     }
 
+    /// Answers a request that could not even be read as one (a malformed or oversized head, one
+    /// that came too slowly): the contract's JSON error, logged like any refusal.
+    pub fn refuse(&self, err: GatewayError) -> Response<ProxyBody> {
+        let request_id = request_id(&HeaderMap::new());
+        let mut resp = err.to_response(&request_id);
+        resp.headers_mut().insert(X_REQUEST_ID, request_id.clone());
+        let status = resp.status().as_u16();
+        self.metrics
+            .observe(status, Some(err.code()), std::time::Duration::ZERO);
+        crate::logging::access(&crate::logging::AccessRecord {
+            method: "-",
+            path: "-",
+            status,
+            tenant: "-",
+            code: err.code(),
+            latency_us: 0,
+            request_id: request_id.to_str().unwrap_or("-"),
+            trace_id: "-",
+        });
+        resp
+    }
+
     async fn process(
         &self,
-        req: Request<Incoming>,
+        req: Request<Inbound>,
         conn: &ClientConn,
         policy: &Policy,
         ctx: &mut RequestContext,
@@ -201,7 +222,7 @@ impl Gateway {
     /// active tenant lists the origin. Refusals carry no `Access-Control-Allow-*` header.
     async fn preflight(
         &self,
-        req: &Request<Incoming>,
+        req: &Request<Inbound>,
         policy: &Policy,
         ctx: &mut RequestContext,
     ) -> Result<Response<ProxyBody>, GatewayError> {

@@ -1,6 +1,7 @@
 //! The listeners: accept loop with the gateway-wide connection cap, optional TLS ([`crate::tls`]),
 //! HTTP/1.1 and HTTP/2 on one port (ALPN over TLS, prior knowledge in cleartext), and graceful
-//! shutdown.
+//! shutdown. Cleartext HTTP/1.x is served by [`crate::http1`]; hyper's server takes TLS
+//! connections, HTTP/2 and protocol upgrades.
 //!
 //! [`start`] builds everything from a [`Config`] and returns a [`Running`] gateway whose
 //! addresses are known (tests bind `127.0.0.1:0`).
@@ -16,12 +17,12 @@ use http::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, StoreConfig};
 use crate::directory::Directory;
@@ -290,7 +291,13 @@ async fn serve(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(parser_limit as u32);
-    let graceful = GracefulShutdown::new();
+    // Every client connection, and the signal for them to finish their request and close.
+    let connections = TaskTracker::new();
+    let closing = CancellationToken::new();
+    let limits = crate::http1::Limits {
+        head_bytes: parser_limit,
+        header_read_timeout: config.header_read_timeout,
+    };
     let permits = Arc::new(Semaphore::new(config.max_connections));
     // Access lines of the requests served on this runtime (one worker) or logged by its tasks.
     let stop_flushing = CancellationToken::new();
@@ -329,26 +336,28 @@ async fn serve(
             tls: tls.clone(),
             builder: builder.clone(),
             gateway: gateway.clone(),
-            watcher: graceful.watcher(),
-            permit,
-            handshake_timeout: config.header_read_timeout,
+            closing: closing.clone(),
+            _permit: permit,
+            limits,
         };
         let Some(workers) = &mut workers else {
-            tokio::spawn(client.serve(stream));
+            tokio::spawn(connections.track_future(client.serve(stream)));
             continue;
         };
         // Handed to the next connection thread: the socket leaves this runtime's poller and
         // joins that thread's.
         match stream.into_std() {
             Ok(stream) => {
-                workers.next().spawn(async move {
-                    match TcpStream::from_std(stream) {
-                        Ok(stream) => client.serve(stream).await,
-                        Err(e) => {
-                            tracing::warn!(%peer, error = %e, "cannot hand over a connection")
+                workers
+                    .next()
+                    .spawn(connections.track_future(async move {
+                        match TcpStream::from_std(stream) {
+                            Ok(stream) => client.serve(stream).await,
+                            Err(e) => {
+                                tracing::warn!(%peer, error = %e, "cannot hand over a connection")
+                            }
                         }
-                    }
-                });
+                    }));
             }
             Err(e) => tracing::warn!(%peer, error = %e, "cannot hand over a connection"),
         }
@@ -362,9 +371,11 @@ async fn serve(
     );
     // HTTP connections finish their requests; upgraded ones (WebSockets, which would otherwise
     // hold the whole grace period) are closed now so their clients reconnect elsewhere.
+    closing.cancel();
+    connections.close();
     let requests = async {
         tokio::select! {
-            _ = graceful.shutdown() => tracing::info!("all connections finished"),
+            _ = connections.wait() => tracing::info!("all connections finished"),
             _ = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing the remaining connections"),
         }
     };
@@ -382,61 +393,68 @@ struct Client {
     tls: Option<TlsAcceptor>,
     builder: auto::Builder<TokioExecutor>,
     gateway: Arc<Gateway>,
-    watcher: hyper_util::server::graceful::Watcher,
+    /// Fires at shutdown: finish the request in flight, then close.
+    closing: CancellationToken,
     /// Its place under `[server] max_connections`, given back when it closes.
-    permit: tokio::sync::OwnedSemaphorePermit,
-    handshake_timeout: Duration,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    /// The head limits, and the header read timeout that also bounds a TLS handshake.
+    limits: crate::http1::Limits,
 }
 
 impl Client {
     /// Serves the connection until it closes: TLS first when configured (its handshake bounded
     /// like a request head), then HTTP/1.1 or HTTP/2, each request through the gateway.
     async fn serve(self, stream: TcpStream) {
-        let Client {
-            peer,
-            tls,
-            builder,
-            gateway,
-            watcher,
-            permit,
-            handshake_timeout,
-        } = self;
-        let conn = Arc::new(ClientConn::new(
-            peer,
-            if tls.is_some() { &HTTPS } else { &HTTP },
-        ));
-        let service = service_fn(move |req| {
-            let (gw, conn) = (gateway.clone(), conn.clone());
-            async move { Ok::<_, Infallible>(gw.handle(req, &conn).await) }
-        });
-        let ended = match tls {
+        let conn = ClientConn::new(self.peer, if self.tls.is_some() { &HTTPS } else { &HTTP });
+        match &self.tls {
             None => {
-                let connection =
-                    builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                watcher.watch(connection.into_owned()).await
+                let handed_over =
+                    crate::http1::serve(stream, &self.gateway, &conn, self.limits, &self.closing)
+                        .await;
+                if let Some(stream) = handed_over {
+                    self.serve_with_hyper(stream, conn).await;
+                }
             }
             Some(tls) => {
-                let stream = match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await
-                {
-                    Ok(Ok(s)) => s,
+                let timeout = self.limits.header_read_timeout;
+                match tokio::time::timeout(timeout, tls.accept(stream)).await {
+                    Ok(Ok(stream)) => self.serve_with_hyper(stream, conn).await,
                     Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
+                        tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed")
                     }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        return;
-                    }
-                };
-                let connection =
-                    builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                watcher.watch(connection.into_owned()).await
+                    Err(_) => tracing::debug!(peer = %self.peer, "TLS handshake timed out"),
+                }
+            }
+        }
+    }
+
+    /// HTTP/1.1 (with upgrades) or HTTP/2 through hyper's server.
+    async fn serve_with_hyper<IO>(&self, io: IO, conn: ClientConn)
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (gateway, conn) = (self.gateway.clone(), Arc::new(conn));
+        let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            let (gw, conn) = (gateway.clone(), conn.clone());
+            async move {
+                let req = req.map(|body| crate::body::Inbound::Hyper { body });
+                Ok::<_, Infallible>(gw.handle(req, &conn).await)
+            }
+        });
+        let connection = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service);
+        let mut connection = std::pin::pin!(connection);
+        let ended = tokio::select! {
+            ended = connection.as_mut() => ended,
+            _ = self.closing.cancelled() => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
             }
         };
         if let Err(e) = ended {
-            tracing::debug!(%peer, error = %e, "client connection ended with an error");
+            tracing::debug!(peer = %self.peer, error = %e, "client connection ended with an error");
         }
-        drop(permit);
     }
 }
 

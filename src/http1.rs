@@ -1,0 +1,939 @@
+//! Cleartext HTTP/1.x from clients, served by the gateway itself: read a request head, run the
+//! request through the pipeline ([`Gateway::handle`]), write the response, and again for the
+//! next request on the connection.
+//!
+//! Why not hyper's server here: on the bench workload hyper's server connection (its dispatcher
+//! state machine, header map building, response encoding and the buffered reader it needs for
+//! protocol detection) was about a fifth of the gateway's user-space instructions per request
+//! (BENCHMARKS.md). This is the same work done once, in the connection's own task.
+//!
+//! What is served here: HTTP/1.0 and HTTP/1.1 requests on cleartext connections. Anything else
+//! goes to hyper's server together with the bytes read so far ([`Replay`]): HTTP/2 (prior
+//! knowledge, recognised by its preface), protocol upgrades (WebSocket) and `CONNECT`. TLS
+//! connections go to hyper from the start ([`crate::server`]).
+//!
+//! The message rules (RFC 9112), kept strict because the gateway stands in front of another
+//! parser: a request with both `Transfer-Encoding` and `Content-Length`, a transfer coding other
+//! than a single `chunked`, `Transfer-Encoding` on HTTP/1.0, conflicting or invalid
+//! `Content-Length`s, or anything `httparse` rejects is answered `400 bad_request` and the
+//! connection closed. A head that does not fit the parser's limit gets `431`; one that does not
+//! arrive within `[server] header_read_timeout_secs` (idle keep-alive time included) closes the
+//! connection, with `408` when part of it had arrived.
+//!
+//! The connection's lifetime: a response goes out with `Content-Length` when its size is known,
+//! chunked otherwise (close-delimited for HTTP/1.0), with `Date` when the backend sent none. The
+//! connection stays open unless the client asked otherwise, the request body was not read to
+//! its end (a refusal before an upload; a body that is already buffered whole is skipped
+//! instead), or the gateway is shutting down. A client that goes away while its request is in
+//! flight (its end of the connection closed) cancels the request, which frees the tenant's
+//! slot. `Expect: 100-continue` is answered when the body is first read, i.e. only once the
+//! request has passed the tenant checks.
+
+use std::future::{poll_fn, Future};
+use std::mem::MaybeUninit;
+use std::pin::{pin, Pin};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+use tokio_util::io::poll_read_buf;
+use tokio_util::sync::CancellationToken;
+
+use crate::body::{BodyError, Inbound, ProxyBody};
+use crate::error::GatewayError;
+use crate::exchange::{chunk_step, has_token, Chunk, Step};
+use crate::proxy::{ClientConn, Gateway};
+
+/// Header lines parsed without a heap allocation; heads with more are parsed again with room
+/// for [`MAX_HEADERS`].
+const STACK_HEADERS: usize = 64;
+/// Most header lines accepted in a request head.
+const MAX_HEADERS: usize = 1_000;
+/// Buffer allocated for reads from a client.
+const READ_CHUNK: usize = 8 * 1024;
+/// Smallest free space a read is made into.
+const MIN_READ: usize = 1024;
+/// Response bytes gathered into one write.
+const WRITE_BATCH: usize = 64 * 1024;
+/// Longest chunk-size or trailer line accepted in a chunked request body.
+const MAX_CHUNK_LINE: usize = 8 * 1024;
+/// After a refusal that leaves request bytes unread, how long (and how much) the gateway keeps
+/// reading before it closes, so that the client gets the answer instead of a reset.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1024 * 1024;
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+
+/// What the connection needs from the config.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// The largest request head the parser buffers.
+    pub head_bytes: usize,
+    /// `[server] header_read_timeout_secs`.
+    pub header_read_timeout: Duration,
+}
+
+/// Serves the connection until it closes, or returns it (with what was read of it) when its
+/// next message is for hyper's server.
+pub async fn serve(
+    stream: TcpStream,
+    gateway: &Gateway,
+    client: &ClientConn,
+    limits: Limits,
+    closing: &CancellationToken,
+) -> Option<Replay<TcpStream>> {
+    let (read, write) = stream.into_split();
+    let mut conn = Connection {
+        reader: Arc::new(Mutex::new(Reader {
+            io: read,
+            buf: BytesMut::new(),
+            body: BodyState::Done,
+            expect: Expect::No,
+        })),
+        write,
+        out: Vec::with_capacity(1024),
+        limits,
+    };
+    let mut deadline = pin!(tokio::time::sleep(limits.header_read_timeout));
+    let mut shutdown = pin!(closing.cancelled());
+    let mut first = true;
+    loop {
+        let mut armed = false;
+        let head = poll_fn(|cx| {
+            let wait = HeadWait {
+                deadline: deadline.as_mut(),
+                armed: &mut armed,
+                shutdown: shutdown.as_mut(),
+            };
+            conn.poll_head(cx, wait, first)
+        })
+        .await;
+        let (req, head) = match head {
+            Ok(Some(next)) => next,
+            Ok(None) => return None,
+            Err(Refusal::Answer(err)) => {
+                let resp = gateway.refuse(err);
+                let _ = conn.respond(resp, &Sent::refusal(), closing).await;
+                conn.linger().await;
+                return None;
+            }
+            Err(Refusal::Close) => return None,
+            Err(Refusal::Handoff(prefix)) => return conn.hand_off(prefix),
+        };
+        first = false;
+        let Some(resp) = conn.run(gateway.handle(req, client), head.expect).await else {
+            tracing::debug!(peer = %client.peer_ip.to_str().unwrap_or("-"), "client went away mid-request");
+            return None;
+        };
+        let sent = Sent {
+            keep_alive: head.keep_alive && conn.skip_unread_body(),
+            ..head
+        };
+        match conn.respond(resp, &sent, closing).await {
+            Ok(true) => continue,
+            Ok(false) => {
+                conn.linger().await;
+                return None;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "response not delivered to the client");
+                return None;
+            }
+        }
+    }
+}
+
+/// One client connection: the reading side (shared with the request body), the writing side.
+struct Connection {
+    reader: Arc<Mutex<Reader>>,
+    write: OwnedWriteHalf,
+    /// Response bytes waiting to be written; reused from response to response.
+    out: Vec<u8>,
+    limits: Limits,
+}
+
+/// The connection's reading side: socket, buffered bytes, and where the current request's body
+/// stands. Locked by the connection between requests and by the body while it is read.
+struct Reader {
+    io: OwnedReadHalf,
+    buf: BytesMut,
+    body: BodyState,
+    expect: Expect,
+}
+
+/// What is left of the current request's body on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyState {
+    /// Nothing: the next bytes are the next request.
+    Done,
+    Length(u64),
+    Chunked(Chunk),
+    /// The body failed mid-way; the connection cannot be reused.
+    Broken,
+}
+
+/// `Expect: 100-continue`, from the head to the interim answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    No,
+    /// The client waits for `100 Continue` before it sends the body.
+    Waiting,
+    /// The body was asked for: the connection writes `100 Continue` now.
+    Wanted,
+}
+
+/// How a request leaves the connection: what the response must respect and whether the
+/// connection may carry another request.
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    is_head: bool,
+    http10: bool,
+    keep_alive: bool,
+    expect: bool,
+}
+
+impl Sent {
+    /// For an answer to a request that could not be read: the connection closes after it.
+    fn refusal() -> Sent {
+        Sent {
+            is_head: false,
+            http10: false,
+            keep_alive: false,
+            expect: false,
+        }
+    }
+}
+
+/// What waiting for a head is bounded by: the header read timeout (armed when the wait starts,
+/// so an idle keep-alive connection is on the same clock) and shutdown.
+struct HeadWait<'a, 'b> {
+    deadline: Pin<&'a mut Sleep>,
+    armed: &'a mut bool,
+    shutdown: Pin<&'a mut tokio_util::sync::WaitForCancellationFuture<'b>>,
+}
+
+/// Why no request came out of the head.
+enum Refusal {
+    /// Answered with this error, then the connection closes.
+    Answer(GatewayError),
+    /// Closed without an answer (a timeout with nothing received, a reset).
+    Close,
+    /// For hyper's server, with the bytes read so far.
+    Handoff(Bytes),
+}
+
+impl Connection {
+    fn lock(&self) -> MutexGuard<'_, Reader> {
+        self.reader.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads until a whole request head is in and makes the request of it. `Ok(None)`: the
+    /// connection is over (the client closed it between requests, or the gateway is shutting
+    /// down).
+    fn poll_head(
+        &self,
+        cx: &mut Context<'_>,
+        wait: HeadWait<'_, '_>,
+        first: bool,
+    ) -> Poll<Result<Option<(Request<Inbound>, Sent)>, Refusal>> {
+        let mut r = self.lock();
+        loop {
+            if !r.buf.is_empty() {
+                match parse_request(&mut r.buf, first) {
+                    Ok(Some((req, head, framing))) => {
+                        r.body = framing;
+                        r.expect = if head.expect {
+                            Expect::Waiting
+                        } else {
+                            Expect::No
+                        };
+                        let req = req.map(|()| match framing {
+                            BodyState::Done => Inbound::Empty,
+                            _ => Inbound::Http1 {
+                                body: ClientBody {
+                                    reader: self.reader.clone(),
+                                    done: false,
+                                },
+                            },
+                        });
+                        return Poll::Ready(Ok(Some((req, head))));
+                    }
+                    Ok(None) => {}
+                    Err(refusal) => return Poll::Ready(Err(refusal)),
+                }
+                if r.buf.len() >= self.limits.head_bytes {
+                    return Poll::Ready(Err(Refusal::Answer(GatewayError::HeadersTooLarge)));
+                }
+            }
+            make_room(&mut r.buf);
+            let r = &mut *r;
+            match poll_read_buf(Pin::new(&mut r.io), cx, &mut r.buf) {
+                Poll::Ready(Ok(0)) if r.buf.is_empty() => return Poll::Ready(Ok(None)),
+                Poll::Ready(Ok(0)) => {
+                    tracing::debug!("client closed the connection inside a request head");
+                    return Poll::Ready(Err(Refusal::Close));
+                }
+                Poll::Ready(Ok(_)) => continue,
+                Poll::Ready(Err(e)) => {
+                    tracing::debug!(error = %e, "reading a request head failed");
+                    return Poll::Ready(Err(Refusal::Close));
+                }
+                Poll::Pending => {}
+            }
+            // Waiting: an idle connection ends at shutdown; a head must be complete in time.
+            let HeadWait {
+                mut deadline,
+                armed,
+                shutdown,
+            } = wait;
+            if r.buf.is_empty() && shutdown.poll(cx).is_ready() {
+                return Poll::Ready(Ok(None));
+            }
+            if !*armed {
+                let timeout = self.limits.header_read_timeout;
+                deadline.as_mut().reset(Instant::now() + timeout);
+                *armed = true;
+            }
+            if deadline.poll(cx).is_ready() {
+                return Poll::Ready(Err(if r.buf.is_empty() {
+                    Refusal::Close
+                } else {
+                    tracing::debug!("request head not received in time");
+                    Refusal::Answer(GatewayError::RequestTimeout)
+                }));
+            }
+            return Poll::Pending;
+        }
+    }
+
+    /// Runs the request's future to its response, answering `Expect: 100-continue` when the
+    /// body is first read and watching for the client going away. `None`: it went away.
+    async fn run(
+        &mut self,
+        handling: impl Future<Output = Response<ProxyBody>>,
+        expect: bool,
+    ) -> Option<Response<ProxyBody>> {
+        let mut handling = pin!(handling);
+        let mut continued = 0;
+        poll_fn(|cx| loop {
+            if let Poll::Ready(resp) = handling.as_mut().poll(cx) {
+                return Poll::Ready(Some(resp));
+            }
+            if expect && self.lock().expect == Expect::Wanted {
+                match Pin::new(&mut self.write).poll_write(cx, &CONTINUE[continued..]) {
+                    Poll::Ready(Ok(n)) if n > 0 => continued += n,
+                    Poll::Ready(_) => return Poll::Ready(None),
+                    Poll::Pending => return Poll::Pending,
+                }
+                if continued == CONTINUE.len() {
+                    self.lock().expect = Expect::No;
+                }
+                continue; // the body reads on now
+            }
+            if self.poll_client_gone(cx) {
+                return Poll::Ready(None);
+            }
+            return Poll::Pending;
+        })
+        .await
+    }
+
+    /// Whether the client closed its end while no request body is being read (the body itself
+    /// notices otherwise). Bytes of a next request are kept for later, up to the head limit.
+    fn poll_client_gone(&self, cx: &mut Context<'_>) -> bool {
+        let mut r = self.lock();
+        while r.body == BodyState::Done && r.buf.len() < self.limits.head_bytes {
+            make_room(&mut r.buf);
+            let r = &mut *r;
+            match poll_read_buf(Pin::new(&mut r.io), cx, &mut r.buf) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return true,
+                Poll::Ready(Ok(_)) => {}
+                Poll::Pending => return false,
+            }
+        }
+        false
+    }
+
+    /// After the response is known: whether the request body has been read to its end, which
+    /// the next request needs. A `Content-Length` body that is already buffered whole (a small
+    /// upload the gateway refused) is skipped.
+    fn skip_unread_body(&self) -> bool {
+        let mut r = self.lock();
+        match r.body {
+            BodyState::Done => true,
+            BodyState::Length(n) if n <= r.buf.len() as u64 => {
+                r.buf.advance(n as usize);
+                r.body = BodyState::Done;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Writes the response: head, then the body as it streams. `Ok(true)` when the connection
+    /// can carry another request.
+    async fn respond(
+        &mut self,
+        resp: Response<ProxyBody>,
+        req: &Sent,
+        closing: &CancellationToken,
+    ) -> std::io::Result<bool> {
+        let (parts, body) = resp.into_parts();
+        let mut body = pin!(body);
+        let bodiless = req.is_head
+            || parts.status.is_informational()
+            || parts.status == StatusCode::NO_CONTENT
+            || parts.status == StatusCode::NOT_MODIFIED;
+        let framing = if bodiless {
+            Framing::None
+        } else if let Some(n) = declared_length(&parts.headers) {
+            Framing::Length(n)
+        } else if let Some(n) = body.size_hint().exact() {
+            Framing::Length(n)
+        } else if !req.http10 {
+            Framing::Chunked
+        } else {
+            Framing::UntilClose
+        };
+        let keep_alive =
+            req.keep_alive && framing != Framing::UntilClose && !closing.is_cancelled();
+        self.out.clear();
+        write_head(&mut self.out, &parts, framing, keep_alive, req.http10);
+        if bodiless {
+            // Frees a held slot now; a `HEAD` answer's body is never sent.
+            body.set(ProxyBody::empty());
+        }
+        let mut sent = 0u64;
+        let mut written = 0;
+        let mut finished = bodiless;
+        let result = poll_fn(|cx| loop {
+            while !finished && self.out.len() < WRITE_BATCH {
+                match body.as_mut().poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        let Ok(data) = frame.into_data() else { continue };
+                        if data.is_empty() {
+                            continue;
+                        }
+                        sent += data.len() as u64;
+                        match framing {
+                            Framing::Length(n) if sent > n => {
+                                return Poll::Ready(Err(invalid("body longer than its length")))
+                            }
+                            Framing::Chunked => {
+                                let mut size = [0u8; 16];
+                                self.out
+                                    .extend_from_slice(crate::exchange::hex_len(data.len(), &mut size));
+                                self.out.extend_from_slice(b"\r\n");
+                                self.out.extend_from_slice(&data);
+                                self.out.extend_from_slice(b"\r\n");
+                            }
+                            _ => self.out.extend_from_slice(&data),
+                        }
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        return Poll::Ready(Err(std::io::Error::other(e)));
+                    }
+                    Poll::Ready(None) => {
+                        finished = true;
+                        match framing {
+                            Framing::Chunked => self.out.extend_from_slice(b"0\r\n\r\n"),
+                            Framing::Length(n) if sent != n => {
+                                return Poll::Ready(Err(invalid("body shorter than its length")))
+                            }
+                            _ => {}
+                        }
+                    }
+                    Poll::Pending => break,
+                }
+            }
+            if written < self.out.len() {
+                match Pin::new(&mut self.write).poll_write(cx, &self.out[written..]) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
+                    }
+                    Poll::Ready(Ok(n)) => written += n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+                if written == self.out.len() {
+                    self.out.clear();
+                    written = 0;
+                }
+                continue;
+            }
+            if finished {
+                return Poll::Ready(Ok(()));
+            }
+            // Waiting for the backend's next bytes.
+            if self.poll_client_gone(cx) {
+                return Poll::Ready(Err(std::io::ErrorKind::ConnectionAborted.into()));
+            }
+            return Poll::Pending;
+        })
+        .await;
+        result.map(|()| keep_alive)
+    }
+
+    /// Closes after an answer that may have left request bytes unread: the sending side first,
+    /// then whatever the client still sends is read and dropped for a moment, so that the
+    /// client reads the answer instead of a connection reset.
+    async fn linger(self) {
+        let Connection {
+            reader, mut write, ..
+        } = self;
+        let _ = write.shutdown().await;
+        let Ok(reader) = Arc::try_unwrap(reader) else {
+            return;
+        };
+        let mut r = reader.into_inner().unwrap_or_else(|p| p.into_inner());
+        let drain = async {
+            let mut dropped = 0;
+            while dropped < LINGER_BYTES {
+                r.buf.clear();
+                make_room(&mut r.buf);
+                match tokio_util::io::read_buf(&mut r.io, &mut r.buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => dropped += n,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER, drain).await;
+    }
+
+    /// The connection as one stream again, with the bytes read so far in front, for hyper.
+    fn hand_off(self, prefix: Bytes) -> Option<Replay<TcpStream>> {
+        let Connection { reader, write, .. } = self;
+        let reader = Arc::try_unwrap(reader).ok()?;
+        let r = reader.into_inner().unwrap_or_else(|p| p.into_inner());
+        let mut replay = BytesMut::from(&prefix[..]);
+        replay.extend_from_slice(&r.buf);
+        let stream = r.io.reunite(write).ok()?;
+        Some(Replay {
+            prefix: replay.freeze(),
+            io: stream,
+        })
+    }
+}
+
+fn invalid(what: &'static str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, what)
+}
+
+/// How the response body is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// No body (`HEAD`, `204`, `304`).
+    None,
+    Length(u64),
+    Chunked,
+    /// Until the connection closes (HTTP/1.0 clients, unknown length).
+    UntilClose,
+}
+
+/// The response's own `Content-Length`, when it has exactly one valid value.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    let text = value.to_str().ok()?;
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+/// The status line and headers. The gateway owns the framing headers: `Content-Length` from
+/// [`Framing`] (the response's own when valid), `Transfer-Encoding: chunked`, `Connection`.
+fn write_head(
+    out: &mut Vec<u8>,
+    parts: &http::response::Parts,
+    framing: Framing,
+    keep_alive: bool,
+    http10: bool,
+) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(parts.status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(
+        parts
+            .status
+            .canonical_reason()
+            .unwrap_or("Unknown")
+            .as_bytes(),
+    );
+    out.extend_from_slice(b"\r\n");
+    let mut has_date = false;
+    for (name, value) in &parts.headers {
+        if name == header::TRANSFER_ENCODING || name == header::CONNECTION {
+            continue;
+        }
+        if name == header::CONTENT_LENGTH && framing != Framing::None {
+            continue;
+        }
+        has_date |= name == header::DATE;
+        crate::exchange::header_line(out, name, value);
+    }
+    match framing {
+        Framing::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::None | Framing::UntilClose => {}
+    }
+    if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if http10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    if !has_date {
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(&http_date());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `Date` in the IMF-fixdate form, formatted once a second per thread.
+fn http_date() -> [u8; 29] {
+    use std::cell::Cell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    thread_local! {
+        static CACHED: Cell<(u64, [u8; 29])> = const { Cell::new((0, [0; 29])) };
+    }
+    let now = SystemTime::now();
+    let second = now
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    CACHED.with(|cached| {
+        let (at, text) = cached.get();
+        if at == second {
+            return text;
+        }
+        let mut text = [0u8; 29];
+        let formatted = httpdate::fmt_http_date(now);
+        if formatted.len() == text.len() {
+            text.copy_from_slice(formatted.as_bytes());
+        }
+        cached.set((second, text));
+        text
+    })
+}
+
+/// Room for the next read; the unused tail of the allocation is used first.
+fn make_room(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < MIN_READ {
+        buf.reserve(READ_CHUNK);
+    }
+}
+
+/// Parses a request head at the start of `buf` and removes it from there; `None` until the
+/// head is complete.
+#[allow(clippy::type_complexity)]
+fn parse_request(
+    buf: &mut BytesMut,
+    first: bool,
+) -> Result<Option<(Request<()>, Sent, BodyState)>, Refusal> {
+    let mut stack = [MaybeUninit::uninit(); STACK_HEADERS];
+    let mut heap = Vec::new();
+    let mut req = httparse::Request::new(&mut []);
+    let parsed = match req.parse_with_uninit_headers(buf, &mut stack) {
+        Err(httparse::Error::TooManyHeaders) => {
+            heap.resize(MAX_HEADERS, MaybeUninit::uninit());
+            req = httparse::Request::new(&mut []);
+            req.parse_with_uninit_headers(buf, &mut heap)
+        }
+        other => other,
+    };
+    let len = match parsed {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) if first && buf.starts_with(H2_PREFACE) => {
+            return Err(Refusal::Handoff(Bytes::new()));
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(Refusal::Answer(GatewayError::HeadersTooLarge))
+        }
+        Err(e) => return Err(bad_request(&format!("malformed request head: {e}"))),
+    };
+    let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
+        return Err(bad_request("incomplete request line"));
+    };
+    let method =
+        Method::from_bytes(method.as_bytes()).map_err(|_| bad_request("invalid method"))?;
+    // The names now; where each value sits in the head, so values can share its bytes.
+    let base = buf.as_ptr() as usize;
+    let target_at = target.as_ptr() as usize - base..target.as_ptr() as usize - base + target.len();
+    let mut names = Vec::with_capacity(req.headers.len());
+    let mut spans = Vec::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| bad_request("invalid header name"))?;
+        let at = h.value.as_ptr() as usize - base;
+        names.push(name);
+        spans.push(at..at + h.value.len());
+    }
+    let bytes = buf.split_to(len).freeze();
+    // Room for what the gateway adds without growing the map.
+    let mut headers = HeaderMap::with_capacity(names.len() + 4);
+    for (name, span) in names.into_iter().zip(spans) {
+        let value = HeaderValue::from_maybe_shared(bytes.slice(span))
+            .map_err(|_| bad_request("invalid header value"))?;
+        headers.append(name, value);
+    }
+    let uri = Uri::from_maybe_shared(bytes.slice(target_at))
+        .map_err(|_| bad_request("invalid request target"))?;
+    let http10 = minor == 0;
+    // Not this server's to answer: hyper's takes the connection from this request on.
+    if method == Method::CONNECT || crate::forward::is_upgrade(&headers) {
+        return Err(Refusal::Handoff(bytes));
+    }
+    let framing = body_framing(&headers, http10).map_err(|why| bad_request(why))?;
+    let keep_alive = if http10 {
+        has_token(&headers, header::CONNECTION, "keep-alive")
+            && !has_token(&headers, header::CONNECTION, "close")
+    } else {
+        !has_token(&headers, header::CONNECTION, "close")
+    };
+    let expect = !http10
+        && framing != BodyState::Done
+        && headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let head = Sent {
+        is_head: method == Method::HEAD,
+        http10,
+        keep_alive,
+        expect,
+    };
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = if http10 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    *request.headers_mut() = headers;
+    Ok(Some((request, head, framing)))
+}
+
+fn bad_request(why: &str) -> Refusal {
+    tracing::debug!(reason = why, "refused a request head");
+    Refusal::Answer(GatewayError::BadRequest)
+}
+
+/// How the request body is delimited (RFC 9112 §6.3), refusing every ambiguous case.
+fn body_framing(headers: &HeaderMap, http10: bool) -> Result<BodyState, &'static str> {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        if http10 {
+            return Err("Transfer-Encoding in an HTTP/1.0 request");
+        }
+        if headers.contains_key(header::CONTENT_LENGTH) {
+            return Err("both Transfer-Encoding and Content-Length");
+        }
+        let mut codings = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+            .map(str::trim)
+            .filter(|t| !t.is_empty());
+        return match (codings.next(), codings.next()) {
+            (Some(c), None) if c.eq_ignore_ascii_case("chunked") => {
+                Ok(BodyState::Chunked(Chunk::Size))
+            }
+            _ => Err("a transfer coding other than chunked"),
+        };
+    }
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.to_str().unwrap_or("x").split(',') {
+            let part = part.trim();
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err("invalid Content-Length");
+            }
+            let n: u64 = part.parse().map_err(|_| "invalid Content-Length")?;
+            if length.is_some_and(|l| l != n) {
+                return Err("conflicting Content-Length values");
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        None | Some(0) => BodyState::Done,
+        Some(n) => BodyState::Length(n),
+    })
+}
+
+/// A request body read from the client connection as the backend takes it.
+pub struct ClientBody {
+    reader: Arc<Mutex<Reader>>,
+    done: bool,
+}
+
+impl ClientBody {
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, BodyError>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let mut guard = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let r = &mut *guard;
+        if r.expect != Expect::No {
+            // The client sends the body once it hears `100 Continue`. The connection writes it
+            // when it sees `Wanted`, right after this poll: the body is read inside the
+            // request's future, which the connection's task polls ([`Connection::run`]).
+            r.expect = Expect::Wanted;
+            return Poll::Pending;
+        }
+        loop {
+            match r.body {
+                BodyState::Done => {
+                    self.done = true;
+                    return Poll::Ready(None);
+                }
+                BodyState::Broken => {
+                    self.done = true;
+                    return Poll::Ready(Some(Err("the request body was cut off".into())));
+                }
+                BodyState::Length(left) if !r.buf.is_empty() => {
+                    let n = left.min(r.buf.len() as u64);
+                    let data = r.buf.split_to(n as usize).freeze();
+                    r.body = if n == left {
+                        BodyState::Done
+                    } else {
+                        BodyState::Length(left - n)
+                    };
+                    return Poll::Ready(Some(Ok(data)));
+                }
+                BodyState::Length(_) => {}
+                BodyState::Chunked(state) => match chunk_step(&mut r.buf, state) {
+                    Ok(Some(Step::Next(next))) => {
+                        r.body = BodyState::Chunked(next);
+                        continue;
+                    }
+                    Ok(Some(Step::Data(data, next))) => {
+                        r.body = BodyState::Chunked(next);
+                        return Poll::Ready(Some(Ok(data)));
+                    }
+                    Ok(Some(Step::End)) => {
+                        r.body = BodyState::Done;
+                        continue;
+                    }
+                    Ok(None) if r.buf.len() >= MAX_CHUNK_LINE => {
+                        r.body = BodyState::Broken;
+                        return Poll::Ready(Some(Err("chunk line too long".into())));
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        r.body = BodyState::Broken;
+                        return Poll::Ready(Some(Err(e.into())));
+                    }
+                },
+            }
+            make_room(&mut r.buf);
+            match poll_read_buf(Pin::new(&mut r.io), cx, &mut r.buf) {
+                Poll::Ready(Ok(0)) => {
+                    r.body = BodyState::Broken;
+                    return Poll::Ready(Some(Err(
+                        "the client closed the connection inside the request body".into(),
+                    )));
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => {
+                    r.body = BodyState::Broken;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        self.get_mut()
+            .poll_data(cx)
+            .map(|d| d.map(|r| r.map(Frame::data)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.reader.lock().map(|r| r.body) {
+            Ok(BodyState::Length(n)) if !self.done => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+/// A connection handed to hyper's server: the bytes this server had read come first.
+pub struct Replay<S> {
+    prefix: Bytes,
+    io: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
