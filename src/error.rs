@@ -103,9 +103,7 @@ impl GatewayError {
         match self {
             TenantMissing | TenantMalformed | TenantUnknown | TenantInactive | OriginMissing
             | OriginNotAllowed | ConcurrencyExceeded | BodyTooLarge | HeadersTooLarge
-            | BadRequest | RequestTimeout => {
-                Cause::Client
-            }
+            | BadRequest | RequestTimeout => Cause::Client,
             TenantMisconfigured | StoreUnavailable => Cause::Gateway,
             UpstreamUnavailable | UpstreamTimeout => Cause::Upstream,
         }

@@ -323,9 +323,10 @@ fn make_room(buf: &mut BytesMut) {
 /// head is complete. `1xx` interim responses (`100 Continue`, `103 Early Hints`) are skipped.
 fn parse_head(buf: &mut BytesMut, is_head: bool) -> Result<Option<Head>, ExchangeError> {
     loop {
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut slots);
-        let len = match resp.parse(buf) {
+        let mut slots = [std::mem::MaybeUninit::uninit(); MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut []);
+        let config = httparse::ParserConfig::default();
+        let len = match config.parse_response_with_uninit_headers(&mut resp, buf, &mut slots) {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(httparse::Error::TooManyHeaders) => {

@@ -239,9 +239,10 @@ impl Forwarder {
         let (upstream, outgoing) = self.prepare(req, tenant, fwd, &settings)?;
         let started = std::time::Instant::now();
         let sent = self.pool.send(upstream.target(), outgoing);
-        let mut resp = self
-            .within_response_timeout(upstream, sent, &settings)
-            .await?;
+        let mut resp = answered(
+            upstream,
+            tokio::time::timeout(settings.response_timeout, sent).await,
+        )?;
         self.upstream_response
             .observe(started.elapsed().as_secs_f64());
         strip_hop_by_hop(resp.headers_mut());
@@ -267,9 +268,10 @@ impl Forwarder {
         strip_tenant_subprotocol(req.headers_mut());
 
         let sent = self.pool.send_upgrade(upstream.target(), req);
-        let mut resp = self
-            .within_response_timeout(upstream, sent, &settings)
-            .await?;
+        let mut resp = answered(
+            upstream,
+            tokio::time::timeout(settings.response_timeout, sent).await,
+        )?;
         if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
             strip_hop_by_hop(resp.headers_mut());
             return Ok(resp.map(|body| ProxyBody::declined_upgrade(body, slot)));
@@ -390,17 +392,19 @@ impl Forwarder {
         Ok((upstream, Request::from_parts(parts, body)))
     }
 
-    async fn within_response_timeout<T>(
-        &self,
-        upstream: &Upstream,
-        sent: impl std::future::Future<Output = Result<T, SendError>>,
-        settings: &ForwardSettings,
-    ) -> Result<T, GatewayError> {
-        match tokio::time::timeout(settings.response_timeout, sent).await {
-            Err(_elapsed) => Err(GatewayError::UpstreamTimeout),
-            Ok(Err(e)) => Err(classify(upstream, &e)),
-            Ok(Ok(sent)) => Ok(sent),
-        }
+}
+
+/// The backend's answer, or the error response for a backend that failed or did not answer
+/// within `[upstream] response_timeout_ms`. (A plain function over the timed result rather
+/// than an async one wrapping the send: a future passed into another is stored twice.)
+fn answered<T>(
+    upstream: &Upstream,
+    timed: Result<Result<T, SendError>, tokio::time::error::Elapsed>,
+) -> Result<T, GatewayError> {
+    match timed {
+        Err(_elapsed) => Err(GatewayError::UpstreamTimeout),
+        Ok(Err(e)) => Err(classify(upstream, &e)),
+        Ok(Ok(sent)) => Ok(sent),
     }
 }
 

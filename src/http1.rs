@@ -129,7 +129,8 @@ pub async fn serve(
             Err(Refusal::Handoff(prefix)) => return conn.hand_off(prefix),
         };
         first = false;
-        let Some(resp) = conn.run(gateway.handle(req, client), head.expect).await else {
+        let handling = pin!(gateway.handle(req, client));
+        let Some(resp) = conn.run(handling, head.expect).await else {
             tracing::debug!(peer = %client.peer_ip.to_str().unwrap_or("-"), "client went away mid-request");
             return None;
         };
@@ -316,12 +317,10 @@ impl Connection {
 
     /// Runs the request's future to its response, answering `Expect: 100-continue` when the
     /// body is first read and watching for the client going away. `None`: it went away.
-    async fn run(
-        &mut self,
-        handling: impl Future<Output = Response<ProxyBody>>,
-        expect: bool,
-    ) -> Option<Response<ProxyBody>> {
-        let mut handling = pin!(handling);
+    async fn run<F>(&mut self, mut handling: Pin<&mut F>, expect: bool) -> Option<F::Output>
+    where
+        F: Future<Output = Response<ProxyBody>>,
+    {
         let mut continued = 0;
         poll_fn(|cx| loop {
             if let Poll::Ready(resp) = handling.as_mut().poll(cx) {
@@ -418,7 +417,9 @@ impl Connection {
             while !finished && self.out.len() < WRITE_BATCH {
                 match body.as_mut().poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => {
-                        let Ok(data) = frame.into_data() else { continue };
+                        let Ok(data) = frame.into_data() else {
+                            continue;
+                        };
                         if data.is_empty() {
                             continue;
                         }
@@ -429,8 +430,10 @@ impl Connection {
                             }
                             Framing::Chunked => {
                                 let mut size = [0u8; 16];
-                                self.out
-                                    .extend_from_slice(crate::exchange::hex_len(data.len(), &mut size));
+                                self.out.extend_from_slice(crate::exchange::hex_len(
+                                    data.len(),
+                                    &mut size,
+                                ));
                                 self.out.extend_from_slice(b"\r\n");
                                 self.out.extend_from_slice(&data);
                                 self.out.extend_from_slice(b"\r\n");
@@ -494,6 +497,9 @@ impl Connection {
             return;
         };
         let mut r = reader.into_inner().unwrap_or_else(|p| p.into_inner());
+        if r.body == BodyState::Done && r.buf.is_empty() {
+            return; // nothing of the client's is left unread
+        }
         let drain = async {
             let mut dropped = 0;
             while dropped < LINGER_BYTES {
@@ -613,9 +619,7 @@ fn http_date() -> [u8; 29] {
         static CACHED: Cell<(u64, [u8; 29])> = const { Cell::new((0, [0; 29])) };
     }
     let now = SystemTime::now();
-    let second = now
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     CACHED.with(|cached| {
         let (at, text) = cached.get();
         if at == second {
@@ -645,6 +649,9 @@ fn parse_request(
     buf: &mut BytesMut,
     first: bool,
 ) -> Result<Option<(Request<()>, Sent, BodyState)>, Refusal> {
+    if first && buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(buf) {
+        return Ok(None); // maybe HTTP/2's preface, still arriving
+    }
     let mut stack = [MaybeUninit::uninit(); STACK_HEADERS];
     let mut heap = Vec::new();
     let mut req = httparse::Request::new(&mut []);
@@ -936,4 +943,3 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
-

@@ -311,19 +311,18 @@ impl Pool {
     pub async fn send(
         &self,
         target: Target<'_>,
-        req: Outgoing,
+        Outgoing {
+            head,
+            method,
+            mut body,
+            chunked,
+        }: Outgoing,
     ) -> Result<Response<BackendBody>, SendError> {
         let key = (
             WORKER.with(|w| w.get()),
             target.tls.is_some(),
             target.authority.clone(),
         );
-        let Outgoing {
-            head,
-            method,
-            mut body,
-            chunked,
-        } = req;
         let bodiless = body.is_none();
         loop {
             let (conn, reused) = match poll_fn(|cx| Poll::Ready(self.checkout(&key, cx))).await {

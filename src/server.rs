@@ -348,16 +348,14 @@ async fn serve(
         // joins that thread's.
         match stream.into_std() {
             Ok(stream) => {
-                workers
-                    .next()
-                    .spawn(connections.track_future(async move {
-                        match TcpStream::from_std(stream) {
-                            Ok(stream) => client.serve(stream).await,
-                            Err(e) => {
-                                tracing::warn!(%peer, error = %e, "cannot hand over a connection")
-                            }
+                workers.next().spawn(connections.track_future(async move {
+                    match TcpStream::from_std(stream) {
+                        Ok(stream) => client.serve(stream).await,
+                        Err(e) => {
+                            tracing::warn!(%peer, error = %e, "cannot hand over a connection")
                         }
-                    }));
+                    }
+                }));
             }
             Err(e) => tracing::warn!(%peer, error = %e, "cannot hand over a connection"),
         }

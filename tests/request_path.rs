@@ -1173,3 +1173,230 @@ async fn oversized_request_heads_get_431() {
     );
     assert_eq!(gw.backend.requests(), 2);
 }
+
+/// Writes `bytes` on a fresh connection and reads until the gateway closes it.
+async fn raw_exchange(gw: &Gateway, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(gw.running.addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer))
+        .await
+        .expect("the gateway closed the connection")
+        .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Reads what has arrived until `pattern` is in it.
+async fn read_until(s: &mut TcpStream, pattern: &str) -> String {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains(pattern) {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "waited for {pattern:?}, got {:?}",
+                    String::from_utf8_lossy(&seen)
+                )
+            })
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before {pattern:?}: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+const HEAD_A: &str = "host: gw\r\nx-tenant-id: tnt_a\r\norigin: https://client-a.com\r\n";
+
+#[tokio::test]
+async fn http1_connections_keep_alive_pipeline_and_frame_bodies() {
+    let gw = Gateway::start(&[tenant("tnt_a", &[A], 5)], "").await;
+
+    // Three pipelined requests in one write: a chunked upload (extension, trailer), a
+    // Content-Length upload, and a GET that closes; answered in order on one connection.
+    let text = raw_exchange(
+        &gw,
+        format!(
+            "POST /upload HTTP/1.1\r\n{HEAD_A}transfer-encoding: chunked\r\n\r\n\
+5\r\nhello\r\n6;note=x\r\n world\r\n0\r\nx-sum: 1\r\n\r\n\
+POST /upload HTTP/1.1\r\n{HEAD_A}content-length: 3\r\n\r\nabc\
+GET /third HTTP/1.1\r\n{HEAD_A}connection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    let answers: Vec<&str> = text.split("HTTP/1.1 ").skip(1).collect();
+    assert_eq!(answers.len(), 3, "{text}");
+    assert!(
+        answers[0].starts_with("200") && answers[0].contains("\"received_bytes\":11"),
+        "{text}"
+    );
+    assert!(
+        answers[1].starts_with("200") && answers[1].contains("\"received_bytes\":3"),
+        "{text}"
+    );
+    assert!(
+        answers[2].starts_with("200") && answers[2].contains("\"/third\""),
+        "{text}"
+    );
+    assert!(answers[2].contains("connection: close\r\n"), "{text}");
+    assert!(
+        answers[0].contains("\r\ndate: "),
+        "responses carry Date: {text}"
+    );
+
+    // HTTP/1.0: closed after the answer unless the client asks for keep-alive.
+    let text = raw_exchange(&gw, format!("GET /a HTTP/1.0\r\n{HEAD_A}\r\n").as_bytes()).await;
+    assert!(
+        text.starts_with("HTTP/1.1 200") && text.contains("connection: close\r\n"),
+        "{text}"
+    );
+    let text = raw_exchange(
+        &gw,
+        format!("GET /a HTTP/1.0\r\n{HEAD_A}connection: keep-alive\r\n\r\nGET /b HTTP/1.0\r\n{HEAD_A}\r\n")
+            .as_bytes(),
+    )
+    .await;
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 2, "{text}");
+    assert!(text.contains("connection: keep-alive\r\n"), "{text}");
+
+    // HEAD: the backend's headers, no body, and the connection goes on.
+    let text = raw_exchange(
+        &gw,
+        format!("HEAD /h HTTP/1.1\r\n{HEAD_A}\r\nGET /after-head HTTP/1.1\r\n{HEAD_A}connection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        rest.starts_with("HTTP/1.1 200") && rest.contains("/after-head"),
+        "{text}"
+    );
+
+    // A refused upload whose small body is already in does not cost the connection.
+    let text = raw_exchange(
+        &gw,
+        format!(
+            "POST /x HTTP/1.1\r\nhost: gw\r\nx-tenant-id: tnt_nobody\r\norigin: {A}\r\ncontent-length: 5\r\n\r\nhello\
+GET /next HTTP/1.1\r\n{HEAD_A}connection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(
+        text.starts_with("HTTP/1.1 401") && text.contains("tenant_unknown"),
+        "{text}"
+    );
+    assert!(
+        text.contains("HTTP/1.1 200") && text.contains("/next"),
+        "{text}"
+    );
+
+    // A WebSocket upgrade after a plain request on the same connection.
+    let mut s = TcpStream::connect(gw.running.addr).await.unwrap();
+    s.write_all(format!("GET /first HTTP/1.1\r\n{HEAD_A}\r\n").as_bytes())
+        .await
+        .unwrap();
+    read_until(&mut s, "/first").await;
+    s.write_all(
+        format!(
+            "GET /ws HTTP/1.1\r\n{HEAD_A}upgrade: websocket\r\nconnection: upgrade\r\n\
+sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let text = read_until(&mut s, "\r\n\r\n").await;
+    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+    assert_eq!(gw.backend.requests(), 11);
+}
+
+#[tokio::test]
+async fn expect_100_continue_is_answered_only_once_the_request_passes_the_checks() {
+    let gw = Gateway::start(&[tenant("tnt_a", &[A], 5)], "").await;
+    let mut s = TcpStream::connect(gw.running.addr).await.unwrap();
+    s.write_all(
+        format!(
+            "POST /upload HTTP/1.1\r\n{HEAD_A}content-length: 5\r\nexpect: 100-continue\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let text = read_until(&mut s, "\r\n\r\n").await;
+    assert_eq!(text, "HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(b"hello").await.unwrap();
+    let text = read_until(&mut s, "received_bytes").await;
+    assert!(
+        text.starts_with("HTTP/1.1 200") && text.contains("\"received_bytes\":5"),
+        "{text}"
+    );
+
+    // Refused: the final answer comes at once, and the body is never asked for.
+    let text = raw_exchange(
+        &gw,
+        format!("POST /upload HTTP/1.1\r\nhost: gw\r\nx-tenant-id: tnt_nobody\r\norigin: {A}\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n")
+            .as_bytes(),
+    )
+    .await;
+    assert!(
+        text.starts_with("HTTP/1.1 401") && text.contains("connection: close\r\n"),
+        "{text}"
+    );
+    assert_eq!(gw.backend.requests(), 1);
+}
+
+#[tokio::test]
+async fn ambiguous_or_malformed_request_heads_get_400_and_a_closed_connection() {
+    let gw = Gateway::start(&[tenant("tnt_a", &[A], 5)], "").await;
+    for (what, head) in [
+        ("both framings", format!("POST /upload HTTP/1.1\r\n{HEAD_A}content-length: 3\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n")),
+        ("coding other than chunked", format!("POST /upload HTTP/1.1\r\n{HEAD_A}transfer-encoding: gzip, chunked\r\n\r\n0\r\n\r\n")),
+        ("chunked twice", format!("POST /upload HTTP/1.1\r\n{HEAD_A}transfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n")),
+        ("conflicting lengths", format!("POST /upload HTTP/1.1\r\n{HEAD_A}content-length: 3\r\ncontent-length: 4\r\n\r\nabcd")),
+        ("bad length", format!("POST /upload HTTP/1.1\r\n{HEAD_A}content-length: +3\r\n\r\nabc")),
+        ("chunked on HTTP/1.0", format!("POST /upload HTTP/1.0\r\n{HEAD_A}transfer-encoding: chunked\r\n\r\n0\r\n\r\n")),
+        ("not HTTP", "HELLO THERE\r\n\r\n".to_string()),
+        ("space before colon", format!("GET / HTTP/1.1\r\n{HEAD_A}x-bad : 1\r\n\r\n")),
+    ] {
+        // A request that would be served follows on the same connection: it must not be.
+        let text = raw_exchange(&gw, format!("{head}GET /smuggled HTTP/1.1\r\n{HEAD_A}\r\n").as_bytes()).await;
+        assert!(text.starts_with("HTTP/1.1 400"), "{what}: {text}");
+        assert!(text.contains("\"code\":\"bad_request\"") && text.contains("connection: close\r\n"), "{what}: {text}");
+        assert!(!text.contains("HTTP/1.1 200"), "{what}: {text}");
+    }
+    // A chunked body that breaks mid-way fails that request and closes the connection.
+    let text = raw_exchange(
+        &gw,
+        format!("POST /upload HTTP/1.1\r\n{HEAD_A}transfer-encoding: chunked\r\n\r\n5\r\nhelloXX\r\nGET /smuggled HTTP/1.1\r\n{HEAD_A}\r\n").as_bytes(),
+    )
+    .await;
+    assert!(!text.contains("/smuggled"), "{text}");
+    assert_eq!(
+        gw.backend.requests(),
+        0,
+        "nothing reached the backend whole"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_mid_request_frees_its_slot() {
+    let gw = Gateway::start(&[tenant("tnt_a", &[A], 5)], "").await;
+    let mut s = TcpStream::connect(gw.running.addr).await.unwrap();
+    s.write_all(format!("GET /slow?ms=5000 HTTP/1.1\r\n{HEAD_A}\r\n").as_bytes())
+        .await
+        .unwrap();
+    eventually(5, || async { gw.in_flight("tnt_a").await == 1 }).await;
+    drop(s);
+    let started = std::time::Instant::now();
+    eventually(5, || async { gw.in_flight("tnt_a").await == 0 }).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the slot waited for the backend"
+    );
+}
