@@ -1,7 +1,9 @@
 //! The cache in front of every tenant store: the only way the request path reaches tenants.
 //!
-//! - **Hit**: a sharded concurrent map lookup (moka) and an `Arc` clone — no store I/O, no
-//!   global lock.
+//! - **Hit**: a lookup in the connection thread's own map of recent fresh answers, else in the
+//!   shared bounded cache (moka) — no store I/O, no global lock. The per-thread copies only ever
+//!   answer within their TTL and are dropped by any invalidation (a generation counter, bumped
+//!   before and after the shared cache forgets), so they change nothing but the cost of a hit.
 //! - **TTL**: an entry is fresh for `ttl`; unknown keys are remembered for `negative_ttl`, so
 //!   random keys cannot hammer the store.
 //! - **Stale-while-revalidate, bounded**: a known tenant past its TTL is still served (for at most
@@ -22,6 +24,7 @@
 //! Entries carry the tenant's concurrency counter ([`Slots`]) so the hot path finds it with the
 //! tenant, and every copy of one tenant shares the same counter.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -79,6 +82,18 @@ struct OriginEntry {
 }
 
 type Hasher = foldhash::fast::RandomState;
+
+/// One thread's copies of fresh answers from the shared cache, valid for one generation (any
+/// invalidation empties it). A hit here costs a hash of the key and no shared memory writes;
+/// moka's own hit path records every read for its eviction policy.
+#[derive(Default)]
+struct Recent {
+    generation: u64,
+    entries: HashMap<Arc<str>, Entry, Hasher>,
+}
+
+/// Most answers a thread keeps copies of; past it the copies start over.
+const RECENT_MAX: usize = 4096;
 type Fetch = Shared<BoxFuture<'static, Result<Resolved, StoreError>>>;
 
 /// The tenant cache. Cheap to share behind an `Arc`.
@@ -87,6 +102,8 @@ pub struct Directory {
     settings: CacheSettings,
     tenants: Cache<Arc<str>, Entry, Hasher>,
     origins: Cache<String, OriginEntry, Hasher>,
+    /// Fresh answers recently read from `tenants`, per thread ([`Recent`]).
+    recent: thread_local::ThreadLocal<RefCell<Recent>>,
     in_flight: Mutex<HashMap<Arc<str>, Fetch>>,
     slots: SlotRegistry,
     /// Bumped by every invalidation; a fetch writes back only if it is unchanged.
@@ -202,6 +219,7 @@ impl Directory {
             origins: Cache::builder()
                 .max_capacity(settings.max_entries.min(10_000))
                 .build_with_hasher(Hasher::default()),
+            recent: thread_local::ThreadLocal::new(),
             in_flight: Mutex::new(HashMap::new()),
             slots: SlotRegistry::default(),
             generation: AtomicU64::new(0),
@@ -229,27 +247,37 @@ impl Directory {
 
     /// Drops cached answers at once (store change notifications; tests feed it directly).
     pub fn invalidate(&self, change: Invalidation) {
+        // Before: a store query already running does not write back its answer. After: a
+        // thread that read the old entry just before it went keeps no copy of it ([`Recent`]).
         self.generation.fetch_add(1, Ordering::AcqRel);
         match change {
             Invalidation::Tenant(key) => self.tenants.invalidate(&key),
             Invalidation::All => self.tenants.invalidate_all(),
         }
+        self.generation.fetch_add(1, Ordering::AcqRel);
         // Any tenant change may add or remove an origin: the origin answers are few and cheap.
         self.origins.invalidate_all();
     }
 
     /// Resolves a (well-formed) tenant key.
     pub async fn resolve(self: &Arc<Self>, key: &str) -> Result<Resolved, StoreError> {
+        let generation = self.generation.load(Ordering::Acquire);
+        if let Some(value) = self.recent_hit(key, generation) {
+            self.stats.hits.inc();
+            return Ok(value);
+        }
         if let Some(entry) = self.tenants.get(key) {
             let age = entry.fetched.elapsed();
             match &entry.value {
                 Resolved::Unknown if age < self.settings.negative_ttl => {
                     self.stats.hits.inc();
+                    self.remember(key, &entry, generation);
                     return Ok(entry.value);
                 }
                 Resolved::Unknown => {}
                 _ if age < self.settings.ttl => {
                     self.stats.hits.inc();
+                    self.remember(key, &entry, generation);
                     return Ok(entry.value);
                 }
                 _ if age < self.settings.ttl + self.settings.max_stale => {
@@ -263,6 +291,33 @@ impl Directory {
             }
         }
         self.fetch_shared(key, true)?.0.await
+    }
+
+    /// This thread's copy of a fresh answer for `key`, if it has one from this generation.
+    fn recent_hit(&self, key: &str, generation: u64) -> Option<Resolved> {
+        let recent = self.recent.get()?.borrow();
+        if recent.generation != generation {
+            return None;
+        }
+        let entry = recent.entries.get(key)?;
+        let ttl = match entry.value {
+            Resolved::Unknown => self.settings.negative_ttl,
+            _ => self.settings.ttl,
+        };
+        (entry.fetched.elapsed() < ttl).then(|| entry.value.clone())
+    }
+
+    /// Keeps a copy of a fresh answer read at `generation`, unless an invalidation came since.
+    fn remember(&self, key: &str, entry: &Entry, generation: u64) {
+        if self.generation.load(Ordering::Acquire) != generation {
+            return;
+        }
+        let mut recent = self.recent.get_or_default().borrow_mut();
+        if recent.generation != generation || recent.entries.len() >= RECENT_MAX {
+            recent.entries.clear();
+            recent.generation = generation;
+        }
+        recent.entries.insert(Arc::from(key), entry.clone());
     }
 
     fn refresh_in_background(self: &Arc<Self>, key: &str) {
@@ -609,7 +664,13 @@ mod tests {
             ..Default::default()
         });
         let dir = Directory::new(store.clone(), settings(60_000));
-        assert!(active(&dir.resolve("tnt_a").await.unwrap()));
+        // A miss, a hit in the shared cache, then hits on this thread's copy.
+        for _ in 0..3 {
+            assert!(active(&dir.resolve("tnt_a").await.unwrap()));
+        }
+        assert!(dir
+            .recent_hit("tnt_a", dir.generation.load(Ordering::Acquire))
+            .is_some());
         store.active.store(false, Ordering::SeqCst);
         dir.invalidate(Invalidation::Tenant(Arc::from("tnt_a")));
         assert!(!active(&dir.resolve("tnt_a").await.unwrap()));

@@ -82,6 +82,8 @@ pub static INJECTED: [HeaderName; 7] = [
 pub struct Upstream {
     scheme: Scheme,
     authority: Authority,
+    /// The authority lower-cased: idle connections are pooled by it.
+    pool_key: Arc<str>,
     /// `host:port` to connect to (the port defaulted).
     addr: String,
     /// The `Host` header sent to it.
@@ -99,7 +101,7 @@ impl fmt::Debug for Upstream {
 impl Upstream {
     fn target(&self) -> Target<'_> {
         Target {
-            authority: &self.authority,
+            authority: &self.pool_key,
             addr: &self.addr,
             tls: self.tls.as_ref(),
         }
@@ -156,6 +158,7 @@ impl Upstream {
         };
         Ok(Upstream {
             scheme,
+            pool_key: Arc::from(authority.as_str().to_ascii_lowercase()),
             authority,
             addr,
             host,
@@ -391,7 +394,6 @@ impl Forwarder {
         let body = RequestBody::new(body, settings.max_body);
         Ok((upstream, Request::from_parts(parts, body)))
     }
-
 }
 
 /// The backend's answer, or the error response for a backend that failed or did not answer

@@ -195,7 +195,8 @@ struct AccessLog {
 
 static ACCESS: OnceLock<AccessLog> = OnceLock::new();
 
-/// Logs one request (when the access log is enabled).
+/// Logs one request (when the access log is enabled): the line is written straight into this
+/// thread's block of lines ([`LocalLines`]).
 pub fn access(r: &AccessRecord<'_>) {
     let Some(log) = ACCESS.get() else {
         // No logger installed by `init` (library use, tests): hand it to tracing.
@@ -203,58 +204,82 @@ pub fn access(r: &AccessRecord<'_>) {
             tenant = r.tenant, code = r.code, latency_us = r.latency_us, request_id = r.request_id, trace_id = r.trace_id);
         return;
     };
-    thread_local! {
-        static LINE: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(256));
+    gather(&log.batch, |line| write_access_line(line, r, log.json));
+}
+
+/// Appends what `write` writes to this thread's block of lines, handing the block over when it
+/// is full (or, on a thread that is exiting, straight to the batch).
+fn gather(batch: &Arc<Batch>, write: impl Fn(&mut Vec<u8>)) {
+    let buffered = LOCAL.try_with(|local| {
+        let mut local = local.borrow_mut();
+        if local.batch.is_none() {
+            local.batch = Some(batch.clone());
+            local.lines.reserve(LOCAL_BLOCK);
+        }
+        write(&mut local.lines);
+        if local.lines.len() >= LOCAL_BLOCK {
+            local.hand_over();
+        }
+    });
+    if buffered.is_err() {
+        let mut line = Vec::with_capacity(256);
+        write(&mut line);
+        batch.append(&line);
     }
+}
+
+/// Appends one access line, text (`key=value`, as tracing's formatter writes them) or JSON.
+fn write_access_line(line: &mut Vec<u8>, r: &AccessRecord<'_>, json: bool) {
     let mut n = itoa::Buffer::new();
     let mut m = itoa::Buffer::new();
+    // Method, status, code and latency never need quoting or escaping.
     let fields: [(&[u8], Field<'_>); 8] = [
         (b"method", Field::Bare(r.method)),
         (b"path", Field::Text(r.path)),
         (b"status", Field::Bare(n.format(r.status))),
         (b"tenant", Field::Text(r.tenant)),
-        (b"code", Field::Text(r.code)),
+        (b"code", Field::Quoted(r.code)),
         (b"latency_us", Field::Bare(m.format(r.latency_us))),
         (b"request_id", Field::Text(r.request_id)),
         (b"trace_id", Field::Text(r.trace_id)),
     ];
-    LINE.with(|line| {
-        let mut line = line.borrow_mut();
-        line.clear();
-        let mut ts = [0u8; 27];
-        let ts = rfc3339_micros(std::time::SystemTime::now(), &mut ts).as_bytes();
-        if log.json {
-            line.extend_from_slice(b"{\"timestamp\":\"");
-            line.extend_from_slice(ts);
-            line.extend_from_slice(b"\",\"level\":\"INFO\"");
-            for (name, value) in &fields {
-                line.extend_from_slice(b",\"");
-                line.extend_from_slice(name);
-                line.extend_from_slice(b"\":");
-                match value {
-                    Field::Bare(v) if v.bytes().all(|b| b.is_ascii_digit()) => {
-                        line.extend_from_slice(v.as_bytes())
-                    }
-                    Field::Bare(v) | Field::Text(v) => json_str(&mut line, v),
+    let mut ts = [0u8; 27];
+    let ts = rfc3339_micros(std::time::SystemTime::now(), &mut ts).as_bytes();
+    if json {
+        line.extend_from_slice(b"{\"timestamp\":\"");
+        line.extend_from_slice(ts);
+        line.extend_from_slice(b"\",\"level\":\"INFO\"");
+        for (name, value) in &fields {
+            line.extend_from_slice(b",\"");
+            line.extend_from_slice(name);
+            line.extend_from_slice(b"\":");
+            match value {
+                Field::Bare(v) if v.bytes().all(|b| b.is_ascii_digit()) => {
+                    line.extend_from_slice(v.as_bytes())
                 }
+                Field::Bare(v) | Field::Quoted(v) | Field::Text(v) => json_str(line, v),
             }
-            line.extend_from_slice(b",\"target\":\"tenantgate::access\"}\n");
-        } else {
-            line.extend_from_slice(ts);
-            line.extend_from_slice(b"  INFO tenantgate::access:");
-            for (name, value) in &fields {
-                line.push(b' ');
-                line.extend_from_slice(name);
-                line.push(b'=');
-                match value {
-                    Field::Bare(v) => line.extend_from_slice(v.as_bytes()),
-                    Field::Text(v) => quoted(&mut line, v),
-                }
-            }
-            line.push(b'\n');
         }
-        append_access(&log.batch, &line);
-    });
+        line.extend_from_slice(b",\"target\":\"tenantgate::access\"}\n");
+    } else {
+        line.extend_from_slice(ts);
+        line.extend_from_slice(b"  INFO tenantgate::access:");
+        for (name, value) in &fields {
+            line.push(b' ');
+            line.extend_from_slice(name);
+            line.push(b'=');
+            match value {
+                Field::Bare(v) => line.extend_from_slice(v.as_bytes()),
+                Field::Quoted(v) => {
+                    line.push(b'"');
+                    line.extend_from_slice(v.as_bytes());
+                    line.push(b'"');
+                }
+                Field::Text(v) => quoted(line, v),
+            }
+        }
+        line.push(b'\n');
+    }
 }
 
 /// Access lines gathered by one thread before they go to the shared batch together.
@@ -292,39 +317,38 @@ impl Drop for LocalLines {
     }
 }
 
-fn append_access(batch: &Arc<Batch>, line: &[u8]) {
-    let buffered = LOCAL.try_with(|local| {
-        let mut local = local.borrow_mut();
-        if local.batch.is_none() {
-            local.batch = Some(batch.clone());
-            local.lines.reserve(LOCAL_BLOCK);
-        }
-        local.lines.extend_from_slice(line);
-        if local.lines.len() >= LOCAL_BLOCK {
-            local.hand_over();
-        }
-    });
-    if buffered.is_err() {
-        // The thread is exiting: straight to the batch.
-        batch.append(line);
-    }
-}
-
 /// Hands the access lines this thread has gathered to the writer. Each runtime thread that
 /// serves requests calls it every [`FLUSH_EVERY`]; [`LogGuard`] calls it at exit.
 pub fn flush_thread() {
     let _ = LOCAL.try_with(|local| local.borrow_mut().hand_over());
 }
 
-/// A value of the access line: written as is (`method=GET`, numbers) or as a quoted string.
+/// A value of the access line: written as is (`method=GET`, numbers), as a quoted string known
+/// to need no escaping (the rejection codes), or as a quoted string escaped where needed.
 enum Field<'a> {
     Bare(&'a str),
+    Quoted(&'a str),
     Text(&'a str),
+}
+
+/// Whether `v` goes between quotes as it is, in text and in JSON: printable ASCII other than
+/// `"` and `\`. (A table lookup per byte: this runs on several fields of every access line.)
+fn is_plain(v: &str) -> bool {
+    const PLAIN: [bool; 256] = {
+        let mut table = [false; 256];
+        let mut b = 0x20;
+        while b < 0x7f {
+            table[b] = b != b'"' as usize && b != b'\\' as usize;
+            b += 1;
+        }
+        table
+    };
+    v.bytes().all(|b| PLAIN[b as usize])
 }
 
 /// A JSON string (escaped as JSON requires).
 fn json_str(line: &mut Vec<u8>, v: &str) {
-    if v.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if is_plain(v) {
         line.push(b'"');
         line.extend_from_slice(v.as_bytes());
         line.push(b'"');
@@ -335,9 +359,7 @@ fn json_str(line: &mut Vec<u8>, v: &str) {
 
 /// A quoted string as `{:?}` writes it (plain when nothing needs escaping, the common case).
 fn quoted(line: &mut Vec<u8>, v: &str) {
-    if v.bytes()
-        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
-    {
+    if is_plain(v) {
         line.push(b'"');
         line.extend_from_slice(v.as_bytes());
         line.push(b'"');
@@ -428,22 +450,22 @@ mod tests {
         let b = batch.clone();
         std::thread::spawn(move || {
             let waiting = || b.pending.lock().unwrap().bytes;
-            append_access(&b, b"one\n");
+            gather(&b, |l| l.extend_from_slice(b"one\n"));
             assert_eq!(waiting(), 0, "gathered on the thread");
             flush_thread();
             assert_eq!(waiting(), 4);
             let line = [b'x'; 1000];
             for _ in 0..LOCAL_BLOCK / 1000 {
-                append_access(&b, &line);
+                gather(&b, |l| l.extend_from_slice(&line));
             }
             assert_eq!(waiting(), 4, "below a block: still on the thread");
-            append_access(&b, &line);
+            gather(&b, |l| l.extend_from_slice(&line));
             assert_eq!(
                 waiting(),
                 4 + (LOCAL_BLOCK / 1000 + 1) * 1000,
                 "a full block goes at once"
             );
-            append_access(&b, b"two\n");
+            gather(&b, |l| l.extend_from_slice(b"two\n"));
         })
         .join()
         .unwrap();

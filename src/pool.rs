@@ -22,7 +22,6 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use http::uri::Authority;
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
@@ -58,11 +57,11 @@ pub enum SendError {
     Http(#[from] hyper::Error),
 }
 
-/// Where a request goes: the backend's authority (the pool key, with the scheme), the
+/// Where a request goes: the backend's authority lower-cased (the pool key, with the scheme), the
 /// `host:port` to connect to, and for `https://` the name its certificate must carry.
 #[derive(Clone, Copy)]
 pub struct Target<'a> {
-    pub authority: &'a Authority,
+    pub authority: &'a Arc<str>,
     pub addr: &'a str,
     pub tls: Option<&'a ServerName<'static>>,
 }
@@ -194,8 +193,9 @@ pub struct Lease {
 }
 
 /// Idle connections are kept per connection thread (a socket stays with the runtime that polls
-/// it) and per backend: TLS or not, and authority.
-type PoolKey = (usize, bool, Authority);
+/// it) and per backend: TLS or not, and authority (lower-cased once, when the backend URL was
+/// read: `http::uri::Authority` hashes byte by byte, twice per request here).
+type PoolKey = (usize, bool, Arc<str>);
 
 thread_local! {
     static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };

@@ -275,17 +275,23 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
             return id.clone();
         }
     }
-    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static PREFIX: OnceLock<[u8; 16]> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let prefix = *PREFIX.get_or_init(|| fastrand::u64(..));
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let prefix = PREFIX.get_or_init(|| hex16(fastrand::u64(..)));
     let mut id = [0u8; 32];
-    for (i, byte) in id.iter_mut().enumerate() {
-        let word = if i < 16 { prefix } else { n };
-        let nibble = (word >> (60 - 4 * (i % 16))) & 0xf;
-        *byte = b"0123456789abcdef"[nibble as usize];
-    }
+    id[..16].copy_from_slice(prefix);
+    id[16..].copy_from_slice(&hex16(COUNTER.fetch_add(1, Ordering::Relaxed)));
     HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// `n` as 16 lowercase hex digits.
+fn hex16(n: u64) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    for (i, byte) in n.to_be_bytes().into_iter().enumerate() {
+        out[2 * i] = b"0123456789abcdef"[usize::from(byte >> 4)];
+        out[2 * i + 1] = b"0123456789abcdef"[usize::from(byte & 0xf)];
+    }
+    out
 }
 
 #[cfg(test)]
