@@ -347,25 +347,12 @@ fn parse_head(buf: &mut BytesMut, is_head: bool) -> Result<Option<Head>, Exchang
         let status =
             StatusCode::from_u16(code).map_err(|_| ExchangeError::Protocol("bad status code"))?;
         let http11 = resp.version == Some(1);
-        // The names now; where each value sits in the head, so values can share its bytes.
-        let base = buf.as_ptr() as usize;
-        let mut names = Vec::with_capacity(resp.headers.len());
-        let mut spans = Vec::with_capacity(resp.headers.len());
-        for h in resp.headers.iter() {
-            let name = HeaderName::from_bytes(h.name.as_bytes())
-                .map_err(|_| ExchangeError::Protocol("invalid header name"))?;
-            let at = h.value.as_ptr() as usize - base;
-            names.push(name);
-            spans.push(at..at + h.value.len());
-        }
-        // Room for what the gateway adds (CORS, request id) without growing the map.
-        let mut headers = HeaderMap::with_capacity(names.len() + 6);
+        let mut stack = [Span::default(); STACK_SPANS];
+        let mut heap = Vec::new();
+        let spans = Span::record(resp.headers, buf, &mut stack, &mut heap);
         let bytes = buf.split_to(len).freeze();
-        for (name, span) in names.into_iter().zip(spans) {
-            let value = HeaderValue::from_maybe_shared(bytes.slice(span))
-                .map_err(|_| ExchangeError::Protocol("invalid header value"))?;
-            headers.append(name, value);
-        }
+        // Room for what the gateway adds (CORS, request id) without growing the map.
+        let headers = header_map(&bytes, spans, 6).map_err(ExchangeError::Protocol)?;
         let (framing, mut keep_alive) = framing(&headers, status, is_head)?;
         keep_alive &= http11 && !has_token(&headers, header::CONNECTION, "close");
         return Ok(Some(Head {
@@ -375,6 +362,66 @@ fn parse_head(buf: &mut BytesMut, is_head: bool) -> Result<Option<Head>, Exchang
             keep_alive,
         }));
     }
+}
+
+/// Header lines recorded without a heap allocation (see [`Span::record`]).
+pub(crate) const STACK_SPANS: usize = 64;
+
+/// Where a header line sits in its head: the name's and the value's offsets and lengths. Heads
+/// are parsed in place, then split off their read buffer; the header map is built from the
+/// split-off bytes, its values sharing them.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Span {
+    name_at: u32,
+    name_len: u32,
+    value_at: u32,
+    value_len: u32,
+}
+
+impl Span {
+    /// The places of `headers` (parsed from `head`), in `stack` when they fit.
+    pub(crate) fn record<'s>(
+        headers: &[httparse::Header<'_>],
+        head: &[u8],
+        stack: &'s mut [Span; STACK_SPANS],
+        heap: &'s mut Vec<Span>,
+    ) -> &'s [Span] {
+        let spans: &mut [Span] = if headers.len() <= STACK_SPANS {
+            &mut stack[..headers.len()]
+        } else {
+            heap.resize(headers.len(), Span::default());
+            heap
+        };
+        let base = head.as_ptr() as usize;
+        for (span, h) in spans.iter_mut().zip(headers) {
+            *span = Span {
+                name_at: (h.name.as_ptr() as usize - base) as u32,
+                name_len: h.name.len() as u32,
+                value_at: (h.value.as_ptr() as usize - base) as u32,
+                value_len: h.value.len() as u32,
+            };
+        }
+        spans
+    }
+}
+
+/// The header map of a head split off its buffer, with room for `extra` more lines.
+pub(crate) fn header_map(
+    head: &Bytes,
+    spans: &[Span],
+    extra: usize,
+) -> Result<HeaderMap, &'static str> {
+    let mut headers = HeaderMap::with_capacity(spans.len() + extra);
+    for s in spans {
+        let (name_at, value_at) = (s.name_at as usize, s.value_at as usize);
+        let name = HeaderName::from_bytes(&head[name_at..name_at + s.name_len as usize])
+            .map_err(|_| "invalid header name")?;
+        let value =
+            HeaderValue::from_maybe_shared(head.slice(value_at..value_at + s.value_len as usize))
+                .map_err(|_| "invalid header value")?;
+        headers.append(name, value);
+    }
+    Ok(headers)
 }
 
 /// How the body is delimited (RFC 9112 §6.3) and whether that allows reuse.

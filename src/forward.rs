@@ -240,11 +240,12 @@ impl Forwarder {
     ) -> Result<Response<BackendBody>, GatewayError> {
         let settings = self.settings.load_full();
         let (upstream, outgoing) = self.prepare(req, tenant, fwd, &settings)?;
-        let started = std::time::Instant::now();
+        // One clock read for both the response timeout and the upstream latency.
+        let started = tokio::time::Instant::now();
         let sent = self.pool.send(upstream.target(), outgoing);
         let mut resp = answered(
             upstream,
-            tokio::time::timeout(settings.response_timeout, sent).await,
+            tokio::time::timeout_at(started + settings.response_timeout, sent).await,
         )?;
         self.upstream_response
             .observe(started.elapsed().as_secs_f64());

@@ -37,7 +37,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -49,7 +49,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::body::{BodyError, Inbound, ProxyBody};
 use crate::error::GatewayError;
-use crate::exchange::{chunk_step, has_token, Chunk, Step};
+use crate::exchange::{chunk_step, has_token, header_map, Chunk, Span, Step, STACK_SPANS};
 use crate::proxy::{ClientConn, Gateway};
 
 /// Header lines parsed without a heap allocation; heads with more are parsed again with room
@@ -679,26 +679,14 @@ fn parse_request(
     };
     let method =
         Method::from_bytes(method.as_bytes()).map_err(|_| bad_request("invalid method"))?;
-    // The names now; where each value sits in the head, so values can share its bytes.
-    let base = buf.as_ptr() as usize;
-    let target_at = target.as_ptr() as usize - base..target.as_ptr() as usize - base + target.len();
-    let mut names = Vec::with_capacity(req.headers.len());
-    let mut spans = Vec::with_capacity(req.headers.len());
-    for h in req.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| bad_request("invalid header name"))?;
-        let at = h.value.as_ptr() as usize - base;
-        names.push(name);
-        spans.push(at..at + h.value.len());
-    }
+    let target_at = target.as_ptr() as usize - buf.as_ptr() as usize;
+    let target_at = target_at..target_at + target.len();
+    let mut stack = [Span::default(); STACK_SPANS];
+    let mut heap = Vec::new();
+    let spans = Span::record(req.headers, buf, &mut stack, &mut heap);
     let bytes = buf.split_to(len).freeze();
     // Room for what the gateway adds without growing the map.
-    let mut headers = HeaderMap::with_capacity(names.len() + 4);
-    for (name, span) in names.into_iter().zip(spans) {
-        let value = HeaderValue::from_maybe_shared(bytes.slice(span))
-            .map_err(|_| bad_request("invalid header value"))?;
-        headers.append(name, value);
-    }
+    let headers = header_map(&bytes, spans, 4).map_err(bad_request)?;
     let uri = Uri::from_maybe_shared(bytes.slice(target_at))
         .map_err(|_| bad_request("invalid request target"))?;
     let http10 = minor == 0;

@@ -23,7 +23,7 @@ use http::{Request, Response};
 
 use crate::body::{Inbound, ProxyBody};
 use crate::config::CorsSettings;
-use crate::directory::Directory;
+use crate::directory::{Directory, TenantEntry};
 use arc_swap::ArcSwap;
 
 use crate::error::GatewayError;
@@ -84,8 +84,11 @@ impl ClientConn {
 struct RequestContext {
     request_id: HeaderValue,
     trace: RequestTrace,
-    /// The tenant key, once it is known to be well-formed.
-    tenant: Option<Arc<str>>,
+    /// The tenant, once resolved (its key is logged without another reference count taken on
+    /// the tenant's data, which is rarely in cache).
+    entry: Option<Arc<TenantEntry>>,
+    /// The tenant key when the request got no further than naming it.
+    key: Option<Arc<str>>,
     /// The request's origin, once it is known to be allowed for the tenant.
     allowed_origin: Option<HeaderValue>,
 }
@@ -111,7 +114,8 @@ impl Gateway {
         let mut ctx = RequestContext {
             request_id: request_id(req.headers()),
             trace: self.tracer.start(req.headers(), &method, uri.path()),
-            tenant: None,
+            entry: None,
+            key: None,
             allowed_origin: None,
         };
 
@@ -129,12 +133,16 @@ impl Gateway {
         let code = rejected.map(GatewayError::code);
         let (status, elapsed) = (resp.status().as_u16(), started.elapsed());
         let request_id = ctx.request_id.to_str().unwrap_or("-");
+        let tenant = match &ctx.entry {
+            Some(entry) => Some(&*entry.tenant.key),
+            None => ctx.key.as_deref(),
+        };
         self.metrics.observe(status, code, elapsed);
         crate::logging::access(&crate::logging::AccessRecord {
             method: method.as_str(),
             path: uri.path(),
             status,
-            tenant: ctx.tenant.as_deref().unwrap_or("-"),
+            tenant: tenant.unwrap_or("-"),
             code: code.unwrap_or("-"),
             latency_us: elapsed.as_micros() as u64,
             request_id,
@@ -142,7 +150,7 @@ impl Gateway {
         });
         let outcome = crate::trace::Outcome {
             status,
-            tenant: ctx.tenant.as_deref(),
+            tenant,
             code,
             request_id,
         };
@@ -193,9 +201,9 @@ impl Gateway {
             .ok_or(GatewayError::TenantMissing)?;
         let entry = identify::resolve(&self.directory, key)
             .await
-            .inspect_err(|_| ctx.tenant = Some(Arc::from(key)))?;
+            .inspect_err(|_| ctx.key = Some(Arc::from(key)))?;
+        let entry = &*ctx.entry.insert(entry);
         let tenant = &entry.tenant;
-        ctx.tenant = Some(tenant.key.clone());
 
         // 2. cors
         ctx.allowed_origin =
@@ -236,7 +244,7 @@ impl Gateway {
             .map_err(|_| GatewayError::OriginNotAllowed)?;
         let allowed = match policy.key_sources.tenant_key(headers, req.uri())? {
             Some(key) => {
-                ctx.tenant = Some(Arc::from(key));
+                ctx.key = Some(Arc::from(key));
                 identify::resolve(&self.directory, key)
                     .await?
                     .tenant
