@@ -104,14 +104,17 @@ pub async fn serve(
     };
     let mut deadline = pin!(tokio::time::sleep(limits.header_read_timeout));
     let mut shutdown = pin!(closing.cancelled());
+    let mut watching = false;
     let mut first = true;
     loop {
-        let mut armed = false;
+        let mut due = None;
         let head = poll_fn(|cx| {
             let wait = HeadWait {
                 deadline: deadline.as_mut(),
-                armed: &mut armed,
+                due: &mut due,
                 shutdown: shutdown.as_mut(),
+                closing,
+                watching: &mut watching,
             };
             conn.poll_head(cx, wait, first)
         })
@@ -213,12 +216,20 @@ impl Sent {
     }
 }
 
-/// What waiting for a head is bounded by: the header read timeout (armed when the wait starts,
-/// so an idle keep-alive connection is on the same clock) and shutdown.
+/// What waiting for a head is bounded by: the header read timeout, counted from when the wait
+/// starts (so an idle keep-alive connection is on the same clock), and shutdown.
+///
+/// The connection's one timer is not moved for every request: moving a timer costs more than
+/// the rest of the wait. It stays where it is while it is still ahead; when it fires before the
+/// head is `due`, it is moved to `due` then.
 struct HeadWait<'a, 'b> {
     deadline: Pin<&'a mut Sleep>,
-    armed: &'a mut bool,
+    due: &'a mut Option<Instant>,
+    /// Polled once per connection: the registration lasts (the connection's task does not
+    /// change), and polling it again would take the token's lock on every request.
     shutdown: Pin<&'a mut tokio_util::sync::WaitForCancellationFuture<'b>>,
+    closing: &'b CancellationToken,
+    watching: &'a mut bool,
 }
 
 /// Why no request came out of the head.
@@ -292,18 +303,29 @@ impl Connection {
             // Waiting: an idle connection ends at shutdown; a head must be complete in time.
             let HeadWait {
                 mut deadline,
-                armed,
+                due,
                 shutdown,
+                closing,
+                watching,
             } = wait;
-            if r.buf.is_empty() && shutdown.poll(cx).is_ready() {
-                return Poll::Ready(Ok(None));
+            if r.buf.is_empty() {
+                if closing.is_cancelled() {
+                    return Poll::Ready(Ok(None));
+                }
+                if !*watching {
+                    *watching = true;
+                    if shutdown.poll(cx).is_ready() {
+                        return Poll::Ready(Ok(None));
+                    }
+                }
             }
-            if !*armed {
-                let timeout = self.limits.header_read_timeout;
-                deadline.as_mut().reset(Instant::now() + timeout);
-                *armed = true;
-            }
-            if deadline.poll(cx).is_ready() {
+            let due = *due.get_or_insert_with(|| Instant::now() + self.limits.header_read_timeout);
+            // The timer is never later than `due` (it is only ever set to an earlier wait's).
+            while deadline.as_mut().poll(cx).is_ready() {
+                if deadline.deadline() < due {
+                    deadline.as_mut().reset(due); // it was an earlier wait's
+                    continue;
+                }
                 return Poll::Ready(Err(if r.buf.is_empty() {
                     Refusal::Close
                 } else {

@@ -1400,3 +1400,28 @@ async fn a_client_that_goes_away_mid_request_frees_its_slot() {
         "the slot waited for the backend"
     );
 }
+
+#[tokio::test]
+async fn shutdown_closes_idle_keep_alive_connections_at_once() {
+    let gw = Gateway::start(
+        &[tenant("tnt_a", &[A], 5)],
+        "[server]\nshutdown_grace_secs = 30\n",
+    )
+    .await;
+    let mut s = TcpStream::connect(gw.running.addr).await.unwrap();
+    s.write_all(format!("GET /before HTTP/1.1\r\n{HEAD_A}\r\n").as_bytes())
+        .await
+        .unwrap();
+    read_until(&mut s, "/before").await;
+    let started = std::time::Instant::now();
+    gw.running.shutdown();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+        .await
+        .expect("the idle connection was closed")
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "waited for the grace period"
+    );
+}
