@@ -352,8 +352,13 @@ fn parse_head(buf: &mut BytesMut, is_head: bool) -> Result<Option<Head>, Exchang
         let spans = Span::record(resp.headers, buf, &mut stack, &mut heap);
         let bytes = buf.split_to(len).freeze();
         // Room for what the gateway adds (CORS, request id) without growing the map.
-        let headers = header_map(&bytes, spans, 6).map_err(ExchangeError::Protocol)?;
+        let mut headers = header_map(&bytes, spans, 6).map_err(ExchangeError::Protocol)?;
         let (framing, mut keep_alive) = framing(&headers, status, is_head)?;
+        if matches!(framing, Framing::Chunked(_)) {
+            // Chunked overrides a `Content-Length` sent with it, which must not travel on
+            // (RFC 9112 §6.3).
+            headers.remove(header::CONTENT_LENGTH);
+        }
         keep_alive &= http11 && !has_token(&headers, header::CONNECTION, "close");
         return Ok(Some(Head {
             status,

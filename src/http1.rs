@@ -413,10 +413,10 @@ impl Connection {
             || parts.status.is_informational()
             || parts.status == StatusCode::NO_CONTENT
             || parts.status == StatusCode::NOT_MODIFIED;
+        // The length is the body's own (a backend's `Content-Length` framed it); the response's
+        // `Content-Length` header is written from it, never passed through.
         let framing = if bodiless {
             Framing::None
-        } else if let Some(n) = declared_length(&parts.headers) {
-            Framing::Length(n)
         } else if let Some(n) = body.size_hint().exact() {
             Framing::Length(n)
         } else if !req.http10 {
@@ -566,22 +566,8 @@ enum Framing {
     UntilClose,
 }
 
-/// The response's own `Content-Length`, when it has exactly one valid value.
-fn declared_length(headers: &HeaderMap) -> Option<u64> {
-    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
-    let value = values.next()?;
-    if values.next().is_some() {
-        return None;
-    }
-    let text = value.to_str().ok()?;
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    text.parse().ok()
-}
-
 /// The status line and headers. The gateway owns the framing headers: `Content-Length` from
-/// [`Framing`] (the response's own when valid), `Transfer-Encoding: chunked`, `Connection`.
+/// [`Framing`] (a bodiless answer keeps its own), `Transfer-Encoding: chunked`, `Connection`.
 fn write_head(
     out: &mut Vec<u8>,
     parts: &http::response::Parts,

@@ -859,6 +859,8 @@ async fn scripted_backend() -> std::net::SocketAddr {
                     "/huge-head" => format!("HTTP/1.1 200 OK\r\nx-big: {}\r\ncontent-length: 2\r\n\r\nok", "a".repeat(70 * 1024)).into_bytes(),
                     "/chunked" => b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n6;note=x\r\nhello \r\n5\r\nworld\r\n0\r\nx-checksum: 1\r\n\r\n".to_vec(),
                     "/until-close" => b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nall of it".to_vec(),
+                    // Both framings: chunked wins and the length must not travel on.
+                    "/chunked-and-length" => b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n".to_vec(),
                     "/truncated" => b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly this".to_vec(),
                     _ => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
                 };
@@ -894,6 +896,8 @@ async fn backend_answers_are_framed_strictly_and_early_answers_are_heard() {
     assert_eq!((r.status.as_u16(), &r.body[..]), (200, &b"hello world"[..]));
     let r = get("/until-close").await;
     assert_eq!((r.status.as_u16(), &r.body[..]), (200, &b"all of it"[..]));
+    let r = get("/chunked-and-length").await;
+    assert_eq!((r.status.as_u16(), &r.body[..]), (200, &b"hello world"[..]));
 
     // Heads the gateway cannot trust are a 502, never passed on.
     for path in ["/conflicting-length", "/not-http", "/huge-head"] {
