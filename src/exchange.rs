@@ -37,8 +37,6 @@ const MAX_HEADERS: usize = 128;
 const WRITE_BATCH: usize = 64 * 1024;
 /// Buffer allocated for reads from a backend.
 const READ_CHUNK: usize = 16 * 1024;
-/// Smallest free space a read is made into.
-const MIN_READ: usize = 2 * 1024;
 
 /// Why an exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -289,7 +287,7 @@ fn poll_head(
         if conn.read_buf.len() >= MAX_HEAD_BYTES {
             return Poll::Ready(Err(ExchangeError::Protocol("response head too large")));
         }
-        make_room(&mut conn.read_buf);
+        make_room(&mut conn.read_buf, READ_CHUNK);
         match poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.read_buf) {
             Poll::Ready(Ok(0)) => {
                 return Poll::Ready(Err(match write_error.take() {
@@ -311,11 +309,19 @@ fn poll_head(
     }
 }
 
-/// Room for the next read. The buffer keeps the unused tail of its allocation after heads and
-/// bodies are split off it, so most reads need no new allocation.
-fn make_room(buf: &mut BytesMut) {
-    if buf.capacity() - buf.len() < MIN_READ {
-        buf.reserve(READ_CHUNK);
+/// Room for the next read, allocated `chunk` bytes at a time. The buffer keeps the unused tail
+/// of its allocation after heads and bodies are split off it, so most reads need no new
+/// allocation; an empty buffer goes back to the front of its allocation once nothing else holds
+/// a part of it, so that one message after another lands in the same, still cached, memory
+/// rather than walking through the whole allocation.
+pub(crate) fn make_room(buf: &mut BytesMut, chunk: usize) {
+    if buf.is_empty() {
+        // Asking for more than the tail holds moves an unshared buffer to its front (and does
+        // nothing to a shared one).
+        let _ = buf.try_reclaim(buf.capacity() + 1);
+    }
+    if buf.capacity() - buf.len() < chunk / 8 {
+        buf.reserve(chunk);
     }
 }
 
@@ -568,7 +574,7 @@ impl BackendBody {
             if conn.read_buf.len() >= MAX_HEAD_BYTES {
                 return Poll::Ready(Some(Err(ExchangeError::Protocol("chunk line too long"))));
             }
-            make_room(&mut conn.read_buf);
+            make_room(&mut conn.read_buf, READ_CHUNK);
             match poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.read_buf) {
                 Poll::Ready(Ok(0)) if self.framing == Framing::UntilClose => {
                     self.reusable = false;
@@ -788,6 +794,21 @@ mod tests {
         let mut partial = BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-le"[..]);
         assert!(parse_head(&mut partial, false).unwrap().is_none());
         assert_eq!(partial.len(), 27, "nothing consumed");
+    }
+
+    #[test]
+    fn an_emptied_buffer_reads_into_the_front_of_its_allocation_again() {
+        let mut buf = BytesMut::new();
+        make_room(&mut buf, 1024);
+        let front = buf.as_ptr();
+        buf.extend_from_slice(&[b'x'; 300]);
+        let head = buf.split_to(300).freeze();
+        make_room(&mut buf, 1024);
+        assert_ne!(buf.as_ptr(), front, "the head still holds the front");
+        drop(head);
+        make_room(&mut buf, 1024);
+        assert_eq!(buf.as_ptr(), front);
+        assert!(buf.capacity() >= 1024);
     }
 
     #[test]

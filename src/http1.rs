@@ -49,7 +49,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::body::{BodyError, Inbound, ProxyBody};
 use crate::error::GatewayError;
-use crate::exchange::{chunk_step, has_token, header_map, Chunk, Span, Step, STACK_SPANS};
+use crate::exchange::{
+    chunk_step, has_token, header_map, make_room, Chunk, Span, Step, STACK_SPANS,
+};
 use crate::proxy::{ClientConn, Gateway};
 
 /// Header lines parsed without a heap allocation; heads with more are parsed again with room
@@ -59,8 +61,6 @@ const STACK_HEADERS: usize = 64;
 const MAX_HEADERS: usize = 1_000;
 /// Buffer allocated for reads from a client.
 const READ_CHUNK: usize = 8 * 1024;
-/// Smallest free space a read is made into.
-const MIN_READ: usize = 1024;
 /// Response bytes gathered into one write.
 const WRITE_BATCH: usize = 64 * 1024;
 /// Longest chunk-size or trailer line accepted in a chunked request body.
@@ -285,7 +285,7 @@ impl Connection {
                     return Poll::Ready(Err(Refusal::Answer(GatewayError::HeadersTooLarge)));
                 }
             }
-            make_room(&mut r.buf);
+            make_room(&mut r.buf, READ_CHUNK);
             let r = &mut *r;
             match poll_read_buf(Pin::new(&mut r.io), cx, &mut r.buf) {
                 Poll::Ready(Ok(0)) if r.buf.is_empty() => return Poll::Ready(Ok(None)),
@@ -372,7 +372,7 @@ impl Connection {
     fn poll_client_gone(&self, cx: &mut Context<'_>) -> bool {
         let mut r = self.lock();
         while r.body == BodyState::Done && r.buf.len() < self.limits.head_bytes {
-            make_room(&mut r.buf);
+            make_room(&mut r.buf, READ_CHUNK);
             let r = &mut *r;
             match poll_read_buf(Pin::new(&mut r.io), cx, &mut r.buf) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return true,
@@ -526,7 +526,7 @@ impl Connection {
             let mut dropped = 0;
             while dropped < LINGER_BYTES {
                 r.buf.clear();
-                make_room(&mut r.buf);
+                make_room(&mut r.buf, READ_CHUNK);
                 match tokio_util::io::read_buf(&mut r.io, &mut r.buf).await {
                     Ok(0) | Err(_) => return,
                     Ok(n) => dropped += n,
@@ -641,13 +641,6 @@ fn http_date() -> [u8; 29] {
         cached.set((second, text));
         text
     })
-}
-
-/// Room for the next read; the unused tail of the allocation is used first.
-fn make_room(buf: &mut BytesMut) {
-    if buf.capacity() - buf.len() < MIN_READ {
-        buf.reserve(READ_CHUNK);
-    }
 }
 
 /// Parses a request head at the start of `buf` and removes it from there; `None` until the
@@ -844,7 +837,7 @@ impl ClientBody {
                     }
                 },
             }
-            make_room(&mut r.buf);
+            make_room(&mut r.buf, READ_CHUNK);
             match poll_read_buf(Pin::new(&mut r.io), cx, &mut r.buf) {
                 Poll::Ready(Ok(0)) => {
                     r.body = BodyState::Broken;
