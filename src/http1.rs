@@ -232,6 +232,16 @@ struct HeadWait<'a, 'b> {
     watching: &'a mut bool,
 }
 
+/// The next request on the connection, and how its response must go out.
+type Next = (Request<Inbound>, Sent);
+
+/// A parsed request head: the request (its body still on the wire), and its body's framing.
+struct Parsed {
+    req: Request<()>,
+    head: Sent,
+    framing: BodyState,
+}
+
 /// Why no request came out of the head.
 enum Refusal {
     /// Answered with this error, then the connection closes.
@@ -255,12 +265,12 @@ impl Connection {
         cx: &mut Context<'_>,
         wait: HeadWait<'_, '_>,
         first: bool,
-    ) -> Poll<Result<Option<(Request<Inbound>, Sent)>, Refusal>> {
+    ) -> Poll<Result<Option<Next>, Refusal>> {
         let mut r = self.lock();
         loop {
             if !r.buf.is_empty() {
                 match parse_request(&mut r.buf, first) {
-                    Ok(Some((req, head, framing))) => {
+                    Ok(Some(Parsed { req, head, framing })) => {
                         r.body = framing;
                         r.expect = if head.expect {
                             Expect::Waiting
@@ -645,11 +655,7 @@ fn http_date() -> [u8; 29] {
 
 /// Parses a request head at the start of `buf` and removes it from there; `None` until the
 /// head is complete.
-#[allow(clippy::type_complexity)]
-fn parse_request(
-    buf: &mut BytesMut,
-    first: bool,
-) -> Result<Option<(Request<()>, Sent, BodyState)>, Refusal> {
+fn parse_request(buf: &mut BytesMut, first: bool) -> Result<Option<Parsed>, Refusal> {
     if first && buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(buf) {
         return Ok(None); // maybe HTTP/2's preface, still arriving
     }
@@ -695,7 +701,7 @@ fn parse_request(
     if method == Method::CONNECT || crate::forward::is_upgrade(&headers) {
         return Err(Refusal::Handoff(bytes));
     }
-    let framing = body_framing(&headers, http10).map_err(|why| bad_request(why))?;
+    let framing = body_framing(&headers, http10).map_err(bad_request)?;
     let keep_alive = if http10 {
         has_token(&headers, header::CONNECTION, "keep-alive")
             && !has_token(&headers, header::CONNECTION, "close")
@@ -722,7 +728,11 @@ fn parse_request(
         Version::HTTP_11
     };
     *request.headers_mut() = headers;
-    Ok(Some((request, head, framing)))
+    Ok(Some(Parsed {
+        req: request,
+        head,
+        framing,
+    }))
 }
 
 fn bad_request(why: &str) -> Refusal {
