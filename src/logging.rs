@@ -174,7 +174,10 @@ fn write_out(batch: &Batch) -> bool {
 }
 
 /// One request, as logged.
+/// `method`, `status`, `code`, `latency_us` and `trace_id` never need escaping and are written
+/// as they are; `path`, `tenant` and `request_id` are escaped when needed.
 pub struct AccessRecord<'a> {
+    /// An HTTP method token.
     pub method: &'a str,
     /// Path only: query strings may carry secrets.
     pub path: &'a str,
@@ -184,7 +187,7 @@ pub struct AccessRecord<'a> {
     pub code: &'a str,
     pub latency_us: u64,
     pub request_id: &'a str,
-    /// 32 hex digits ([`crate::trace`]).
+    /// 32 hex digits ([`crate::trace`]) or `-`: written without escaping.
     pub trace_id: &'a str,
 }
 
@@ -229,58 +232,65 @@ fn gather(batch: &Arc<Batch>, write: impl Fn(&mut Vec<u8>)) {
 }
 
 /// Appends one access line, text (`key=value`, as tracing's formatter writes them) or JSON.
+/// The fixed parts between the values are written whole ([`TEXT`], [`JSON`]); only the values
+/// that can need escaping (path, tenant, request id) are checked.
 fn write_access_line(line: &mut Vec<u8>, r: &AccessRecord<'_>, json: bool) {
-    let mut n = itoa::Buffer::new();
-    let mut m = itoa::Buffer::new();
-    // Method, status, code and latency never need quoting or escaping.
-    let fields: [(&[u8], Field<'_>); 8] = [
-        (b"method", Field::Bare(r.method)),
-        (b"path", Field::Text(r.path)),
-        (b"status", Field::Bare(n.format(r.status))),
-        (b"tenant", Field::Text(r.tenant)),
-        (b"code", Field::Quoted(r.code)),
-        (b"latency_us", Field::Bare(m.format(r.latency_us))),
-        (b"request_id", Field::Text(r.request_id)),
-        (b"trace_id", Field::Text(r.trace_id)),
-    ];
     let mut ts = [0u8; 27];
     let ts = rfc3339_micros(std::time::SystemTime::now(), &mut ts).as_bytes();
-    if json {
-        line.extend_from_slice(b"{\"timestamp\":\"");
-        line.extend_from_slice(ts);
-        line.extend_from_slice(b"\",\"level\":\"INFO\"");
-        for (name, value) in &fields {
-            line.extend_from_slice(b",\"");
-            line.extend_from_slice(name);
-            line.extend_from_slice(b"\":");
-            match value {
-                Field::Bare(v) if v.bytes().all(|b| b.is_ascii_digit()) => {
-                    line.extend_from_slice(v.as_bytes())
-                }
-                Field::Bare(v) | Field::Quoted(v) | Field::Text(v) => json_str(line, v),
-            }
-        }
-        line.extend_from_slice(b",\"target\":\"tenantgate::access\"}\n");
+    let (mut status, mut latency) = (itoa::Buffer::new(), itoa::Buffer::new());
+    let (seps, escaped): (&[&[u8]; 10], fn(&mut Vec<u8>, &str)) = if json {
+        (&JSON, json_escaped)
     } else {
-        line.extend_from_slice(ts);
-        line.extend_from_slice(b"  INFO tenantgate::access:");
-        for (name, value) in &fields {
-            line.push(b' ');
-            line.extend_from_slice(name);
-            line.push(b'=');
-            match value {
-                Field::Bare(v) => line.extend_from_slice(v.as_bytes()),
-                Field::Quoted(v) => {
-                    line.push(b'"');
-                    line.extend_from_slice(v.as_bytes());
-                    line.push(b'"');
-                }
-                Field::Text(v) => quoted(line, v),
-            }
-        }
-        line.push(b'\n');
-    }
+        (&TEXT, text_escaped)
+    };
+    line.extend_from_slice(seps[0]);
+    line.extend_from_slice(ts);
+    line.extend_from_slice(seps[1]);
+    line.extend_from_slice(r.method.as_bytes());
+    line.extend_from_slice(seps[2]);
+    escaped(line, r.path);
+    line.extend_from_slice(seps[3]);
+    line.extend_from_slice(status.format(r.status).as_bytes());
+    line.extend_from_slice(seps[4]);
+    escaped(line, r.tenant);
+    line.extend_from_slice(seps[5]);
+    line.extend_from_slice(r.code.as_bytes());
+    line.extend_from_slice(seps[6]);
+    line.extend_from_slice(latency.format(r.latency_us).as_bytes());
+    line.extend_from_slice(seps[7]);
+    escaped(line, r.request_id);
+    line.extend_from_slice(seps[8]);
+    line.extend_from_slice(r.trace_id.as_bytes());
+    line.extend_from_slice(seps[9]);
 }
+
+/// What goes around the values of a text access line.
+const TEXT: [&[u8]; 10] = [
+    b"",
+    b"  INFO tenantgate::access: method=",
+    b" path=\"",
+    b"\" status=",
+    b" tenant=\"",
+    b"\" code=\"",
+    b"\" latency_us=",
+    b" request_id=\"",
+    b"\" trace_id=\"",
+    b"\"\n",
+];
+
+/// What goes around the values of a JSON access line.
+const JSON: [&[u8]; 10] = [
+    b"{\"timestamp\":\"",
+    b"\",\"level\":\"INFO\",\"method\":\"",
+    b"\",\"path\":\"",
+    b"\",\"status\":",
+    b",\"tenant\":\"",
+    b"\",\"code\":\"",
+    b"\",\"latency_us\":",
+    b",\"request_id\":\"",
+    b"\",\"trace_id\":\"",
+    b"\",\"target\":\"tenantgate::access\"}\n",
+];
 
 /// Access lines gathered by one thread before they go to the shared batch together.
 const LOCAL_BLOCK: usize = 16 * 1024;
@@ -323,14 +333,6 @@ pub fn flush_thread() {
     let _ = LOCAL.try_with(|local| local.borrow_mut().hand_over());
 }
 
-/// A value of the access line: written as is (`method=GET`, numbers), as a quoted string known
-/// to need no escaping (the rejection codes), or as a quoted string escaped where needed.
-enum Field<'a> {
-    Bare(&'a str),
-    Quoted(&'a str),
-    Text(&'a str),
-}
-
 /// Whether `v` goes between quotes as it is, in text and in JSON: printable ASCII other than
 /// `"` and `\`. (A table lookup per byte: this runs on several fields of every access line.)
 fn is_plain(v: &str) -> bool {
@@ -346,25 +348,24 @@ fn is_plain(v: &str) -> bool {
     v.bytes().all(|b| PLAIN[b as usize])
 }
 
-/// A JSON string (escaped as JSON requires).
-fn json_str(line: &mut Vec<u8>, v: &str) {
+/// The inside of a JSON string (escaped as JSON requires).
+fn json_escaped(line: &mut Vec<u8>, v: &str) {
     if is_plain(v) {
-        line.push(b'"');
         line.extend_from_slice(v.as_bytes());
-        line.push(b'"');
     } else {
-        let _ = serde_json::to_writer(&mut *line, v);
+        let quoted = serde_json::Value::from(v).to_string();
+        line.extend_from_slice(quoted[1..quoted.len() - 1].as_bytes());
     }
 }
 
-/// A quoted string as `{:?}` writes it (plain when nothing needs escaping, the common case).
-fn quoted(line: &mut Vec<u8>, v: &str) {
+/// The inside of a quoted string as `{:?}` writes it (as is when nothing needs escaping, the
+/// common case).
+fn text_escaped(line: &mut Vec<u8>, v: &str) {
     if is_plain(v) {
-        line.push(b'"');
         line.extend_from_slice(v.as_bytes());
-        line.push(b'"');
     } else {
-        let _ = write!(line, "{v:?}");
+        let quoted = format!("{v:?}");
+        line.extend_from_slice(quoted[1..quoted.len() - 1].as_bytes());
     }
 }
 
@@ -498,15 +499,44 @@ mod tests {
     }
 
     #[test]
-    fn access_fields_are_escaped_only_when_needed() {
+    fn access_lines_are_whole_and_escape_only_what_needs_it() {
+        let record = |path, request_id| AccessRecord {
+            method: "GET",
+            path,
+            status: 200,
+            tenant: "tnt_a",
+            code: "-",
+            latency_us: 1234,
+            request_id,
+            trace_id: "0af7651916cd43dd8448eb211c80319c",
+        };
         let mut line = Vec::new();
-        json_str(&mut line, "/a\"b");
-        quoted(&mut line, "/plain");
-        quoted(&mut line, "tab\there");
+        write_access_line(&mut line, &record("/plain", "id-1"), false);
+        let text = String::from_utf8(line).unwrap();
         assert_eq!(
-            String::from_utf8(line).unwrap(),
-            r#""/a\"b""/plain""tab\there""#
+            &text[27..],
+            "  INFO tenantgate::access: method=GET path=\"/plain\" status=200 tenant=\"tnt_a\" \
+             code=\"-\" latency_us=1234 request_id=\"id-1\" trace_id=\"0af7651916cd43dd8448eb211c80319c\"\n"
         );
+        let mut line = Vec::new();
+        write_access_line(&mut line, &record("/a\"b\tc", "x\\y"), false);
+        let text = String::from_utf8(line).unwrap();
+        assert!(text.contains(r#" path="/a\"b\tc" "#), "{text}");
+        assert!(text.contains(r#" request_id="x\\y" "#), "{text}");
+
+        let mut line = Vec::new();
+        write_access_line(&mut line, &record("/a\"b\tc", "x\\y"), true);
+        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(v["path"], "/a\"b\tc");
+        assert_eq!(v["request_id"], "x\\y");
+        assert_eq!(
+            (v["status"].as_u64(), v["latency_us"].as_u64()),
+            (Some(200), Some(1234))
+        );
+        assert_eq!(v["method"], "GET");
+        assert_eq!(v["target"], "tenantgate::access");
+        assert_eq!(v["level"], "INFO");
+        assert!(line.ends_with(b"}\n"));
     }
 
     #[test]
