@@ -238,7 +238,7 @@ fn write_access_line(line: &mut Vec<u8>, r: &AccessRecord<'_>, json: bool) {
     let mut ts = [0u8; 27];
     let ts = rfc3339_micros(std::time::SystemTime::now(), &mut ts).as_bytes();
     let (mut status, mut latency) = (itoa::Buffer::new(), itoa::Buffer::new());
-    let (seps, escaped): (&[&[u8]; 10], fn(&mut Vec<u8>, &str)) = if json {
+    let (seps, escaped): (&Separators, Escape) = if json {
         (&JSON, json_escaped)
     } else {
         (&TEXT, text_escaped)
@@ -264,8 +264,13 @@ fn write_access_line(line: &mut Vec<u8>, r: &AccessRecord<'_>, json: bool) {
     line.extend_from_slice(seps[9]);
 }
 
+/// The fixed parts of an access line, before, between and after its values.
+type Separators = [&'static [u8]; 10];
+/// Writes a value that may need escaping.
+type Escape = fn(&mut Vec<u8>, &str);
+
 /// What goes around the values of a text access line.
-const TEXT: [&[u8]; 10] = [
+const TEXT: Separators = [
     b"",
     b"  INFO tenantgate::access: method=",
     b" path=\"",
@@ -279,7 +284,7 @@ const TEXT: [&[u8]; 10] = [
 ];
 
 /// What goes around the values of a JSON access line.
-const JSON: [&[u8]; 10] = [
+const JSON: Separators = [
     b"{\"timestamp\":\"",
     b"\",\"level\":\"INFO\",\"method\":\"",
     b"\",\"path\":\"",
@@ -354,7 +359,7 @@ fn json_escaped(line: &mut Vec<u8>, v: &str) {
         line.extend_from_slice(v.as_bytes());
     } else {
         let quoted = serde_json::Value::from(v).to_string();
-        line.extend_from_slice(quoted[1..quoted.len() - 1].as_bytes());
+        line.extend_from_slice(&quoted.as_bytes()[1..quoted.len() - 1]);
     }
 }
 
@@ -365,7 +370,7 @@ fn text_escaped(line: &mut Vec<u8>, v: &str) {
         line.extend_from_slice(v.as_bytes());
     } else {
         let quoted = format!("{v:?}");
-        line.extend_from_slice(quoted[1..quoted.len() - 1].as_bytes());
+        line.extend_from_slice(&quoted.as_bytes()[1..quoted.len() - 1]);
     }
 }
 
