@@ -59,9 +59,9 @@ pub struct Failed {
     pub nothing_received: bool,
 }
 
-/// How the response body is delimited.
+/// How a body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
+pub(crate) enum Framing {
     Empty,
     Length(u64),
     Chunked(Chunk),
@@ -69,7 +69,7 @@ enum Framing {
     UntilClose,
 }
 
-/// Where the chunked decoder is (for response bodies here, request bodies in [`crate::http1`]).
+/// Where the chunked decoder is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Chunk {
     Size,
@@ -533,42 +533,22 @@ impl BackendBody {
                 return Poll::Ready(None);
             };
             let conn = lease.conn_mut();
-            let buf = &mut conn.read_buf;
-            match self.framing {
-                Framing::Empty => return Poll::Ready(None),
-                Framing::Length(left) if !buf.is_empty() => {
-                    let n = left.min(buf.len() as u64);
-                    let data = buf.split_to(n as usize).freeze();
-                    if n == left {
+            match decode(&mut conn.read_buf, &mut self.framing) {
+                Ok(Decoded::Data(data)) => {
+                    if self.framing == Framing::Empty {
                         self.finish();
-                    } else {
-                        self.framing = Framing::Length(left - n);
                     }
                     return Poll::Ready(Some(Ok(data)));
                 }
-                Framing::UntilClose if !buf.is_empty() => {
-                    return Poll::Ready(Some(Ok(buf.split().freeze())));
+                Ok(Decoded::End) => {
+                    self.finish();
+                    return Poll::Ready(None);
                 }
-                Framing::Chunked(state) => match chunk_step(buf, state) {
-                    Ok(Some(Step::Next(next))) => {
-                        self.framing = Framing::Chunked(next);
-                        continue;
-                    }
-                    Ok(Some(Step::Data(data, next))) => {
-                        self.framing = Framing::Chunked(next);
-                        return Poll::Ready(Some(Ok(data)));
-                    }
-                    Ok(Some(Step::End)) => {
-                        self.finish();
-                        return Poll::Ready(None);
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        self.lease = None;
-                        return Poll::Ready(Some(Err(e)));
-                    }
-                },
-                Framing::Length(_) | Framing::UntilClose => {}
+                Ok(Decoded::More) => {}
+                Err(e) => {
+                    self.lease = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
             }
             // More bytes needed.
             if conn.read_buf.len() >= MAX_HEAD_BYTES {
@@ -598,14 +578,58 @@ impl BackendBody {
     }
 }
 
+/// What the buffered bytes give of a body.
+pub(crate) enum Decoded {
+    Data(Bytes),
+    End,
+    /// More bytes must be read first.
+    More,
+}
+
+/// The next piece of a body framed by `framing` from what `buf` holds, advancing `framing`
+/// (to `Empty` once the body is complete). Response bodies here, request bodies in
+/// [`crate::http1`].
+pub(crate) fn decode(buf: &mut BytesMut, framing: &mut Framing) -> Result<Decoded, ExchangeError> {
+    loop {
+        match *framing {
+            Framing::Empty => return Ok(Decoded::End),
+            Framing::Length(left) if !buf.is_empty() => {
+                let n = left.min(buf.len() as u64);
+                *framing = if n == left {
+                    Framing::Empty
+                } else {
+                    Framing::Length(left - n)
+                };
+                return Ok(Decoded::Data(buf.split_to(n as usize).freeze()));
+            }
+            Framing::UntilClose if !buf.is_empty() => {
+                return Ok(Decoded::Data(buf.split().freeze()))
+            }
+            Framing::Chunked(state) => match chunk_step(buf, state)? {
+                Some(Step::Next(next)) => *framing = Framing::Chunked(next),
+                Some(Step::Data(data, next)) => {
+                    *framing = Framing::Chunked(next);
+                    return Ok(Decoded::Data(data));
+                }
+                Some(Step::End) => {
+                    *framing = Framing::Empty;
+                    return Ok(Decoded::End);
+                }
+                None => return Ok(Decoded::More),
+            },
+            Framing::Length(_) | Framing::UntilClose => return Ok(Decoded::More),
+        }
+    }
+}
+
 /// One step of the chunked decoder over what is buffered; `None` when it needs more bytes.
-pub(crate) enum Step {
+enum Step {
     Next(Chunk),
     Data(Bytes, Chunk),
     End,
 }
 
-pub(crate) fn chunk_step(buf: &mut BytesMut, state: Chunk) -> Result<Option<Step>, ExchangeError> {
+fn chunk_step(buf: &mut BytesMut, state: Chunk) -> Result<Option<Step>, ExchangeError> {
     Ok(Some(match state {
         Chunk::Size => match httparse::parse_chunk_size(buf) {
             Ok(httparse::Status::Complete((used, size))) => {

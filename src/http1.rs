@@ -50,7 +50,7 @@ use tokio_util::sync::CancellationToken;
 use crate::body::{BodyError, Inbound, ProxyBody};
 use crate::error::GatewayError;
 use crate::exchange::{
-    chunk_step, has_token, header_map, make_room, Chunk, Span, Step, STACK_SPANS,
+    decode, has_token, header_map, make_room, Chunk, Decoded, Framing, Span, STACK_SPANS,
 };
 use crate::proxy::{ClientConn, Gateway};
 
@@ -95,7 +95,7 @@ pub async fn serve(
         reader: Arc::new(Mutex::new(Reader {
             io: read,
             buf: BytesMut::new(),
-            body: BodyState::Done,
+            body: BodyState::DONE,
             expect: Expect::No,
         })),
         write,
@@ -176,12 +176,15 @@ struct Reader {
 /// What is left of the current request's body on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum BodyState {
-    /// Nothing: the next bytes are the next request.
-    Done,
-    Length(u64),
-    Chunked(Chunk),
+    /// Sized or chunked ([`Framing::Empty`] once read to its end).
+    Framed(Framing),
     /// The body failed mid-way; the connection cannot be reused.
     Broken,
+}
+
+impl BodyState {
+    /// Nothing left: the next bytes are the next request.
+    const DONE: BodyState = BodyState::Framed(Framing::Empty);
 }
 
 /// `Expect: 100-continue`, from the head to the interim answer.
@@ -278,7 +281,7 @@ impl Connection {
                             Expect::No
                         };
                         let req = req.map(|()| match framing {
-                            BodyState::Done => Inbound::Empty,
+                            BodyState::DONE => Inbound::Empty,
                             _ => Inbound::Http1 {
                                 body: ClientBody {
                                     reader: self.reader.clone(),
@@ -381,7 +384,7 @@ impl Connection {
     /// notices otherwise). Bytes of a next request are kept for later, up to the head limit.
     fn poll_client_gone(&self, cx: &mut Context<'_>) -> bool {
         let mut r = self.lock();
-        while r.body == BodyState::Done && r.buf.len() < self.limits.head_bytes {
+        while r.body == BodyState::DONE && r.buf.len() < self.limits.head_bytes {
             make_room(&mut r.buf, READ_CHUNK);
             let r = &mut *r;
             match poll_read_buf(Pin::new(&mut r.io), cx, &mut r.buf) {
@@ -399,10 +402,10 @@ impl Connection {
     fn skip_unread_body(&self) -> bool {
         let mut r = self.lock();
         match r.body {
-            BodyState::Done => true,
-            BodyState::Length(n) if n <= r.buf.len() as u64 => {
+            BodyState::DONE => true,
+            BodyState::Framed(Framing::Length(n)) if n <= r.buf.len() as u64 => {
                 r.buf.advance(n as usize);
-                r.body = BodyState::Done;
+                r.body = BodyState::DONE;
                 true
             }
             _ => false,
@@ -426,16 +429,16 @@ impl Connection {
         // The length is the body's own (a backend's `Content-Length` framed it); the response's
         // `Content-Length` header is written from it, never passed through.
         let framing = if bodiless {
-            Framing::None
+            ResponseFraming::None
         } else if let Some(n) = body.size_hint().exact() {
-            Framing::Length(n)
+            ResponseFraming::Length(n)
         } else if !req.http10 {
-            Framing::Chunked
+            ResponseFraming::Chunked
         } else {
-            Framing::UntilClose
+            ResponseFraming::UntilClose
         };
         let keep_alive =
-            req.keep_alive && framing != Framing::UntilClose && !closing.is_cancelled();
+            req.keep_alive && framing != ResponseFraming::UntilClose && !closing.is_cancelled();
         self.out.clear();
         write_head(&mut self.out, &parts, framing, keep_alive, req.http10);
         if bodiless {
@@ -457,10 +460,10 @@ impl Connection {
                         }
                         sent += data.len() as u64;
                         match framing {
-                            Framing::Length(n) if sent > n => {
+                            ResponseFraming::Length(n) if sent > n => {
                                 return Poll::Ready(Err(invalid("body longer than its length")))
                             }
-                            Framing::Chunked => {
+                            ResponseFraming::Chunked => {
                                 let mut size = [0u8; 16];
                                 self.out.extend_from_slice(crate::exchange::hex_len(
                                     data.len(),
@@ -479,8 +482,8 @@ impl Connection {
                     Poll::Ready(None) => {
                         finished = true;
                         match framing {
-                            Framing::Chunked => self.out.extend_from_slice(b"0\r\n\r\n"),
-                            Framing::Length(n) if sent != n => {
+                            ResponseFraming::Chunked => self.out.extend_from_slice(b"0\r\n\r\n"),
+                            ResponseFraming::Length(n) if sent != n => {
                                 return Poll::Ready(Err(invalid("body shorter than its length")))
                             }
                             _ => {}
@@ -529,7 +532,7 @@ impl Connection {
             return;
         };
         let mut r = reader.into_inner().unwrap_or_else(|p| p.into_inner());
-        if r.body == BodyState::Done && r.buf.is_empty() {
+        if r.body == BodyState::DONE && r.buf.is_empty() {
             return; // nothing of the client's is left unread
         }
         let drain = async {
@@ -567,7 +570,7 @@ fn invalid(what: &'static str) -> std::io::Error {
 
 /// How the response body is delimited on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
+enum ResponseFraming {
     /// No body (`HEAD`, `204`, `304`).
     None,
     Length(u64),
@@ -581,7 +584,7 @@ enum Framing {
 fn write_head(
     out: &mut Vec<u8>,
     parts: &http::response::Parts,
-    framing: Framing,
+    framing: ResponseFraming,
     keep_alive: bool,
     http10: bool,
 ) {
@@ -601,20 +604,20 @@ fn write_head(
         if name == header::TRANSFER_ENCODING || name == header::CONNECTION {
             continue;
         }
-        if name == header::CONTENT_LENGTH && framing != Framing::None {
+        if name == header::CONTENT_LENGTH && framing != ResponseFraming::None {
             continue;
         }
         has_date |= name == header::DATE;
         crate::exchange::header_line(out, name, value);
     }
     match framing {
-        Framing::Length(n) => {
+        ResponseFraming::Length(n) => {
             out.extend_from_slice(b"content-length: ");
             out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
             out.extend_from_slice(b"\r\n");
         }
-        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        Framing::None | Framing::UntilClose => {}
+        ResponseFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        ResponseFraming::None | ResponseFraming::UntilClose => {}
     }
     if !keep_alive {
         out.extend_from_slice(b"connection: close\r\n");
@@ -709,7 +712,7 @@ fn parse_request(buf: &mut BytesMut, first: bool) -> Result<Option<Parsed>, Refu
         !has_token(&headers, header::CONNECTION, "close")
     };
     let expect = !http10
-        && framing != BodyState::Done
+        && framing != BodyState::DONE
         && headers
             .get(header::EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
@@ -757,7 +760,7 @@ fn body_framing(headers: &HeaderMap, http10: bool) -> Result<BodyState, &'static
             .filter(|t| !t.is_empty());
         return match (codings.next(), codings.next()) {
             (Some(c), None) if c.eq_ignore_ascii_case("chunked") => {
-                Ok(BodyState::Chunked(Chunk::Size))
+                Ok(BodyState::Framed(Framing::Chunked(Chunk::Size)))
             }
             _ => Err("a transfer coding other than chunked"),
         };
@@ -777,8 +780,8 @@ fn body_framing(headers: &HeaderMap, http10: bool) -> Result<BodyState, &'static
         }
     }
     Ok(match length {
-        None | Some(0) => BodyState::Done,
-        Some(n) => BodyState::Length(n),
+        None | Some(0) => BodyState::DONE,
+        Some(n) => BodyState::Framed(Framing::Length(n)),
     })
 }
 
@@ -803,49 +806,26 @@ impl ClientBody {
             return Poll::Pending;
         }
         loop {
-            match r.body {
-                BodyState::Done => {
+            let BodyState::Framed(framing) = &mut r.body else {
+                self.done = true;
+                return Poll::Ready(Some(Err("the request body was cut off".into())));
+            };
+            match decode(&mut r.buf, framing) {
+                Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(data))),
+                Ok(Decoded::End) => {
                     self.done = true;
                     return Poll::Ready(None);
                 }
-                BodyState::Broken => {
-                    self.done = true;
-                    return Poll::Ready(Some(Err("the request body was cut off".into())));
+                Ok(Decoded::More) if r.buf.len() >= MAX_CHUNK_LINE => {
+                    // Only a chunk-size or trailer line waits for more with this much buffered.
+                    r.body = BodyState::Broken;
+                    return Poll::Ready(Some(Err("chunk line too long".into())));
                 }
-                BodyState::Length(left) if !r.buf.is_empty() => {
-                    let n = left.min(r.buf.len() as u64);
-                    let data = r.buf.split_to(n as usize).freeze();
-                    r.body = if n == left {
-                        BodyState::Done
-                    } else {
-                        BodyState::Length(left - n)
-                    };
-                    return Poll::Ready(Some(Ok(data)));
+                Ok(Decoded::More) => {}
+                Err(e) => {
+                    r.body = BodyState::Broken;
+                    return Poll::Ready(Some(Err(e.into())));
                 }
-                BodyState::Length(_) => {}
-                BodyState::Chunked(state) => match chunk_step(&mut r.buf, state) {
-                    Ok(Some(Step::Next(next))) => {
-                        r.body = BodyState::Chunked(next);
-                        continue;
-                    }
-                    Ok(Some(Step::Data(data, next))) => {
-                        r.body = BodyState::Chunked(next);
-                        return Poll::Ready(Some(Ok(data)));
-                    }
-                    Ok(Some(Step::End)) => {
-                        r.body = BodyState::Done;
-                        continue;
-                    }
-                    Ok(None) if r.buf.len() >= MAX_CHUNK_LINE => {
-                        r.body = BodyState::Broken;
-                        return Poll::Ready(Some(Err("chunk line too long".into())));
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        r.body = BodyState::Broken;
-                        return Poll::Ready(Some(Err(e.into())));
-                    }
-                },
             }
             make_room(&mut r.buf, READ_CHUNK);
             match poll_read_buf(Pin::new(&mut r.io), cx, &mut r.buf) {
@@ -885,7 +865,7 @@ impl Body for ClientBody {
 
     fn size_hint(&self) -> SizeHint {
         match self.reader.lock().map(|r| r.body) {
-            Ok(BodyState::Length(n)) if !self.done => SizeHint::with_exact(n),
+            Ok(BodyState::Framed(Framing::Length(n))) if !self.done => SizeHint::with_exact(n),
             _ => SizeHint::default(),
         }
     }
