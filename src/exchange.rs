@@ -358,14 +358,15 @@ fn parse_head(buf: &mut BytesMut, is_head: bool) -> Result<Option<Head>, Exchang
         let spans = Span::record(resp.headers, buf, &mut stack, &mut heap);
         let bytes = buf.split_to(len).freeze();
         // Room for what the gateway adds (CORS, request id) without growing the map.
-        let mut headers = header_map(&bytes, spans, 6).map_err(ExchangeError::Protocol)?;
-        let (framing, mut keep_alive) = framing(&headers, status, is_head)?;
-        if matches!(framing, Framing::Chunked(_)) {
+        let (mut headers, seen) = header_map(&bytes, spans, 6).map_err(ExchangeError::Protocol)?;
+        let (framing, mut keep_alive) = framing(&headers, seen, status, is_head)?;
+        if matches!(framing, Framing::Chunked(_)) && seen.any(Seen::CONTENT_LENGTH) {
             // Chunked overrides a `Content-Length` sent with it, which must not travel on
             // (RFC 9112 §6.3).
             headers.remove(header::CONTENT_LENGTH);
         }
-        keep_alive &= http11 && !has_token(&headers, header::CONNECTION, "close");
+        keep_alive &= http11
+            && !(seen.any(Seen::CONNECTION) && has_token(&headers, header::CONNECTION, "close"));
         return Ok(Some(Head {
             status,
             headers,
@@ -416,28 +417,166 @@ impl Span {
     }
 }
 
-/// The header map of a head split off its buffer, with room for `extra` more lines.
+/// The header map of a head split off its buffer, with room for `extra` more lines, and which
+/// of the headers that steer framing and connection handling it has.
 pub(crate) fn header_map(
     head: &Bytes,
     spans: &[Span],
     extra: usize,
-) -> Result<HeaderMap, &'static str> {
-    let mut headers = HeaderMap::with_capacity(spans.len() + extra);
+) -> Result<(HeaderMap, Seen), &'static str> {
+    let mut headers = spare_map();
+    headers.reserve(spans.len() + extra);
+    let mut seen = Seen::default();
     for s in spans {
         let (name_at, value_at) = (s.name_at as usize, s.value_at as usize);
-        let name = HeaderName::from_bytes(&head[name_at..name_at + s.name_len as usize])
-            .map_err(|_| "invalid header name")?;
+        let wire = &head[name_at..name_at + s.name_len as usize];
+        let name = match known_name(wire) {
+            Some(name) => name,
+            None => HeaderName::from_bytes(wire).map_err(|_| "invalid header name")?,
+        };
+        seen.note(&name);
         let value =
             HeaderValue::from_maybe_shared(head.slice(value_at..value_at + s.value_len as usize))
                 .map_err(|_| "invalid header value")?;
         headers.append(name, value);
     }
-    Ok(headers)
+    Ok((headers, seen))
+}
+
+/// Which framing and connection headers a head has, noted while its map is built, so that a
+/// head without them (most) skips their lookups.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Seen(u8);
+
+impl Seen {
+    pub const CONNECTION: Seen = Seen(1);
+    pub const TRANSFER_ENCODING: Seen = Seen(2);
+    pub const CONTENT_LENGTH: Seen = Seen(4);
+    pub const EXPECT: Seen = Seen(8);
+    pub const UPGRADE: Seen = Seen(16);
+    /// `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`: hop-by-hop, steer nothing here.
+    pub const OTHER_HOP_BY_HOP: Seen = Seen(32);
+
+    fn note(&mut self, name: &HeaderName) {
+        let bit = if name == header::CONNECTION {
+            Seen::CONNECTION
+        } else if name == header::TRANSFER_ENCODING {
+            Seen::TRANSFER_ENCODING
+        } else if name == header::CONTENT_LENGTH {
+            Seen::CONTENT_LENGTH
+        } else if name == header::EXPECT {
+            Seen::EXPECT
+        } else if name == header::UPGRADE {
+            Seen::UPGRADE
+        } else if crate::forward::is_hop_by_hop(name) {
+            Seen::OTHER_HOP_BY_HOP
+        } else {
+            return;
+        };
+        self.0 |= bit.0;
+    }
+
+    /// Whether any of `names` was seen.
+    pub fn any(self, names: Seen) -> bool {
+        self.0 & names.0 != 0
+    }
+}
+
+impl std::ops::BitOr for Seen {
+    type Output = Seen;
+    fn bitor(self, other: Seen) -> Seen {
+        Seen(self.0 | other.0)
+    }
+}
+
+/// The names of the headers that come with nearly every request and response, matched before
+/// `HeaderName::from_bytes` (a walk through a large table, which also allocates for a name
+/// outside the standard set, such as `X-Tenant-ID`).
+fn known_name(wire: &[u8]) -> Option<HeaderName> {
+    let is = |lower: &str| eq_lowercase(wire, lower.as_bytes());
+    Some(match wire.len() {
+        4 if is("host") => header::HOST,
+        4 if is("date") => header::DATE,
+        4 if is("vary") => header::VARY,
+        6 if is("origin") => header::ORIGIN,
+        6 if is("accept") => header::ACCEPT,
+        6 if is("cookie") => header::COOKIE,
+        6 if is("server") => header::SERVER,
+        7 if is("referer") => header::REFERER,
+        10 if is("user-agent") => header::USER_AGENT,
+        10 if is("connection") => header::CONNECTION,
+        11 if is("x-tenant-id") => crate::forward::X_TENANT_ID,
+        11 if is("traceparent") => crate::trace::TRACEPARENT,
+        12 if is("content-type") => header::CONTENT_TYPE,
+        12 if is("x-request-id") => crate::forward::X_REQUEST_ID,
+        13 if is("cache-control") => header::CACHE_CONTROL,
+        14 if is("content-length") => header::CONTENT_LENGTH,
+        15 if is("accept-encoding") => header::ACCEPT_ENCODING,
+        15 if is("accept-language") => header::ACCEPT_LANGUAGE,
+        _ => return None,
+    })
+}
+
+/// Whether a header name read off the wire is `lower` in any case. `lower` is lowercase
+/// letters and `-`; setting bit `0x20` of every wire byte lowercases letters and leaves `-`
+/// alone, and the only other byte it could turn into either is a control character, which
+/// the parser never lets into a name. Eight bytes at a time.
+fn eq_lowercase(wire: &[u8], lower: &[u8]) -> bool {
+    if wire.len() != lower.len() {
+        return false;
+    }
+    const CASE: u64 = u64::from_ne_bytes([0x20; 8]);
+    let word = |b: &[u8], at: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&b[at..at + 8]);
+        u64::from_ne_bytes(w)
+    };
+    let n = wire.len();
+    if n < 8 {
+        return wire.iter().zip(lower).all(|(w, l)| w | 0x20 == *l);
+    }
+    // Whole words, the last one overlapping the one before when the length is not a multiple.
+    (0..n - 8)
+        .step_by(8)
+        .chain([n - 8])
+        .all(|at| word(wire, at) | CASE == word(lower, at))
+}
+
+/// Header maps whose requests and responses are done with, kept by each thread for the next
+/// heads: a map's two allocations are made once per thread instead of twice per request.
+const SPARE_MAPS: usize = 4;
+
+thread_local! {
+    static SPARES: std::cell::RefCell<Vec<HeaderMap>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn spare_map() -> HeaderMap {
+    SPARES
+        .try_with(|spares| spares.borrow_mut().pop())
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// Gives a head's header map back for reuse once its lines have been written out.
+pub(crate) fn recycle(mut headers: HeaderMap) {
+    // A map grown by an unusual head is not kept.
+    if headers.capacity() > 64 {
+        return;
+    }
+    headers.clear();
+    let _ = SPARES.try_with(|spares| {
+        let mut spares = spares.borrow_mut();
+        if spares.len() < SPARE_MAPS {
+            spares.push(headers);
+        }
+    });
 }
 
 /// How the body is delimited (RFC 9112 §6.3) and whether that allows reuse.
 fn framing(
     headers: &HeaderMap,
+    seen: Seen,
     status: StatusCode,
     is_head: bool,
 ) -> Result<(Framing, bool), ExchangeError> {
@@ -448,7 +587,7 @@ fn framing(
     {
         return Ok((Framing::Empty, true));
     }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
+    if seen.any(Seen::TRANSFER_ENCODING) {
         let last = headers
             .get_all(header::TRANSFER_ENCODING)
             .iter()
@@ -457,32 +596,41 @@ fn framing(
             .rfind(|t| !t.is_empty());
         if last.is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
             // With a Content-Length too, chunked wins, but such a peer is not trusted twice.
-            let reusable = !headers.contains_key(header::CONTENT_LENGTH);
+            let reusable = !seen.any(Seen::CONTENT_LENGTH);
             return Ok((Framing::Chunked(Chunk::Size), reusable));
         }
         return Ok((Framing::UntilClose, false));
     }
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.to_str().unwrap_or("x").split(',') {
-            let part = part.trim();
-            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(ExchangeError::Protocol("invalid Content-Length"));
-            }
-            let n: u64 = part
-                .parse()
-                .map_err(|_| ExchangeError::Protocol("invalid Content-Length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(ExchangeError::Protocol("conflicting Content-Length values"));
-            }
-            length = Some(n);
-        }
-    }
+    let length = if seen.any(Seen::CONTENT_LENGTH) {
+        content_length(headers).map_err(ExchangeError::Protocol)?
+    } else {
+        None
+    };
     Ok(match length {
         Some(0) => (Framing::Empty, true),
         Some(n) => (Framing::Length(n), true),
         None => (Framing::UntilClose, false),
     })
+}
+
+/// A head's `Content-Length`: every line, and every comma-separated part of one, must give the
+/// same decimal number (RFC 9110 §8.6).
+pub(crate) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, &'static str> {
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.to_str().unwrap_or("x").split(',') {
+            let part = part.trim();
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err("invalid Content-Length");
+            }
+            let n: u64 = part.parse().map_err(|_| "invalid Content-Length")?;
+            if length.is_some_and(|l| l != n) {
+                return Err("conflicting Content-Length values");
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length)
 }
 
 /// Whether a comma-separated header has `token` (case-insensitive).
@@ -718,6 +866,108 @@ mod tests {
     fn framing_of(raw: &str) -> (Framing, bool) {
         let head = parse(raw.as_bytes(), false).unwrap().unwrap();
         (head.framing, head.keep_alive)
+    }
+
+    /// `raw`'s header lines through [`header_map`].
+    fn map_of(raw: &str) -> (HeaderMap, Seen) {
+        let mut slots = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut slots);
+        let len = match req.parse(raw.as_bytes()).unwrap() {
+            httparse::Status::Complete(len) => len,
+            httparse::Status::Partial => panic!("partial head"),
+        };
+        let (mut stack, mut heap) = ([Span::default(); STACK_SPANS], Vec::new());
+        let spans = Span::record(req.headers, raw.as_bytes(), &mut stack, &mut heap);
+        header_map(&Bytes::copy_from_slice(&raw.as_bytes()[..len]), spans, 0).unwrap()
+    }
+
+    #[test]
+    fn known_names_match_in_any_case_and_nothing_else() {
+        let names = [
+            "host",
+            "date",
+            "vary",
+            "origin",
+            "accept",
+            "cookie",
+            "server",
+            "referer",
+            "user-agent",
+            "connection",
+            "x-tenant-id",
+            "traceparent",
+            "content-type",
+            "x-request-id",
+            "cache-control",
+            "content-length",
+            "accept-encoding",
+            "accept-language",
+        ];
+        for name in names {
+            let upper = name.to_ascii_uppercase();
+            let mixed: String = name
+                .chars()
+                .enumerate()
+                .map(|(i, c)| {
+                    if i % 2 == 0 {
+                        c.to_ascii_uppercase()
+                    } else {
+                        c
+                    }
+                })
+                .collect();
+            for wire in [name, &upper, &mixed] {
+                let known = known_name(wire.as_bytes()).unwrap_or_else(|| panic!("{wire}"));
+                assert_eq!(
+                    known,
+                    HeaderName::from_bytes(wire.as_bytes()).unwrap(),
+                    "{wire}"
+                );
+            }
+            // One byte changed anywhere (to another token character) is another name.
+            for at in 0..name.len() {
+                for other in [b'_', b'~', b'0', b'q'] {
+                    let mut near = name.as_bytes().to_vec();
+                    if near[at] | 0x20 == other | 0x20 {
+                        continue;
+                    }
+                    near[at] = other;
+                    assert_eq!(
+                        known_name(&near),
+                        None,
+                        "{}",
+                        String::from_utf8_lossy(&near)
+                    );
+                }
+            }
+            assert_eq!(known_name(&name.as_bytes()[1..]), None);
+            assert_eq!(known_name(format!("{name}s").as_bytes()), None);
+        }
+    }
+
+    #[test]
+    fn header_maps_are_reused_empty_and_note_the_headers_that_steer_framing() {
+        let (plain, seen) =
+            map_of("GET / HTTP/1.1\r\nHost: a\r\nX-Tenant-ID: t\r\nX-Custom: 1\r\n\r\n");
+        assert_eq!(seen, Seen::default());
+        assert_eq!(plain.len(), 3);
+        assert_eq!(plain["x-tenant-id"], "t");
+        recycle(plain);
+        let (steering, seen) = map_of(
+            "POST / HTTP/1.1\r\nconnection: keep-alive\r\nContent-Length: 3\r\nExpect: 100-continue\r\nUpgrade: x\r\nTE: trailers\r\nTransfer-Encoding: chunked\r\n\r\n",
+        );
+        assert_eq!(
+            seen,
+            Seen::CONNECTION
+                | Seen::CONTENT_LENGTH
+                | Seen::EXPECT
+                | Seen::UPGRADE
+                | Seen::OTHER_HOP_BY_HOP
+                | Seen::TRANSFER_ENCODING
+        );
+        assert_eq!(steering.len(), 6, "nothing left from the recycled map");
+        assert!(!steering.contains_key("x-tenant-id") && !steering.contains_key(header::HOST));
+        assert_eq!(steering[header::CONTENT_LENGTH], "3");
     }
 
     #[test]

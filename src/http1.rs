@@ -50,7 +50,8 @@ use tokio_util::sync::CancellationToken;
 use crate::body::{BodyError, Inbound, ProxyBody};
 use crate::error::GatewayError;
 use crate::exchange::{
-    decode, has_token, header_map, make_room, Chunk, Decoded, Framing, Span, STACK_SPANS,
+    content_length, decode, has_token, header_map, make_room, Chunk, Decoded, Framing, Seen, Span,
+    STACK_SPANS,
 };
 use crate::proxy::{ClientConn, Gateway};
 
@@ -441,6 +442,7 @@ impl Connection {
             req.keep_alive && framing != ResponseFraming::UntilClose && !closing.is_cancelled();
         self.out.clear();
         write_head(&mut self.out, &parts, framing, keep_alive, req.http10);
+        crate::exchange::recycle(parts.headers);
         if bodiless {
             // Frees a held slot now; a `HEAD` answer's body is never sent.
             body.set(ProxyBody::empty());
@@ -696,23 +698,30 @@ fn parse_request(buf: &mut BytesMut, first: bool) -> Result<Option<Parsed>, Refu
     let spans = Span::record(req.headers, buf, &mut stack, &mut heap);
     let bytes = buf.split_to(len).freeze();
     // Room for what the gateway adds without growing the map.
-    let headers = header_map(&bytes, spans, 4).map_err(bad_request)?;
+    let (headers, seen) = header_map(&bytes, spans, 4).map_err(bad_request)?;
     let uri = Uri::from_maybe_shared(bytes.slice(target_at))
         .map_err(|_| bad_request("invalid request target"))?;
     let http10 = minor == 0;
     // Not this server's to answer: hyper's takes the connection from this request on.
-    if method == Method::CONNECT || crate::forward::is_upgrade(&headers) {
+    if method == Method::CONNECT
+        || (seen.any(Seen::UPGRADE) && crate::forward::is_upgrade(&headers))
+    {
         return Err(Refusal::Handoff(bytes));
     }
-    let framing = body_framing(&headers, http10).map_err(bad_request)?;
-    let keep_alive = if http10 {
-        has_token(&headers, header::CONNECTION, "keep-alive")
-            && !has_token(&headers, header::CONNECTION, "close")
+    let framing = if seen.any(Seen::TRANSFER_ENCODING | Seen::CONTENT_LENGTH) {
+        body_framing(&headers, http10).map_err(bad_request)?
     } else {
-        !has_token(&headers, header::CONNECTION, "close")
+        BodyState::DONE
+    };
+    let says = |token| seen.any(Seen::CONNECTION) && has_token(&headers, header::CONNECTION, token);
+    let keep_alive = if http10 {
+        says("keep-alive") && !says("close")
+    } else {
+        !says("close")
     };
     let expect = !http10
         && framing != BodyState::DONE
+        && seen.any(Seen::EXPECT)
         && headers
             .get(header::EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
@@ -765,20 +774,7 @@ fn body_framing(headers: &HeaderMap, http10: bool) -> Result<BodyState, &'static
             _ => Err("a transfer coding other than chunked"),
         };
     }
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.to_str().unwrap_or("x").split(',') {
-            let part = part.trim();
-            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                return Err("invalid Content-Length");
-            }
-            let n: u64 = part.parse().map_err(|_| "invalid Content-Length")?;
-            if length.is_some_and(|l| l != n) {
-                return Err("conflicting Content-Length values");
-            }
-            length = Some(n);
-        }
-    }
+    let length = content_length(headers)?;
     Ok(match length {
         None | Some(0) => BodyState::DONE,
         Some(n) => BodyState::Framed(Framing::Length(n)),

@@ -18,35 +18,133 @@
 //! tenants have none — 100,000 tenants never mean 100,000 series. The per-tenant gauges are
 //! read from the concurrency counters at scrape time: they cost the request path nothing.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder};
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
+use thread_local::ThreadLocal;
 
 use crate::directory::Directory;
 use crate::limit::Busy;
 
-/// Latency buckets: 0.1 ms .. ~3.3 s.
-pub fn latency_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+/// Latency bucket bounds in nanoseconds: 0.1 ms, doubling up to ~3.3 s (then `+Inf`).
+const LATENCY_BOUNDS_NS: [u64; 16] = {
+    let mut bounds = [0; 16];
+    let mut i = 0;
+    while i < bounds.len() {
+        bounds[i] = 100_000 << i;
+        i += 1;
+    }
+    bounds
+};
+
+/// A latency histogram counted per thread and summed when scraped.
+///
+/// prometheus-client's `Histogram` takes one write lock, shared by all threads, for every
+/// observation; the request path observes two latencies per request, so every connection
+/// thread took the same two locks for every request. Here each thread adds to counters of its
+/// own (no lock, and no cache line shared with another thread).
+#[derive(Debug, Clone, Default)]
+pub struct Latency {
+    shards: Arc<ThreadLocal<LatencyShard>>,
+}
+
+#[derive(Debug, Default)]
+struct LatencyShard {
+    /// Observations per bucket (not cumulative); the last is `+Inf`.
+    buckets: [AtomicU64; LATENCY_BOUNDS_NS.len() + 1],
+    sum_ns: AtomicU64,
+}
+
+impl Latency {
+    pub fn observe(&self, elapsed: Duration) {
+        let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let shard = self.shards.get_or_default();
+        // The first bucket whose bound is at least `ns`.
+        let bucket = LATENCY_BOUNDS_NS.partition_point(|&bound| bound < ns);
+        shard.buckets[bucket].fetch_add(1, Relaxed);
+        shard.sum_ns.fetch_add(ns, Relaxed);
+    }
+}
+
+impl TypedMetric for Latency {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for Latency {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let mut counts = [0u64; LATENCY_BOUNDS_NS.len() + 1];
+        let mut sum_ns = 0u64;
+        for shard in self.shards.iter() {
+            for (total, n) in counts.iter_mut().zip(&shard.buckets) {
+                *total += n.load(Relaxed);
+            }
+            sum_ns = sum_ns.wrapping_add(shard.sum_ns.load(Relaxed));
+        }
+        let bounds = LATENCY_BOUNDS_NS.iter().map(|&ns| ns as f64 / 1e9);
+        let buckets: Vec<(f64, u64)> = bounds.chain([f64::MAX]).zip(counts).collect();
+        let count = counts.iter().sum();
+        encoder.encode_histogram::<NoLabelSet>(sum_ns as f64 / 1e9, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+/// Answered requests by status, counted per thread like [`Latency`] and summed when scraped:
+/// `tenantgate_requests_total{status}`.
+#[derive(Debug, Default)]
+struct StatusCounts {
+    shards: ThreadLocal<Box<[AtomicU64; 600]>>,
+}
+
+impl StatusCounts {
+    fn count(&self, status: u16) {
+        let shard = self
+            .shards
+            .get_or(|| Box::new(std::array::from_fn(|_| AtomicU64::new(0))));
+        // Statuses are 100..=599 (`http::StatusCode`).
+        if let Some(n) = shard.get(usize::from(status)) {
+            n.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+impl Collector for StatusCounts {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut totals = [0u64; 600];
+        for shard in self.shards.iter() {
+            for (total, n) in totals.iter_mut().zip(shard.iter()) {
+                *total += n.load(Relaxed);
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "tenantgate_requests",
+            "Requests answered, by HTTP status",
+            None,
+            MetricType::Counter,
+        )?;
+        for (status, &n) in totals.iter().enumerate().filter(|(_, &n)| n > 0) {
+            ConstCounter::new(n).encode(family.encode_family(&[("status", status as u16)])?)?;
+        }
+        Ok(())
+    }
 }
 
 /// The gateway's metrics.
 pub struct Metrics {
     registry: Registry,
-    requests: Family<[(&'static str, u16); 1], Counter>,
-    /// The family's counter of each status, resolved once: the request path then costs one
-    /// atomic load and one add instead of a hashed, locked family lookup.
-    by_status: Box<[OnceLock<Counter>]>,
+    requests: Arc<StatusCounts>,
     rejections: Family<[(&'static str, &'static str); 1], Counter>,
-    duration: Histogram,
+    duration: Latency,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -60,18 +158,14 @@ impl Metrics {
     /// forwarder (`upstream_response`) keep themselves.
     pub fn new(
         directory: &Arc<Directory>,
-        upstream_response: &Histogram,
+        upstream_response: &Latency,
         top_tenants: usize,
     ) -> Metrics {
         let mut registry = Registry::default();
-        let requests = Family::default();
+        let requests = Arc::new(StatusCounts::default());
         let rejections = Family::default();
-        let duration = latency_histogram();
-        registry.register(
-            "tenantgate_requests",
-            "Requests answered, by HTTP status",
-            requests.clone(),
-        );
+        let duration = Latency::default();
+        registry.register_collector(Box::new(requests.clone()));
         registry.register(
             "tenantgate_rejections",
             "Requests the gateway answered itself with an error, by error code",
@@ -120,7 +214,6 @@ impl Metrics {
         Metrics {
             registry,
             requests,
-            by_status: (0..600).map(|_| OnceLock::new()).collect(),
             rejections,
             duration,
         }
@@ -128,16 +221,11 @@ impl Metrics {
 
     /// Counts one answered request.
     pub fn observe(&self, status: u16, rejection: Option<&'static str>, elapsed: Duration) {
-        match self.by_status.get(usize::from(status)) {
-            Some(slot) => slot
-                .get_or_init(|| self.requests.get_or_create(&[("status", status)]).clone())
-                .inc(),
-            None => self.requests.get_or_create(&[("status", status)]).inc(),
-        };
+        self.requests.count(status);
         if let Some(code) = rejection {
             self.rejections.get_or_create(&[("code", code)]).inc();
         }
-        self.duration.observe(elapsed.as_secs_f64());
+        self.duration.observe(elapsed);
     }
 
     /// The OpenMetrics text of every metric.
@@ -214,5 +302,56 @@ impl Collector for TenantGauges {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latencies_and_statuses_counted_on_several_threads_add_up_when_scraped() {
+        let latency = Latency::default();
+        let statuses = Arc::new(StatusCounts::default());
+        let ms = |n: f64| Duration::from_secs_f64(n / 1000.0);
+        std::thread::scope(|s| {
+            for _ in 0..3 {
+                s.spawn(|| {
+                    // Exactly on a bound, just above it, and past the last one.
+                    for d in [ms(0.1), ms(0.1001), ms(0.4), ms(5000.0)] {
+                        latency.observe(d);
+                    }
+                    for status in [200, 200, 404, 599] {
+                        statuses.count(status);
+                    }
+                });
+            }
+        });
+        let mut registry = Registry::default();
+        registry.register("lat", "", latency.clone());
+        registry.register_collector(Box::new(statuses.clone()));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "lat_bucket{le=\"0.0001\"} 3",
+            "lat_bucket{le=\"0.0002\"} 6",
+            "lat_bucket{le=\"0.0004\"} 9",
+            "lat_bucket{le=\"3.2768\"} 9",
+            "lat_bucket{le=\"+Inf\"} 12",
+            "lat_count 12",
+            "tenantgate_requests_total{status=\"200\"} 6",
+            "tenantgate_requests_total{status=\"404\"} 3",
+            "tenantgate_requests_total{status=\"599\"} 3",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        let sum: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("lat_sum "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((sum - 3.0 * 5.0006001).abs() < 1e-6, "{sum}");
+        assert_eq!(text.matches("tenantgate_requests_total{").count(), 3);
     }
 }

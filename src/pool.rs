@@ -14,10 +14,11 @@
 //!
 //! `https://` backends get the same treatment over rustls (ALPN `http/1.1`).
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
+use thread_local::ThreadLocal;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -173,7 +175,9 @@ pub struct PoolSettings {
 }
 
 struct Shared {
-    idle: Mutex<HashMap<PoolKey, Vec<Idle>, foldhash::fast::RandomState>>,
+    /// Each connection thread's idle connections: a socket stays with the runtime that polls
+    /// it, and no thread waits on another's lock (one was taken twice per request before).
+    idle: ThreadLocal<RefCell<IdleConns>>,
     settings: PoolSettings,
     tls: TlsConnector,
 }
@@ -192,19 +196,11 @@ pub struct Lease {
     shared: Arc<Shared>,
 }
 
-/// Idle connections are kept per connection thread (a socket stays with the runtime that polls
-/// it) and per backend: TLS or not, and authority (lower-cased once, when the backend URL was
-/// read: `http::uri::Authority` hashes byte by byte, twice per request here).
-type PoolKey = (usize, bool, Arc<str>);
+/// Idle connections are kept per backend: TLS or not, and authority (lower-cased once, when the
+/// backend URL was read: `http::uri::Authority` hashes byte by byte, twice per request here).
+type PoolKey = (bool, Arc<str>);
 
-thread_local! {
-    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
-/// Marks the current thread as connection thread `i` (see `server`'s worker threads).
-pub fn set_worker(i: usize) {
-    WORKER.with(|w| w.set(i));
-}
+type IdleConns = HashMap<PoolKey, Vec<Idle>, foldhash::fast::RandomState>;
 
 impl Lease {
     pub(crate) fn conn(&self) -> &Conn {
@@ -221,7 +217,7 @@ impl Lease {
         if max == 0 {
             return;
         }
-        let mut idle = self.shared.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.shared.idle.get_or_default().borrow_mut();
         let stack = idle.entry(self.key).or_default();
         if stack.len() >= max {
             stack.remove(0);
@@ -237,7 +233,7 @@ impl Pool {
     pub fn new(settings: PoolSettings, tls: TlsConnector) -> Pool {
         Pool {
             shared: Arc::new(Shared {
-                idle: Mutex::new(HashMap::default()),
+                idle: ThreadLocal::new(),
                 settings,
                 tls,
             }),
@@ -245,7 +241,7 @@ impl Pool {
     }
 
     fn checkout(&self, key: &PoolKey, cx: &mut Context<'_>) -> Option<Conn> {
-        let mut idle = self.shared.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.shared.idle.get_or_default().borrow_mut();
         let stack = idle.get_mut(key)?;
         while let Some(c) = stack.pop() {
             if c.since.elapsed() < self.shared.settings.idle_timeout && !c.conn.is_stale(cx) {
@@ -318,11 +314,7 @@ impl Pool {
             chunked,
         }: Outgoing,
     ) -> Result<Response<BackendBody>, SendError> {
-        let key = (
-            WORKER.with(|w| w.get()),
-            target.tls.is_some(),
-            target.authority.clone(),
-        );
+        let key = (target.tls.is_some(), target.authority.clone());
         let bodiless = body.is_none();
         loop {
             let (conn, reused) = match poll_fn(|cx| Poll::Ready(self.checkout(&key, cx))).await {

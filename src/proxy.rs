@@ -64,19 +64,25 @@ impl Policy {
 }
 
 /// The client connection a request arrived on.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ClientConn {
     /// The peer's IP address, rendered once per connection for `X-Forwarded-For`.
     pub peer_ip: HeaderValue,
     /// `http` or `https`.
     pub proto: &'static HeaderValue,
+    /// The backend response timeout's timer, reused by the connection's requests.
+    pub response_timer: forward::ResponseTimer,
 }
 
 impl ClientConn {
     pub fn new(peer: SocketAddr, proto: &'static HeaderValue) -> ClientConn {
         let peer_ip = HeaderValue::try_from(peer.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        ClientConn { peer_ip, proto }
+        ClientConn {
+            peer_ip,
+            proto,
+            response_timer: forward::ResponseTimer::default(),
+        }
     }
 }
 
@@ -222,7 +228,10 @@ impl Gateway {
         if forward::is_upgrade(req.headers()) {
             return Box::pin(self.forwarder.upgrade(req, tenant, &fwd, slot)).await;
         }
-        let resp = self.forwarder.forward(req, tenant, &fwd).await?;
+        let resp = self
+            .forwarder
+            .forward(req, tenant, &fwd, &conn.response_timer)
+            .await?;
         Ok(resp.map(|body| ProxyBody::backend(body, slot)))
     }
 

@@ -508,10 +508,7 @@ impl Workers {
             let stop = stop.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("tenantgate-conn-{i}"))
-                .spawn(move || {
-                    crate::pool::set_worker(i + 1);
-                    runtime.block_on(flush_logs_until(stop));
-                })?;
+                .spawn(move || runtime.block_on(flush_logs_until(stop)))?;
             threads.push(thread);
         }
         Ok(Some(Workers {
