@@ -618,12 +618,17 @@ fn framing(
 pub(crate) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, &'static str> {
     let mut length = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.to_str().unwrap_or("x").split(',') {
-            let part = part.trim();
-            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let part = part.trim_ascii();
+            if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
                 return Err("invalid Content-Length");
             }
-            let n: u64 = part.parse().map_err(|_| "invalid Content-Length")?;
+            let n = part
+                .iter()
+                .try_fold(0u64, |n, &digit| {
+                    n.checked_mul(10)?.checked_add(u64::from(digit - b'0'))
+                })
+                .ok_or("invalid Content-Length")?;
             if length.is_some_and(|l| l != n) {
                 return Err("conflicting Content-Length values");
             }
@@ -879,6 +884,30 @@ mod tests {
         let (mut stack, mut heap) = ([Span::default(); STACK_SPANS], Vec::new());
         let spans = Span::record(req.headers, raw.as_bytes(), &mut stack, &mut heap);
         header_map(&Bytes::copy_from_slice(&raw.as_bytes()[..len]), spans, 0).unwrap()
+    }
+
+    #[test]
+    fn content_lengths_are_decimal_agreeing_and_fit_in_64_bits() {
+        let of = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(header::CONTENT_LENGTH, HeaderValue::from_str(v).unwrap());
+            }
+            content_length(&h)
+        };
+        assert_eq!(of(&[]), Ok(None));
+        assert_eq!(of(&["0"]), Ok(Some(0)));
+        assert_eq!(of(&[" 7 , 7", "7"]), Ok(Some(7)));
+        assert_eq!(of(&["007"]), Ok(Some(7)));
+        assert_eq!(of(&["18446744073709551615"]), Ok(Some(u64::MAX)));
+        assert!(of(&["18446744073709551616"]).is_err(), "past u64");
+        assert!(
+            of(&["7", "8"]).is_err() && of(&["7,8"]).is_err(),
+            "conflicting"
+        );
+        for bad in ["", "7,", "+7", "-1", "0x10", "7 7", "1e3"] {
+            assert!(of(&[bad]).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

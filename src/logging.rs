@@ -236,7 +236,7 @@ fn gather(batch: &Arc<Batch>, write: impl Fn(&mut Vec<u8>)) {
 /// that can need escaping (path, tenant, request id) are checked.
 fn write_access_line(line: &mut Vec<u8>, r: &AccessRecord<'_>, json: bool) {
     let mut ts = [0u8; 27];
-    let ts = rfc3339_micros(std::time::SystemTime::now(), &mut ts).as_bytes();
+    let ts = rfc3339_micros(std::time::SystemTime::now(), &mut ts);
     let (mut status, mut latency) = (itoa::Buffer::new(), itoa::Buffer::new());
     let (seps, escaped): (&Separators, Escape) = if json {
         (&JSON, json_escaped)
@@ -350,10 +350,10 @@ fn is_plain(v: &str) -> bool {
             return false;
         }
     }
-    words
-        .remainder()
-        .iter()
-        .all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    // The last few bytes as one more word, padded with a plain byte.
+    let mut last = [b'a'; 8];
+    last[..words.remainder().len()].copy_from_slice(words.remainder());
+    plain_word(u64::from_le_bytes(last))
 }
 
 /// [`is_plain`] for eight bytes: none below `0x20` or above `0x7e`, none `"` or `\` (the
@@ -391,7 +391,7 @@ fn text_escaped(line: &mut Vec<u8>, v: &str) {
 }
 
 /// `2026-11-28T17:46:23.613195Z` (UTC, microseconds) into `buf`.
-fn rfc3339_micros(t: std::time::SystemTime, buf: &mut [u8; 27]) -> &str {
+fn rfc3339_micros(t: std::time::SystemTime, buf: &mut [u8; 27]) -> &[u8] {
     use std::cell::Cell;
     thread_local! {
         /// The second last formatted on this thread, `YYYY-MM-DDTHH:MM:SS.`.
@@ -442,7 +442,7 @@ fn rfc3339_micros(t: std::time::SystemTime, buf: &mut [u8; 27]) -> &str {
     }
     put(buf, 20, 6, u64::from(d.subsec_micros()));
     buf[26] = b'Z';
-    std::str::from_utf8(buf).unwrap_or("")
+    buf
 }
 
 /// Installs the global logger.
@@ -579,15 +579,18 @@ mod tests {
             v.iter()
                 .all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
         };
-        for b in 0..=255u8 {
-            for at in 0..17 {
-                let mut v = vec![b'a'; 17];
-                v[at] = b;
-                if let Ok(text) = std::str::from_utf8(&v) {
-                    assert_eq!(is_plain(text), naive(&v), "byte {b:#x} at {at}");
+        for len in 1..=17 {
+            for b in 0..=255u8 {
+                for at in 0..len {
+                    let mut v = vec![b'a'; len];
+                    v[at] = b;
+                    if let Ok(text) = std::str::from_utf8(&v) {
+                        assert_eq!(is_plain(text), naive(&v), "byte {b:#x} at {at} of {len}");
+                    }
                 }
             }
         }
+        assert!(is_plain(""));
         assert!(is_plain("/api/messages?x=1&y=-_.~"));
         assert!(!is_plain("caf\u{e9}"));
     }
@@ -596,20 +599,20 @@ mod tests {
     fn timestamps_are_rfc3339_utc_with_microseconds() {
         let mut buf = [0u8; 27];
         let t = std::time::UNIX_EPOCH + Duration::from_micros(1_795_887_983_613_195);
-        assert_eq!(rfc3339_micros(t, &mut buf), "2026-11-28T17:46:23.613195Z");
+        assert_eq!(rfc3339_micros(t, &mut buf), b"2026-11-28T17:46:23.613195Z");
         // The same second again comes from the thread's copy of its date and time.
         let mut other = [0u8; 27];
         let later = t + Duration::from_micros(386_000);
         assert_eq!(
             rfc3339_micros(later, &mut other),
-            "2026-11-28T17:46:23.999195Z"
+            b"2026-11-28T17:46:23.999195Z"
         );
         let next = later + Duration::from_micros(1_000);
         assert_eq!(
             rfc3339_micros(next, &mut buf),
-            "2026-11-28T17:46:24.000195Z"
+            b"2026-11-28T17:46:24.000195Z"
         );
         let t = std::time::UNIX_EPOCH + Duration::from_secs(951_782_400); // a leap day
-        assert_eq!(rfc3339_micros(t, &mut buf), "2000-02-29T00:00:00.000000Z");
+        assert_eq!(rfc3339_micros(t, &mut buf), b"2000-02-29T00:00:00.000000Z");
     }
 }

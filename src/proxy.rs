@@ -14,8 +14,7 @@
 //! CORS headers too, so browser code can read a 429 instead of an opaque network error.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::{self, HeaderMap, HeaderValue};
@@ -284,7 +283,8 @@ impl Gateway {
 }
 
 /// The client's `X-Request-Id` when it is a sane token (1-128 visible ASCII characters),
-/// otherwise a new one: 32 hex digits, a per-process random prefix and a counter.
+/// otherwise a new one: 32 hex digits, a random prefix drawn by each thread and the thread's
+/// count (no counter shared between threads: one cache line bounced between all of them).
 fn request_id(headers: &HeaderMap) -> HeaderValue {
     if let Some(id) = headers.get(X_REQUEST_ID) {
         let b = id.as_bytes();
@@ -292,12 +292,15 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
             return id.clone();
         }
     }
-    static PREFIX: OnceLock<[u8; 16]> = OnceLock::new();
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let prefix = PREFIX.get_or_init(|| hex16(fastrand::u64(..)));
+    thread_local! {
+        static NEXT: std::cell::Cell<([u8; 16], u64)> =
+            std::cell::Cell::new((hex16(fastrand::u64(..)), 0));
+    }
+    let (prefix, count) = NEXT.get();
+    NEXT.set((prefix, count.wrapping_add(1)));
     let mut id = [0u8; 32];
-    id[..16].copy_from_slice(prefix);
-    id[16..].copy_from_slice(&hex16(COUNTER.fetch_add(1, Ordering::Relaxed)));
+    id[..16].copy_from_slice(&prefix);
+    id[16..].copy_from_slice(&hex16(count));
     HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
