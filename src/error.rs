@@ -111,6 +111,7 @@ impl GatewayError {
 
     /// The JSON response of the contract:
     /// `{"error":{"code":"…","message":"…","requestId":"…"}}`.
+    #[cold]
     pub fn to_response(self, request_id: &HeaderValue) -> Response<ProxyBody> {
         let body = serde_json::json!({
             "error": {

@@ -419,6 +419,9 @@ impl Span {
 
 /// The header map of a head split off its buffer, with room for `extra` more lines, and which
 /// of the headers that steer framing and connection handling it has.
+///
+/// Not inlined: one copy serves request and response heads.
+#[inline(never)]
 pub(crate) fn header_map(
     head: &Bytes,
     spans: &[Span],

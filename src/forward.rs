@@ -623,6 +623,7 @@ pub fn strip_tenant_subprotocol(headers: &mut HeaderMap) {
     }
 }
 
+#[cold]
 fn classify(upstream: &Upstream, e: &SendError) -> GatewayError {
     let err = match e {
         SendError::ConnectTimeout(_) => GatewayError::UpstreamTimeout,

@@ -566,6 +566,7 @@ impl Connection {
     }
 }
 
+#[cold]
 fn invalid(what: &'static str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, what)
 }
@@ -747,6 +748,7 @@ fn parse_request(buf: &mut BytesMut, first: bool) -> Result<Option<Parsed>, Refu
     }))
 }
 
+#[cold]
 fn bad_request(why: &str) -> Refusal {
     tracing::debug!(reason = why, "refused a request head");
     Refusal::Answer(GatewayError::BadRequest)

@@ -117,6 +117,7 @@ pub async fn resolve(
     }
 }
 
+#[cold]
 pub(crate) fn log_store_error(what: &str, e: &StoreError) {
     if *e == StoreError::Busy {
         return; // the directory logs these, at most once a second

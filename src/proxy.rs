@@ -165,6 +165,7 @@ impl Gateway {
 
     /// Answers a request that could not even be read as one (a malformed or oversized head, one
     /// that came too slowly): the contract's JSON error, logged like any refusal.
+    #[cold]
     pub fn refuse(&self, err: GatewayError) -> Response<ProxyBody> {
         let request_id = request_id(&HeaderMap::new());
         let mut resp = err.to_response(&request_id);
@@ -196,7 +197,9 @@ impl Gateway {
             return Err(GatewayError::HeadersTooLarge);
         }
         if cors::is_preflight(&req) {
-            return self.preflight(&req, policy, ctx).await;
+            // Boxed: rare next to actual requests (browsers cache the answer), and its state
+            // would otherwise be part of every request's future.
+            return Box::pin(self.preflight(&req, policy, ctx)).await;
         }
 
         // 1. identify
