@@ -36,6 +36,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
 use crate::limit::{SlotRegistry, Slots};
+use crate::metrics::PerThreadCounter;
 use crate::store::{Invalidation, StoreError, TenantStore};
 use crate::tenant::{Tenant, TenantRecord};
 
@@ -117,9 +118,9 @@ pub struct Directory {
 #[derive(Clone)]
 pub struct CacheStats {
     /// Answers served from the cache within their TTL (tenants, unknown keys, origins).
-    pub hits: Counter,
+    pub hits: PerThreadCounter,
     /// Answers served past their TTL while a background refresh runs (or the store fails).
-    pub stale: Counter,
+    pub stale: PerThreadCounter,
     /// Store queries made.
     pub queries: Counter,
     /// Store queries that failed or timed out.
@@ -131,8 +132,8 @@ pub struct CacheStats {
 impl Default for CacheStats {
     fn default() -> Self {
         CacheStats {
-            hits: Counter::default(),
-            stale: Counter::default(),
+            hits: PerThreadCounter::default(),
+            stale: PerThreadCounter::default(),
             queries: Counter::default(),
             query_errors: Counter::default(),
             // 0.5 ms .. ~4 s

@@ -99,6 +99,39 @@ impl EncodeMetric for Latency {
     }
 }
 
+/// A counter counted per thread like [`Latency`] and summed when scraped, for the counts the
+/// request path adds to on every request (a shared atomic is one cache line all connection
+/// threads write).
+#[derive(Debug, Clone, Default)]
+pub struct PerThreadCounter {
+    shards: Arc<ThreadLocal<AtomicU64>>,
+}
+
+impl PerThreadCounter {
+    pub fn inc(&self) {
+        self.shards.get_or_default().fetch_add(1, Relaxed);
+    }
+
+    /// The sum over all threads.
+    pub fn get(&self) -> u64 {
+        self.shards.iter().map(|n| n.load(Relaxed)).sum()
+    }
+}
+
+impl TypedMetric for PerThreadCounter {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl EncodeMetric for PerThreadCounter {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        ConstCounter::new(self.get()).encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
 /// Answered requests by status, counted per thread like [`Latency`] and summed when scraped:
 /// `tenantgate_requests_total{status}`.
 #[derive(Debug, Default)]
@@ -310,9 +343,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn latencies_and_statuses_counted_on_several_threads_add_up_when_scraped() {
+    fn latencies_statuses_and_counts_counted_on_several_threads_add_up_when_scraped() {
         let latency = Latency::default();
         let statuses = Arc::new(StatusCounts::default());
+        let hits = PerThreadCounter::default();
         let ms = |n: f64| Duration::from_secs_f64(n / 1000.0);
         std::thread::scope(|s| {
             for _ in 0..3 {
@@ -323,6 +357,7 @@ mod tests {
                     }
                     for status in [200, 200, 404, 599] {
                         statuses.count(status);
+                        hits.inc();
                     }
                 });
             }
@@ -330,6 +365,7 @@ mod tests {
         let mut registry = Registry::default();
         registry.register("lat", "", latency.clone());
         registry.register_collector(Box::new(statuses.clone()));
+        registry.register("hits", "", hits.clone());
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         for line in [
@@ -342,6 +378,7 @@ mod tests {
             "tenantgate_requests_total{status=\"200\"} 6",
             "tenantgate_requests_total{status=\"404\"} 3",
             "tenantgate_requests_total{status=\"599\"} 3",
+            "hits_total 12",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }
