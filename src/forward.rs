@@ -935,6 +935,41 @@ mod tests {
     }
 
     #[test]
+    fn the_name_checks_cover_every_injected_and_hop_by_hop_header_and_nothing_else() {
+        for name in [
+            X_TENANT_ID,
+            X_PROVIDER_ENDPOINT,
+            X_PROVIDER_REGION,
+            X_PROVIDER_CONNECTION_STRING,
+            X_REQUEST_ID,
+            X_FORWARDED_PROTO,
+            X_FORWARDED_HOST,
+        ] {
+            assert!(is_injected(&name) && !is_hop_by_hop(&name), "{name}");
+        }
+        for name in [
+            header::CONNECTION,
+            HeaderName::from_static("keep-alive"),
+            HeaderName::from_static("proxy-connection"),
+            header::TE,
+            header::TRAILER,
+            header::TRANSFER_ENCODING,
+            header::UPGRADE,
+        ] {
+            assert!(is_hop_by_hop(&name) && !is_injected(&name), "{name}");
+        }
+        // Appended to or set from the client's, not replaced blindly.
+        for name in [
+            X_FORWARDED_FOR,
+            header::HOST,
+            header::ORIGIN,
+            crate::trace::TRACEPARENT,
+        ] {
+            assert!(!is_injected(&name) && !is_hop_by_hop(&name), "{name}");
+        }
+    }
+
+    #[test]
     fn connection_string_only_when_opted_in() {
         let id = HeaderValue::from_static("r");
         let mut h = HeaderMap::new();
