@@ -709,11 +709,7 @@ fn parse_request(buf: &mut BytesMut, first: bool) -> Result<Option<Parsed>, Refu
     {
         return Err(Refusal::Handoff(bytes));
     }
-    let framing = if seen.any(Seen::TRANSFER_ENCODING | Seen::CONTENT_LENGTH) {
-        body_framing(&headers, http10).map_err(bad_request)?
-    } else {
-        BodyState::DONE
-    };
+    let framing = body_framing(&headers, seen, http10).map_err(bad_request)?;
     let says = |token| seen.any(Seen::CONNECTION) && has_token(&headers, header::CONNECTION, token);
     let keep_alive = if http10 {
         says("keep-alive") && !says("close")
@@ -755,12 +751,12 @@ fn bad_request(why: &str) -> Refusal {
 }
 
 /// How the request body is delimited (RFC 9112 §6.3), refusing every ambiguous case.
-fn body_framing(headers: &HeaderMap, http10: bool) -> Result<BodyState, &'static str> {
-    if headers.contains_key(header::TRANSFER_ENCODING) {
+fn body_framing(headers: &HeaderMap, seen: Seen, http10: bool) -> Result<BodyState, &'static str> {
+    if seen.any(Seen::TRANSFER_ENCODING) {
         if http10 {
             return Err("Transfer-Encoding in an HTTP/1.0 request");
         }
-        if headers.contains_key(header::CONTENT_LENGTH) {
+        if seen.any(Seen::CONTENT_LENGTH) {
             return Err("both Transfer-Encoding and Content-Length");
         }
         let mut codings = headers
@@ -776,8 +772,10 @@ fn body_framing(headers: &HeaderMap, http10: bool) -> Result<BodyState, &'static
             _ => Err("a transfer coding other than chunked"),
         };
     }
-    let length = content_length(headers)?;
-    Ok(match length {
+    if !seen.any(Seen::CONTENT_LENGTH) {
+        return Ok(BodyState::DONE);
+    }
+    Ok(match content_length(headers)? {
         None | Some(0) => BodyState::DONE,
         Some(n) => BodyState::Framed(Framing::Length(n)),
     })
