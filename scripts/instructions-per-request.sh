@@ -11,6 +11,7 @@
 # Extra ENV=VALUE arguments go to the gateway, e.g. to count the MongoDB store:
 #   bash scripts/instructions-per-request.sh TENANTGATE_STORE_KIND=mongodb \
 #     TENANTGATE_STORE_URI='mongodb://127.0.0.1:27017/?directConnection=true'
+# GATEWAY_BIN=path counts another build (default target/release/tenantgate).
 # Needs: a release build, valgrind, wrk, and one earlier run of ../shared/bench/run.sh (for the
 # bench upstream, the 1,000 generated tenants and the rendered gateway.toml).
 #   bash scripts/instructions-per-request.sh [ENV=VALUE ...]
@@ -33,7 +34,7 @@ one() { # seconds of load -> "requests instructions"
   # Events in the order of the file's `events:` line: Ir, then with CACHE_SIM I1mr at 4, Bcm at 11, Bim at 13.
   echo "$n $(cat "$out"/cg.* | awk '/^summary:/ { s += $2; m += $5; b += $12 + $14 } END { print s, m, b }')"; rm -f "$out"/cg.*
 }
-proxy=(target/release/tenantgate run --config "$B/out/run/gateway.toml") port=18084
+proxy=("${GATEWAY_BIN:-target/release/tenantgate}" run --config "$B/out/run/gateway.toml") port=18084
 if [ "${NGINX:-0}" = 1 ]; then
   proxy=(nginx -e stderr -p "$B/out/run/nginx/" -c "$B/out/run/nginx.conf" -g "daemon off; master_process off;") port=18081
 fi

@@ -30,6 +30,8 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
 const FLUSH_SIZE: usize = 64 * 1024;
 /// Lines beyond this many waiting bytes are dropped (stdout is not keeping up).
 pub const MAX_PENDING: usize = 8 * 1024 * 1024;
+/// Written buffers kept for reuse.
+const SPARE_CHUNKS: usize = 8;
 
 /// `--log-format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -83,10 +85,31 @@ impl Batch {
         } else {
             let before = pending.bytes;
             pending.push(lines);
-            // Wake the writer once per full batch (a notify is a syscall), never per line.
-            if before < FLUSH_SIZE && pending.bytes >= FLUSH_SIZE {
-                self.wake.notify_one();
-            }
+            self.wake_if_full(before, pending.bytes);
+        }
+    }
+
+    /// Adds a thread's block of lines as it is (no copy) and gives back an empty buffer for the
+    /// next block: a written one when there is one.
+    fn append_block(&self, block: Vec<u8>) -> Vec<u8> {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if pending.bytes + block.len() > MAX_PENDING {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            let mut block = block;
+            block.clear();
+            return block;
+        }
+        let before = pending.bytes;
+        pending.bytes += block.len();
+        pending.chunks.push(block);
+        self.wake_if_full(before, pending.bytes);
+        pending.spare.pop().unwrap_or_default()
+    }
+
+    /// Wakes the writer once per full batch (a notify is a syscall), never per line.
+    fn wake_if_full(&self, before: usize, now: usize) {
+        if before < FLUSH_SIZE && now >= FLUSH_SIZE {
+            self.wake.notify_one();
         }
     }
 }
@@ -162,14 +185,13 @@ fn write_out(batch: &Batch) -> bool {
     }
     let _ = out.flush();
     drop(out);
-    // Back for reuse: up to 4 chunks, the size they were made.
-    chunks.truncate(4);
-    chunks.retain(|c| c.capacity() == FLUSH_SIZE);
+    // Back for reuse (shared batch chunks and threads' blocks alike): a few, none oversized.
+    chunks.retain(|c| c.capacity() <= FLUSH_SIZE);
+    chunks.truncate(SPARE_CHUNKS);
     chunks.iter_mut().for_each(Vec::clear);
     let mut pending = batch.pending.lock().unwrap_or_else(|p| p.into_inner());
-    if pending.spare.is_empty() {
-        pending.spare = chunks;
-    }
+    let room = SPARE_CHUNKS.saturating_sub(pending.spare.len());
+    pending.spare.extend(chunks.into_iter().take(room));
     closing
 }
 
@@ -319,8 +341,8 @@ impl LocalLines {
     fn hand_over(&mut self) {
         if let Some(batch) = &self.batch {
             if !self.lines.is_empty() {
-                batch.append(&self.lines);
-                self.lines.clear();
+                self.lines = batch.append_block(std::mem::take(&mut self.lines));
+                self.lines.reserve(LOCAL_BLOCK);
             }
         }
     }
@@ -537,6 +559,30 @@ mod tests {
             4 + (LOCAL_BLOCK / 1000 + 1) * 1000 + 4,
             "the rest handed over at thread exit"
         );
+    }
+
+    #[test]
+    fn a_block_is_handed_over_without_a_copy_and_a_written_buffer_comes_back() {
+        let batch = Batch::default();
+        let block = b"one\n".to_vec();
+        let at = block.as_ptr();
+        let back = batch.append_block(block);
+        assert!(back.is_empty());
+        {
+            let mut p = batch.pending.lock().unwrap();
+            assert_eq!((p.chunks.len(), p.bytes), (1, 4));
+            assert_eq!(p.chunks[0].as_ptr(), at, "the same buffer, not a copy");
+            p.spare.push(Vec::with_capacity(100)); // as the writer leaves one
+        }
+        assert_eq!(batch.append_block(b"two\n".to_vec()).capacity(), 100);
+        // Too much waiting: the block is dropped, counted, and its buffer comes straight back.
+        batch.pending.lock().unwrap().bytes = MAX_PENDING;
+        let block = b"three\n".to_vec();
+        let at = block.as_ptr();
+        let back = batch.append_block(block);
+        assert!(back.is_empty() && back.as_ptr() == at);
+        assert_eq!(batch.dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(batch.pending.lock().unwrap().chunks.len(), 2);
     }
 
     #[test]
