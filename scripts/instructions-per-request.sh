@@ -17,10 +17,7 @@
 #   bash scripts/instructions-per-request.sh [ENV=VALUE ...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-B=${BENCH_WORK:-/tmp/tenantgate-bench}
-BENCH=${BENCH_DIR:-../shared/bench}
-UPSTREAM="$B/upstream-target/release/bench-upstream"
-[ -x "$UPSTREAM" ] && [ -f "$B/out/run/gateway.toml" ] || { echo "run $BENCH/run.sh once first" >&2; exit 1; }
+source scripts/lib/bench-data.sh
 out=$(mktemp -d); trap 'rm -rf "$out"; kill $(jobs -p) 2>/dev/null || true' EXIT
 one() { # seconds of load -> "requests instructions"
   "$UPSTREAM" --listen 127.0.0.1:18080 --threads 1 >/dev/null 2>&1 & local up=$!
