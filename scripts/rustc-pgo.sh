@@ -20,7 +20,9 @@ wants() {
     prev=$arg
   done
   [ "$prev" = -C ] && [ "$arg" = opt-level=3 ] || return 1
-  "$1" -vV 2>/dev/null | grep -q "^LLVM version: $llvm_of_profile\."
+  local version
+  version=$("$1" -vV 2>/dev/null) || return 1
+  [[ $'\n'$version == *$'\n'"LLVM version: $llvm_of_profile."* ]]
 }
 if wants "$@"; then
   exec "$@" -Cprofile-use="$profile"
