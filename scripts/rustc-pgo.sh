@@ -11,15 +11,13 @@ profile="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/pgo/tenantgate.profdat
 llvm_of_profile=22 # the LLVM major version of the llvm-profdata that merged the profile
 wants() {
   [ "${TENANTGATE_PGO:-on}" != off ] && [ -f "$profile" ] || return 1
-  local arg prev=""
+  local arg prev="" optimised=""
   for arg in "$@"; do
     case "$arg" in *profile-generate* | *profile-use*) return 1 ;; esac
-  done
-  for arg in "$@"; do
-    [ "$prev" = -C ] && [ "$arg" = opt-level=3 ] && break
+    [ "$prev" = -C ] && [ "$arg" = opt-level=3 ] && optimised=1
     prev=$arg
   done
-  [ "$prev" = -C ] && [ "$arg" = opt-level=3 ] || return 1
+  [ -n "$optimised" ] || return 1
   local version
   version=$("$1" -vV 2>/dev/null) || return 1
   [[ $'\n'$version == *$'\n'"LLVM version: $llvm_of_profile."* ]]

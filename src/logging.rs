@@ -91,11 +91,10 @@ impl Batch {
 
     /// Adds a thread's block of lines as it is (no copy) and gives back an empty buffer for the
     /// next block: a written one when there is one.
-    fn append_block(&self, block: Vec<u8>) -> Vec<u8> {
+    fn append_block(&self, mut block: Vec<u8>) -> Vec<u8> {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         if pending.bytes + block.len() > MAX_PENDING {
             self.dropped.fetch_add(1, Ordering::Relaxed);
-            let mut block = block;
             block.clear();
             return block;
         }
