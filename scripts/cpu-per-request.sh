@@ -11,12 +11,10 @@
 # rendered configs). NGINX_CONF=another nginx.conf (same listen port) replaces the bench's.
 #   bash scripts/cpu-per-request.sh target/release/tenantgate [/path/to/other/tenantgate ...]
 set -u
-B=${BENCH_WORK:-/tmp/tenantgate-bench}; BENCH=${BENCH_DIR:-$(cd "$(dirname "$0")/.." && pwd)/../shared/bench}
-UP="$B/upstream-target/release/bench-upstream"
-[ -x "$UP" ] && [ -f "$B/out/run/gateway.toml" ] || { echo "run $BENCH/run.sh once first" >&2; exit 1; }
+source "$(dirname "$0")/lib/bench-data.sh"
 [ $# -ge 1 ] || { echo "usage: $0 GATEWAY_BIN [GATEWAY_BIN ...]" >&2; exit 2; }
 if [ "${PIN:-1}" = 0 ]; then front=(); back=(); else front=(taskset -c 0); back=(taskset -c 1); fi
-"${front[@]}" "$UP" --listen 127.0.0.1:18080 --threads 1 >/dev/null 2>&1 & up=$!
+"${front[@]}" "$UPSTREAM" --listen 127.0.0.1:18080 --threads 1 >/dev/null 2>&1 & up=$!
 trap 'kill $up 2>/dev/null' EXIT
 # user and system clock ticks of the given processes
 ticks() { local u=0 s=0 p a b; for p in "$@"; do read -r a b < <(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12, $13}'); u=$((u + a)); s=$((s + b)); done; echo "$u $s"; }
