@@ -308,7 +308,7 @@ fn check(path: &Path) -> ExitCode {
             "  tracing  OTLP to {} as {:?}, sample ratio {}",
             t.endpoint, t.service_name, t.sample_ratio
         ),
-        false => println!("  tracing  traceparent only (no span export)"),
+        false => println!("  tracing  off (a client's traceparent passes through)"),
     }
     runtime().block_on(async {
         let (store, documents) = match open_documents(&config).await {

@@ -203,8 +203,8 @@ pub struct Forwarded<'a> {
     /// `http` or `https`, as the client reached the gateway.
     pub proto: &'static HeaderValue,
     pub request_id: &'a HeaderValue,
-    /// The request's trace context for the backend ([`crate::trace`]).
-    pub traceparent: &'a HeaderValue,
+    /// The request's trace context for the backend, if it has one ([`crate::trace`]).
+    pub traceparent: Option<&'a HeaderValue>,
 }
 
 /// The upstream side: one pool of keep-alive connections shared by every tenant.
@@ -747,7 +747,7 @@ pub fn forwarded_headers(
             }
             list.extend_from_slice(value.as_bytes());
         } else if name == crate::trace::TRACEPARENT {
-            // Replaced by the request's own (which continues the client's trace when valid).
+            // Replaced by the request's own: the client's when valid, or the gateway's span.
         } else if !(is_hop_by_hop(name) || is_injected(name) || named.contains(name)) {
             emit(name, value);
         }
@@ -774,7 +774,9 @@ pub fn forwarded_headers(
         emit(&X_FORWARDED_HOST, host);
     }
     emit(&X_REQUEST_ID, fwd.request_id);
-    emit(&crate::trace::TRACEPARENT, fwd.traceparent);
+    if let Some(traceparent) = fwd.traceparent {
+        emit(&crate::trace::TRACEPARENT, traceparent);
+    }
 }
 
 /// [`forwarded_headers`] applied to a header map in place (for the upgrade path, which hands a
@@ -838,7 +840,7 @@ mod tests {
             client_ip: &IP,
             proto: &HTTP,
             request_id: id,
-            traceparent: &TRACE,
+            traceparent: Some(&TRACE),
         }
     }
 

@@ -25,8 +25,8 @@
 //! negative TTL, coalesced misses, stale-while-revalidate, invalidation, miss budget).
 //!
 //! Around it: [`config`] (TOML → validated settings), [`admin`] (`/healthz`, `/readyz`,
-//! `/metrics`), [`metrics`], [`trace`] (`traceparent` for every request, OTLP spans with the
-//! `otel` feature),
+//! `/metrics`), [`metrics`], [`trace`] (`traceparent` propagation, OTLP spans with the `otel`
+//! feature),
 //! [`cli`] (`run`, `check`, `demo`, `tenants …`), [`demo`] (sample backend and zero-setup demo),
 //! [`logging`].
 #![forbid(unsafe_code)]

@@ -225,7 +225,7 @@ impl Gateway {
             client_ip: &conn.peer_ip,
             proto: conn.proto,
             request_id: &ctx.request_id,
-            traceparent: &ctx.trace.traceparent,
+            traceparent: ctx.trace.traceparent.as_ref(),
         };
         if forward::is_upgrade(req.headers()) {
             return Box::pin(self.forwarder.upgrade(req, tenant, &fwd, slot)).await;

@@ -1,12 +1,17 @@
-//! Trace context: every request belongs to a W3C trace, and with the `otel` cargo feature and
-//! `[tracing] enabled = true` the gateway exports one OTLP span per request.
+//! Trace context (W3C `traceparent`), and with the `otel` cargo feature and
+//! `[tracing] enabled = true` one exported OTLP span per request.
 //!
-//! - A client's valid `traceparent` is kept: its trace id is the request's. Otherwise the request
-//!   starts a new trace.
-//! - The backend always receives a `traceparent` in that trace. When the gateway records a span,
-//!   the span is the parent; when it does not (export off, or the trace is not sampled), the
-//!   client's header goes through unchanged, or a fresh one (not sampled) when there was none.
-//! - The access log line carries the trace id, so gateway and backend logs join on it.
+//! - A client's valid `traceparent` is kept: its trace id is the request's. An invalid one is
+//!   dropped.
+//! - Exporting, the gateway takes part in the trace: a request without a valid parent starts a
+//!   new trace, and the backend receives a `traceparent` in it — the gateway's span as parent
+//!   when the span is recorded, the client's header unchanged (or the new trace's not-sampled
+//!   context) when it is not.
+//! - Not exporting, the gateway only passes a client's valid `traceparent` through and starts no
+//!   trace: a made-up not-sampled parent would switch off the backend's own tracing wherever it
+//!   samples by parent (the OpenTelemetry default). Gateway and backend logs still join on
+//!   `X-Request-Id`.
+//! - The access log line carries the trace id (`-` when the request has no trace).
 //!
 //! Spans are exported in batches by the OpenTelemetry SDK over OTLP/HTTP (protobuf) from its own
 //! thread; sampling is parent-based (a client's sampled flag decides) with `sample_ratio` for new
@@ -35,18 +40,18 @@ pub struct TracingSettings {
 
 /// The request's place in its trace.
 pub struct RequestTrace {
-    /// What the backend receives as `traceparent`.
-    pub traceparent: HeaderValue,
+    /// What the backend receives as `traceparent`; `None` when the request has no trace.
+    pub traceparent: Option<HeaderValue>,
     #[cfg(feature = "otel")]
     span: Option<opentelemetry_sdk::trace::Span>,
 }
 
 impl RequestTrace {
-    /// The 32 hex digits of the trace id.
+    /// The 32 hex digits of the trace id, or `-`.
     pub fn trace_id(&self) -> &str {
         self.traceparent
-            .to_str()
-            .ok()
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
             .and_then(|s| s.get(3..35))
             .unwrap_or("-")
     }
@@ -94,10 +99,7 @@ impl Tracer {
         }
         let _ = (method, path);
         RequestTrace {
-            traceparent: match incoming {
-                Some(v) => v.clone(),
-                None => render(fastrand::u128(1..), fastrand::u64(1..), 0),
-            },
+            traceparent: incoming.cloned(),
             #[cfg(feature = "otel")]
             span: None,
         }
@@ -177,6 +179,7 @@ fn ids(value: &HeaderValue) -> Option<Parent> {
 }
 
 /// `00-<trace id>-<span id>-<flags>`.
+#[cfg(any(test, feature = "otel"))]
 fn render(trace_id: u128, span_id: u64, flags: u8) -> HeaderValue {
     fn hex_into(out: &mut [u8], bytes: &[u8]) {
         const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -282,7 +285,7 @@ mod otel {
                 ),
             };
             RequestTrace {
-                traceparent,
+                traceparent: Some(traceparent),
                 span: span.is_recording().then_some(span),
             }
         }
@@ -355,22 +358,22 @@ mod tests {
     }
 
     #[test]
-    fn without_export_a_valid_parent_passes_through_and_a_missing_one_is_created() {
+    fn without_export_a_valid_parent_passes_through_and_no_trace_is_made_up() {
         let tracer = Tracer::default();
         let mut h = HeaderMap::new();
         let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         h.insert(TRACEPARENT, hv(good));
         let t = tracer.start(&h, &http::Method::GET, "/");
-        assert_eq!(t.traceparent, good);
+        assert_eq!(t.traceparent.as_ref().unwrap(), good);
         assert_eq!(t.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
 
         h.insert(TRACEPARENT, hv("garbage"));
-        let (a, b) = (
+        for t in [
             tracer.start(&h, &http::Method::GET, "/"),
             tracer.start(&HeaderMap::new(), &http::Method::GET, "/"),
-        );
-        let a_parent = parse(&a.traceparent).expect("a valid generated traceparent");
-        assert_eq!(a_parent.flags, 0, "not sampled: nothing records it");
-        assert_ne!(a.trace_id(), b.trace_id());
+        ] {
+            assert!(t.traceparent.is_none(), "no trace without a valid parent");
+            assert_eq!(t.trace_id(), "-");
+        }
     }
 }

@@ -142,7 +142,10 @@ fn check_exit_codes() {
     let (code, out, _) = tenantgate(&["check", "--config", cfg.to_str().unwrap()], None);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("2 active, 1 inactive, 0 invalid"), "{out}");
-    assert!(out.contains("tracing  traceparent only"), "{out}");
+    assert!(
+        out.contains("tracing  off (a client's traceparent passes through)"),
+        "{out}"
+    );
 
     let cfg = write_config(
         dir.path(),

@@ -492,6 +492,23 @@ proxy-connection: keep-alive\r\nx-end-to-end: kept\r\nconnection: close\r\n\r\n"
     let id = r.header("x-request-id").unwrap().to_string();
     assert_eq!(id.len(), 32);
     assert_eq!(r.seen("x-request-id"), [id]);
+
+    // Trace context without export: a valid traceparent passes unchanged, an invalid one is
+    // dropped, and none is made up (a not-sampled parent would silence the backend's tracing).
+    assert!(r.seen("traceparent").is_empty(), "no trace is made up");
+    let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    for (sent, forwarded) in [(valid, vec![valid]), ("00-garbage", vec![])] {
+        let r = get(
+            &gw.url("/x"),
+            &[
+                ("x-tenant-id", "tnt_a"),
+                ("origin", A),
+                ("traceparent", sent),
+            ],
+        )
+        .await;
+        assert_eq!(r.seen("traceparent"), forwarded, "sent {sent}");
+    }
 }
 
 #[tokio::test]
