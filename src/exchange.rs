@@ -113,10 +113,28 @@ pub fn header_line(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// The end of the head, with `Transfer-Encoding: chunked` first when the body is unsized.
-pub fn end_head(out: &mut Vec<u8>, chunked: bool) {
-    if chunked {
-        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+/// How a forwarded request's body is framed: decided from the body the gateway parsed, never
+/// from the client's header lines (which `Connection` could have named away).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// No body and no length line.
+    None,
+    /// `Content-Length: n` (`0` when the client declared an empty body).
+    Length(u64),
+    /// `Transfer-Encoding: chunked` (the length is unknown).
+    Chunked,
+}
+
+/// The end of the head, with the framing line the gateway writes itself.
+pub fn end_head(out: &mut Vec<u8>, framing: BodyFraming) {
+    match framing {
+        BodyFraming::None => {}
+        BodyFraming::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        BodyFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -1163,11 +1181,17 @@ mod tests {
             &header::HOST,
             &HeaderValue::from_static("backend:80"),
         );
-        end_head(&mut out, true);
+        end_head(&mut out, BodyFraming::Chunked);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "POST /p?q=1 HTTP/1.1\r\nhost: backend:80\r\ntransfer-encoding: chunked\r\n\r\n"
         );
+        let mut out = Vec::new();
+        end_head(&mut out, BodyFraming::Length(68));
+        assert_eq!(out, b"content-length: 68\r\n\r\n");
+        out.clear();
+        end_head(&mut out, BodyFraming::None);
+        assert_eq!(out, b"\r\n");
         let mut buf = [0u8; 16];
         assert_eq!(hex_len(0, &mut buf), b"0");
         assert_eq!(hex_len(65536, &mut buf), b"10000");

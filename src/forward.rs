@@ -37,7 +37,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::body::{BodyLimitExceeded, Inbound, ProxyBody, RequestBody};
 use crate::error::GatewayError;
-use crate::exchange::{self, BackendBody, Outgoing};
+use crate::exchange::{self, BackendBody, BodyFraming, Outgoing};
 use crate::limit::SlotGuard;
 use crate::pool::{Pool, PoolSettings, SendError, Target};
 use crate::tenant::Tenant;
@@ -352,11 +352,12 @@ impl Forwarder {
         settings: &'a ForwardSettings,
     ) -> Result<(&'a Upstream, Outgoing), GatewayError> {
         let (parts, body) = req.into_parts();
-        check_declared_length(&parts.headers, settings)?;
+        let framing = body_framing(&parts.headers, &body);
+        check_declared_length(framing, settings)?;
         let upstream = upstream_for(tenant, settings);
         let body = RequestBody::new(body, settings.max_body);
         let body = (!http_body::Body::is_end_stream(&body)).then_some(body);
-        let chunked = body.is_some() && !parts.headers.contains_key(header::CONTENT_LENGTH);
+        let chunked = framing == BodyFraming::Chunked;
         let mut head = Vec::with_capacity(1024);
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         exchange::request_line(&mut head, &parts.method, target);
@@ -368,7 +369,7 @@ impl Forwarder {
             settings.inject_connection_string,
             |name, value| exchange::header_line(&mut head, name, value),
         );
-        exchange::end_head(&mut head, chunked);
+        exchange::end_head(&mut head, framing);
         exchange::recycle(parts.headers);
         let outgoing = Outgoing {
             head,
@@ -389,7 +390,7 @@ impl Forwarder {
         settings: &'a ForwardSettings,
     ) -> Result<(&'a Upstream, Request<RequestBody>), GatewayError> {
         let (mut parts, body) = req.into_parts();
-        check_declared_length(&parts.headers, settings)?;
+        check_declared_length(body_framing(&parts.headers, &body), settings)?;
         let upstream = upstream_for(tenant, settings);
         parts.uri = Uri::from(
             parts
@@ -702,19 +703,33 @@ fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
     }
 }
 
+/// How the forwarded request's body is framed, from the body as the server parsed it: its
+/// exact length when it has one, chunked otherwise, and `Content-Length: 0` for an empty body
+/// the client declared with a (parsed and validated) `Content-Length`. The client's own framing
+/// lines are never copied ([`forwarded_headers`] drops them).
+fn body_framing(headers: &HeaderMap, body: &Inbound) -> BodyFraming {
+    use http_body::Body;
+    if body.is_end_stream() {
+        return match headers.contains_key(header::CONTENT_LENGTH) {
+            true => BodyFraming::Length(0),
+            false => BodyFraming::None,
+        };
+    }
+    match body.size_hint().exact() {
+        Some(n) => BodyFraming::Length(n),
+        None => BodyFraming::Chunked,
+    }
+}
+
 /// A declared request body over `[server] max_body_bytes` is refused before anything is sent.
 fn check_declared_length(
-    headers: &HeaderMap,
+    framing: BodyFraming,
     settings: &ForwardSettings,
 ) -> Result<(), GatewayError> {
-    if let Some(max) = settings.max_body {
-        let declared = headers.get(header::CONTENT_LENGTH);
-        let declared = declared.and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > max) {
-            return Err(GatewayError::BodyTooLarge);
-        }
+    match (framing, settings.max_body) {
+        (BodyFraming::Length(len), Some(max)) if len > max => Err(GatewayError::BodyTooLarge),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// The tenant's own backend, else the default one.
@@ -748,6 +763,9 @@ pub fn forwarded_headers(
             list.extend_from_slice(value.as_bytes());
         } else if name == crate::trace::TRACEPARENT {
             // Replaced by the request's own: the client's when valid, or the gateway's span.
+        } else if name == header::CONTENT_LENGTH {
+            // Framing: written by the gateway from the body it parsed (`exchange::end_head`),
+            // never copied.
         } else if !(is_hop_by_hop(name) || is_injected(name) || named.contains(name)) {
             emit(name, value);
         }

@@ -296,3 +296,30 @@ async fn https_backends_by_default_and_per_tenant_verified_against_the_configure
         (502, "upstream_unavailable".into())
     );
 }
+
+/// The smuggling request the attack suite found (`Connection` naming `Content-Length`), over
+/// TLS, where hyper's server reads the request: the backend receives one request, its body whole.
+#[tokio::test]
+async fn over_tls_connection_cannot_remove_the_content_length_either() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new();
+    let (crt, key, _) = pki.leaf("gateway");
+    let recorder = Recorder::start().await;
+    let mut t = tenant("tnt_a", &[A], 5);
+    t["upstream"] = serde_json::json!(recorder.url());
+    let gw = Gateway::start(&[t], &tls_section(&crt, &key)).await;
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: a.example\r\nX-Tenant-ID: tnt_forged\r\n\r\n";
+    let attack = format!(
+        "POST / HTTP/1.1\r\nHost: a.example\r\nX-Tenant-ID: tnt_a\r\nOrigin: {A}\r\nConnection: Content-Length, close\r\nContent-Length: 68\r\n\r\n{smuggled}"
+    );
+    let mut stream = pki.connect(gw.running.addr, b"http/1.1").await;
+    stream.write_all(attack.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen = recorder.requests();
+    assert_eq!(seen.len(), 1, "{seen:#?}");
+    assert_eq!(&seen[0].body[..], smuggled.as_bytes());
+    assert_eq!(seen[0].headers["content-length"], "68");
+}

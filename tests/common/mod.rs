@@ -392,3 +392,77 @@ pub fn run_binary_json(
     let addr = listening["addr"].as_str().unwrap().to_string();
     (child, rx, seen, addr)
 }
+
+/// One request as a strict HTTP/1.1 server (hyper's) read it off the wire.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub target: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// A backend that records every request it receives, as hyper's HTTP/1.1 server parses it, and
+/// answers each with `200 ok`. For framing tests: every request the backend sees must be one
+/// the client sent and the gateway checked.
+pub struct Recorder {
+    pub addr: SocketAddr,
+    pub seen: Arc<std::sync::Mutex<Vec<Recorded>>>,
+    pub connections: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Recorder {
+    pub async fn start() -> Recorder {
+        use hyper::service::service_fn;
+        use hyper_util::rt::TokioIo;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let connections = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (log, count) = (seen.clone(), connections.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let log = log.clone();
+                let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let log = log.clone();
+                    async move {
+                        let (parts, body) = req.into_parts();
+                        let body = body.collect().await?.to_bytes();
+                        log.lock().unwrap().push(Recorded {
+                            method: parts.method.to_string(),
+                            target: parts.uri.to_string(),
+                            headers: parts.headers,
+                            body,
+                        });
+                        Ok::<_, hyper::Error>(
+                            hyper::Response::builder()
+                                .header("content-length", "2")
+                                .body(Full::new(Bytes::from_static(b"ok")))
+                                .unwrap(),
+                        )
+                    }
+                });
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Recorder {
+            addr,
+            seen,
+            connections,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The requests received so far.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.seen.lock().unwrap().clone()
+    }
+}
