@@ -121,7 +121,7 @@ fn header_rewrite(c: &mut Criterion) {
             forwarded_headers(black_box(&request), &t, &fwd, false, |n, v| {
                 exchange::header_line(&mut head, n, v)
             });
-            exchange::end_head(&mut head, false);
+            exchange::end_head(&mut head, exchange::BodyFraming::None);
             black_box(head.len())
         })
     });
