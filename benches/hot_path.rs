@@ -7,10 +7,10 @@ use std::time::Duration;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use tenantgate::directory::{CacheSettings, Directory, Resolved};
-use tenantgate::exchange;
 use tenantgate::forward::{
     forwarded_headers, rewrite_request_headers, strip_hop_by_hop, Forwarded,
 };
+use tenantgate::http::codec;
 use tenantgate::origin::AllowedOrigins;
 use tenantgate::store::file::FileStore;
 use tenantgate::tenant::{Tenant, TenantRecord};
@@ -103,6 +103,7 @@ fn header_rewrite(c: &mut Criterion) {
     ] {
         request.append(HeaderName::from_static(k), HeaderValue::from_static(v));
     }
+    let uri = http::Uri::from_static("/api/messages");
     let ip = HeaderValue::from_static("10.1.2.3");
     let proto: &'static HeaderValue = Box::leak(Box::new(HeaderValue::from_static("http")));
     let id = HeaderValue::from_static("0123456789abcdef0123456789abcdef");
@@ -117,11 +118,11 @@ fn header_rewrite(c: &mut Criterion) {
         let mut head = Vec::with_capacity(1024);
         b.iter(|| {
             head.clear();
-            exchange::request_line(&mut head, &http::Method::GET, "/api/messages");
-            forwarded_headers(black_box(&request), &t, &fwd, false, |n, v| {
-                exchange::header_line(&mut head, n, v)
+            codec::request_line(&mut head, &http::Method::GET, "/api/messages");
+            forwarded_headers(&uri, black_box(&request), &t, &fwd, false, |n, v| {
+                codec::header_line(&mut head, n, v)
             });
-            exchange::end_head(&mut head, exchange::BodyFraming::None);
+            codec::end_request_head(&mut head, codec::BodyFraming::None);
             black_box(head.len())
         })
     });
@@ -131,6 +132,7 @@ fn header_rewrite(c: &mut Criterion) {
             b.iter(|| {
                 let mut h = request.clone();
                 rewrite_request_headers(
+                    &uri,
                     &mut h,
                     &t,
                     &Forwarded {
@@ -180,11 +182,48 @@ fn trace_context(c: &mut Criterion) {
     });
 }
 
+/// The codec: a typical browser request head parsed and checked, and a chunked body decoded.
+fn codec_parsing(c: &mut Criterion) {
+    let head: &[u8] = b"POST /api/messages HTTP/1.1\r\nHost: gw.example\r\nX-Tenant-ID: tnt_000001\r\nOrigin: https://client-1.example\r\nUser-Agent: Mozilla/5.0\r\nAccept: application/json\r\nContent-Type: application/json\r\nAccept-Encoding: gzip, deflate, br\r\nContent-Length: 2\r\n\r\n{}";
+    c.bench_function("codec: parse and check a request head (8 headers)", |b| {
+        b.iter(|| {
+            let mut buf = bytes::BytesMut::from(black_box(head));
+            let parsed = codec::parse_request_head(&mut buf, 100, 4)
+                .unwrap()
+                .unwrap();
+            black_box(parsed.framing);
+            codec::recycle(parsed.headers);
+        })
+    });
+    let body: Vec<u8> = (0..16)
+        .flat_map(|_| {
+            b"400;a=b\r\n"
+                .iter()
+                .copied()
+                .chain([b'x'; 1024])
+                .chain(*b"\r\n")
+        })
+        .chain(*b"0\r\n\r\n")
+        .collect();
+    c.bench_function("codec: decode a chunked body (16 chunks of 1 KiB)", |b| {
+        b.iter(|| {
+            let mut buf = bytes::BytesMut::from(black_box(&body[..]));
+            let mut framing = codec::Framing::CHUNKED;
+            let mut n = 0;
+            while let codec::Decoded::Data(d) = codec::decode(&mut buf, &mut framing).unwrap() {
+                n += d.len();
+            }
+            black_box(n)
+        })
+    });
+}
+
 criterion_group!(
     benches,
     origin_matching,
     tenant_resolution,
     header_rewrite,
-    trace_context
+    trace_context,
+    codec_parsing
 );
 criterion_main!(benches);

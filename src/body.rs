@@ -16,8 +16,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
-use crate::exchange::BackendBody;
-use crate::http1::ClientBody;
+use crate::http::client::BackendBody;
+use crate::http::server::ClientBody;
 use crate::limit::SlotGuard;
 
 /// What a streamed response body can fail with.
@@ -127,7 +127,7 @@ impl Body for ProxyBody {
 
 pin_project! {
     /// A client's request body as a server hands it over: read from the connection by the
-    /// gateway's HTTP/1.1 server ([`crate::http1`]) or by hyper's (HTTP/2, TLS, upgrades).
+    /// gateway's HTTP/1.1 server ([`crate::http::server`]) or by hyper's (HTTP/2, TLS, upgrades).
     #[project = InboundProj]
     pub enum Inbound {
         /// No body (none declared, or `Content-Length: 0`).

@@ -37,25 +37,14 @@ use tokio_util::task::TaskTracker;
 
 use crate::body::{BodyLimitExceeded, Inbound, ProxyBody, RequestBody};
 use crate::error::GatewayError;
-use crate::exchange::{self, BackendBody, BodyFraming, Outgoing};
+use crate::http::client::{BackendBody, Outgoing};
+use crate::http::codec::{self, list_items, BodyFraming};
+use crate::http::pool::{Pool, PoolSettings, SendError, Target};
+use crate::http::server::ClientBodyError;
 use crate::limit::SlotGuard;
-use crate::pool::{Pool, PoolSettings, SendError, Target};
 use crate::tenant::Tenant;
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1, plus the legacy `Keep-Alive` and `Proxy-Connection`):
-/// they describe one connection and are never forwarded.
-pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-    )
-}
+pub use crate::http::codec::is_hop_by_hop;
 
 /// `X-Tenant-ID`: the resolved tenant key.
 pub const X_TENANT_ID: HeaderName = HeaderName::from_static("x-tenant-id");
@@ -357,25 +346,25 @@ impl Forwarder {
         let upstream = upstream_for(tenant, settings);
         let body = RequestBody::new(body, settings.max_body);
         let body = (!http_body::Body::is_end_stream(&body)).then_some(body);
-        let chunked = framing == BodyFraming::Chunked;
         let mut head = Vec::with_capacity(1024);
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        exchange::request_line(&mut head, &parts.method, target);
-        exchange::header_line(&mut head, &header::HOST, &upstream.host);
+        codec::request_line(&mut head, &parts.method, target);
+        codec::header_line(&mut head, &header::HOST, &upstream.host);
         forwarded_headers(
+            &parts.uri,
             &parts.headers,
             tenant,
             fwd,
             settings.inject_connection_string,
-            |name, value| exchange::header_line(&mut head, name, value),
+            |name, value| codec::header_line(&mut head, name, value),
         );
-        exchange::end_head(&mut head, framing);
-        exchange::recycle(parts.headers);
+        codec::end_request_head(&mut head, framing);
+        codec::recycle(parts.headers);
         let outgoing = Outgoing {
             head,
             method: parts.method,
             body,
-            chunked,
+            framing,
         };
         Ok((upstream, outgoing))
     }
@@ -392,6 +381,13 @@ impl Forwarder {
         let (mut parts, body) = req.into_parts();
         check_declared_length(body_framing(&parts.headers, &body), settings)?;
         let upstream = upstream_for(tenant, settings);
+        rewrite_request_headers(
+            &parts.uri,
+            &mut parts.headers,
+            tenant,
+            fwd,
+            settings.inject_connection_string,
+        );
         parts.uri = Uri::from(
             parts
                 .uri
@@ -400,12 +396,6 @@ impl Forwarder {
                 .unwrap_or_else(|| PathAndQuery::from_static("/")),
         );
         parts.version = Version::HTTP_11;
-        rewrite_request_headers(
-            &mut parts.headers,
-            tenant,
-            fwd,
-            settings.inject_connection_string,
-        );
         parts.headers.insert(header::HOST, upstream.host.clone());
         let body = RequestBody::new(body, settings.max_body);
         Ok((upstream, Request::from_parts(parts, body)))
@@ -598,7 +588,7 @@ fn restore_upgrade(headers: &mut HeaderMap, protocol: Option<HeaderValue>) {
 /// Whether the request asks to switch protocols (`Connection: upgrade` + `Upgrade`).
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
-        && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
+        && codec::has_token(headers.get_all(header::CONNECTION), "upgrade")
 }
 
 /// Removes the `tenant.<key>` entry from `Sec-WebSocket-Protocol` (it names the tenant to the
@@ -607,20 +597,13 @@ pub fn strip_tenant_subprotocol(headers: &mut HeaderMap) {
     if !headers.contains_key(header::SEC_WEBSOCKET_PROTOCOL) {
         return;
     }
-    let kept: Vec<String> = headers
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|p| !p.is_empty() && !p.starts_with(crate::identify::TENANT_SUBPROTOCOL))
-        .map(String::from)
-        .collect();
+    let kept: Vec<u8> = list_items(headers.get_all(header::SEC_WEBSOCKET_PROTOCOL))
+        .filter(|p| !p.starts_with(crate::identify::TENANT_SUBPROTOCOL.as_bytes()))
+        .collect::<Vec<_>>()
+        .join(&b", "[..]);
     headers.remove(header::SEC_WEBSOCKET_PROTOCOL);
-    if let Ok(v) = HeaderValue::try_from(kept.join(", ")) {
-        if !kept.is_empty() {
-            headers.insert(header::SEC_WEBSOCKET_PROTOCOL, v);
-        }
+    if let (false, Ok(v)) = (kept.is_empty(), HeaderValue::from_bytes(&kept)) {
+        headers.insert(header::SEC_WEBSOCKET_PROTOCOL, v);
     }
 }
 
@@ -631,6 +614,12 @@ fn classify(upstream: &Upstream, e: &SendError) -> GatewayError {
         // The client's body passed the limit while it streamed: the client's fault, not the
         // backend's.
         _ if caused_by::<BodyLimitExceeded>(e) => return GatewayError::BodyTooLarge,
+        // The client's body broke the framing rules or was cut off: the client's fault. The
+        // backend connection is discarded with the exchange.
+        _ if caused_by::<ClientBodyError>(e) => {
+            tracing::info!(upstream = ?upstream, error = %error_chain(e), "request body refused");
+            return GatewayError::BadRequest;
+        }
         SendError::Connect { .. }
         | SendError::Tls { .. }
         | SendError::Http(_)
@@ -679,19 +668,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// The header names listed in `Connection` (RFC 9110 §7.6.1: hop-by-hop as well).
 fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
-    connection_tokens(headers)
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+    list_items(headers.get_all(header::CONNECTION))
+        .filter_map(|t| HeaderName::from_bytes(t).ok())
         .collect()
-}
-
-/// The comma-separated tokens of every `Connection` header.
-fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
 }
 
 /// Removes every header whose name satisfies `doomed`, in one pass over the names present
@@ -742,7 +721,14 @@ fn upstream_for<'a>(tenant: &'a Tenant, settings: &'a ForwardSettings) -> &'a Up
 
 /// The request rules listed at the top of this module: calls `emit` for every header the
 /// backend gets (bar `Host`), in order — the client's that survive, then the gateway's.
+///
+/// `Connection` can only remove end-to-end headers of the client's: framing (written by the
+/// gateway), `Host` (the backend's), the tenant's key and every injected header are the
+/// gateway's whatever it names. The request's host — the target's authority when the client
+/// sent an absolute-form target or HTTP/2's `:authority`, else `Host` — goes on in
+/// `X-Forwarded-Host`.
 pub fn forwarded_headers(
+    uri: &Uri,
     headers: &HeaderMap,
     tenant: &Tenant,
     fwd: &Forwarded<'_>,
@@ -750,10 +736,10 @@ pub fn forwarded_headers(
     mut emit: impl FnMut(&HeaderName, &HeaderValue),
 ) {
     let named = connection_named(headers);
-    let (mut client_host, mut forwarded_for) = (None, None::<Vec<u8>>);
+    let mut forwarded_for = None::<Vec<u8>>;
     for (name, value) in headers {
         if name == header::HOST {
-            client_host.get_or_insert(value);
+            // The backend's own is written by the caller.
         } else if name == X_FORWARDED_FOR {
             // Several lines are one list (RFC 9110 §5.3): joined, then the peer appended.
             let list = forwarded_for.get_or_insert_with(Vec::new);
@@ -788,7 +774,10 @@ pub fn forwarded_headers(
         None => emit(&X_FORWARDED_FOR, fwd.client_ip),
     }
     emit(&X_FORWARDED_PROTO, fwd.proto);
-    if let Some(host) = client_host {
+    let authority = uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+    if let Some(host) = authority.as_ref().or_else(|| headers.get(header::HOST)) {
         emit(&X_FORWARDED_HOST, host);
     }
     emit(&X_REQUEST_ID, fwd.request_id);
@@ -800,13 +789,14 @@ pub fn forwarded_headers(
 /// [`forwarded_headers`] applied to a header map in place (for the upgrade path, which hands a
 /// request to hyper's client). `Host` is removed; the caller sets the backend's.
 pub fn rewrite_request_headers(
+    uri: &Uri,
     headers: &mut HeaderMap,
     tenant: &Tenant,
     fwd: &Forwarded<'_>,
     inject_secret: bool,
 ) {
     let mut rewritten = HeaderMap::with_capacity(headers.len() + 10);
-    forwarded_headers(headers, tenant, fwd, inject_secret, |name, value| {
+    forwarded_headers(uri, headers, tenant, fwd, inject_secret, |name, value| {
         rewritten.append(name.clone(), value.clone());
     });
     *headers = rewritten;
@@ -913,7 +903,13 @@ mod tests {
             ("x-forwarded-for", "5.6.7.8"),
             ("accept", "text/plain"),
         ]);
-        rewrite_request_headers(&mut h, &tenant(), &forwarded(&id), false);
+        rewrite_request_headers(
+            &Uri::from_static("/"),
+            &mut h,
+            &tenant(),
+            &forwarded(&id),
+            false,
+        );
         assert_eq!(
             h.get_all("traceparent").iter().collect::<Vec<_>>(),
             ["00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"],
@@ -993,7 +989,13 @@ mod tests {
     fn connection_string_only_when_opted_in() {
         let id = HeaderValue::from_static("r");
         let mut h = HeaderMap::new();
-        rewrite_request_headers(&mut h, &tenant(), &forwarded(&id), true);
+        rewrite_request_headers(
+            &Uri::from_static("/"),
+            &mut h,
+            &tenant(),
+            &forwarded(&id),
+            true,
+        );
         assert_eq!(h["x-tenant-provider-connection-string"], "secret-cs");
         assert_eq!(h["x-forwarded-for"], "10.0.0.7");
     }

@@ -85,14 +85,16 @@ pub fn tenant_key<'a>(
 
 fn subprotocol_key(headers: &HeaderMap) -> Result<Option<&str>, GatewayError> {
     let mut found: Option<&str> = None;
-    let entries = headers
-        .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|p| p.trim().strip_prefix(TENANT_SUBPROTOCOL));
+    let entries =
+        crate::http::codec::list_items(headers.get_all(http::header::SEC_WEBSOCKET_PROTOCOL))
+            .filter_map(|p| p.strip_prefix(TENANT_SUBPROTOCOL.as_bytes()));
     for key in entries {
-        if !is_valid_key(key.as_bytes()) || found.is_some_and(|f| f != key) {
+        // Valid keys are ASCII, so the `str` conversion cannot fail once the check has passed.
+        let key = match std::str::from_utf8(key) {
+            Ok(key) if is_valid_key(key.as_bytes()) => key,
+            _ => return Err(GatewayError::TenantMalformed),
+        };
+        if found.is_some_and(|f| f != key) {
             return Err(GatewayError::TenantMalformed);
         }
         found = Some(key);

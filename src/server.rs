@@ -1,6 +1,6 @@
 //! The listeners: accept loop with the gateway-wide connection cap, optional TLS ([`crate::tls`]),
 //! HTTP/1.1 and HTTP/2 on one port (ALPN over TLS, prior knowledge in cleartext), and graceful
-//! shutdown. Cleartext HTTP/1.x is served by [`crate::http1`]; hyper's server takes TLS
+//! shutdown. Cleartext HTTP/1.x is served by [`crate::http::server`]; hyper's server takes TLS
 //! connections, HTTP/2 and protocol upgrades.
 //!
 //! [`start`] builds everything from a [`Config`] and returns a [`Running`] gateway whose
@@ -294,7 +294,7 @@ async fn serve(
     // Every client connection, and the signal for them to finish their request and close.
     let connections = TaskTracker::new();
     let closing = CancellationToken::new();
-    let limits = crate::http1::Limits {
+    let limits = crate::http::server::Limits {
         head_bytes: parser_limit,
         header_read_timeout: config.header_read_timeout,
     };
@@ -396,7 +396,7 @@ struct Client {
     /// Its place under `[server] max_connections`, given back when it closes.
     _permit: tokio::sync::OwnedSemaphorePermit,
     /// The head limits, and the header read timeout that also bounds a TLS handshake.
-    limits: crate::http1::Limits,
+    limits: crate::http::server::Limits,
 }
 
 impl Client {
@@ -406,9 +406,14 @@ impl Client {
         let conn = ClientConn::new(self.peer, if self.tls.is_some() { &HTTPS } else { &HTTP });
         match &self.tls {
             None => {
-                let handed_over =
-                    crate::http1::serve(stream, &self.gateway, &conn, self.limits, &self.closing)
-                        .await;
+                let handed_over = crate::http::server::serve(
+                    stream,
+                    &self.gateway,
+                    &conn,
+                    self.limits,
+                    &self.closing,
+                )
+                .await;
                 if let Some(stream) = handed_over {
                     self.serve_with_hyper(stream, conn).await;
                 }
@@ -435,7 +440,19 @@ impl Client {
         let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let (gw, conn) = (gateway.clone(), conn.clone());
             async move {
-                let req = req.map(|body| crate::body::Inbound::Hyper { body });
+                let (mut parts, body) = req.into_parts();
+                // hyper's parser is not the gateway's: the same request rules apply to what it read.
+                let checked = crate::http::codec::check_parsed_request(
+                    &parts.method,
+                    &parts.uri,
+                    parts.version,
+                    &mut parts.headers,
+                );
+                if let Err(why) = checked {
+                    tracing::debug!(reason = why.0, "refused a request head");
+                    return Ok(gw.refuse(crate::error::GatewayError::BadRequest));
+                }
+                let req = http::Request::from_parts(parts, crate::body::Inbound::Hyper { body });
                 Ok::<_, Infallible>(gw.handle(req, &conn).await)
             }
         });

@@ -121,3 +121,169 @@ async fn connection_cannot_remove_the_chunked_coding_the_gateway_framed_by() {
         ["0"]
     );
 }
+
+const HEAD_A: &str = "Host: a.example\r\nX-Tenant-ID: tnt_a\r\nOrigin: https://client-a.com\r\n";
+
+/// Every ambiguous or invalid head of the contract: `400 bad_request`, the connection closed,
+/// nothing forwarded — not even the valid request pipelined behind it.
+#[tokio::test]
+async fn ambiguous_heads_are_refused_and_nothing_behind_them_is_served() {
+    let (gw, recorder) = recorded_gateway().await;
+    let tail = format!("GET /smuggled HTTP/1.1\r\n{HEAD_A}\r\n");
+    for (what, head) in [
+        ("CL list", format!("POST / HTTP/1.1\r\n{HEAD_A}Content-Length: 5, 5\r\n\r\nhello")),
+        ("CL repeated", format!("POST / HTTP/1.1\r\n{HEAD_A}Content-Length: 5\r\nContent-Length: 5\r\n\r\nhello")),
+        ("CL and TE", format!("POST / HTTP/1.1\r\n{HEAD_A}Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")),
+        ("TE not chunked", format!("POST / HTTP/1.1\r\n{HEAD_A}Transfer-Encoding: identity\r\n\r\n")),
+        ("TE obfuscated", format!("POST / HTTP/1.1\r\n{HEAD_A}Transfer-Encoding: chunked, identity\r\n\r\n")),
+        ("TE on HTTP/1.0", format!("POST / HTTP/1.0\r\n{HEAD_A}Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")),
+        ("no Host", "GET / HTTP/1.1\r\nX-Tenant-ID: tnt_a\r\nOrigin: https://client-a.com\r\n\r\n".to_string()),
+        ("two Hosts", format!("GET / HTTP/1.1\r\nHost: b.example\r\n{HEAD_A}\r\n")),
+        ("invalid Host", "GET / HTTP/1.1\r\nHost: a.example/evil\r\nX-Tenant-ID: tnt_a\r\nOrigin: https://client-a.com\r\n\r\n".to_string()),
+        ("CONNECT", format!("CONNECT a.example:443 HTTP/1.1\r\n{HEAD_A}\r\n")),
+        ("asterisk on GET", format!("GET * HTTP/1.1\r\n{HEAD_A}\r\n")),
+        ("authority-form on GET", format!("GET a.example:80 HTTP/1.1\r\n{HEAD_A}\r\n")),
+        ("obs-fold", format!("GET / HTTP/1.1\r\n{HEAD_A}X-A: 1\r\n 2\r\n\r\n")),
+        ("NUL in a value", format!("GET / HTTP/1.1\r\n{HEAD_A}X-A: 1\x002\r\n\r\n")),
+        ("bare CR in a value", format!("GET / HTTP/1.1\r\n{HEAD_A}X-A: 1\r2\r\n\r\n")),
+        ("space before colon", format!("GET / HTTP/1.1\r\n{HEAD_A}Content-Length : 5\r\n\r\nhello")),
+        ("fragment", format!("GET /a#b HTTP/1.1\r\n{HEAD_A}\r\n")),
+    ] {
+        let text = exchange_to_close(&gw, format!("{head}{tail}").as_bytes()).await;
+        assert!(text.starts_with("HTTP/1.1 400 "), "{what}: {text}");
+        assert!(text.contains("\"code\":\"bad_request\""), "{what}: {text}");
+        assert!(text.contains("connection: close\r\n"), "{what}: {text}");
+        assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{what}: one answer only: {text}");
+    }
+    assert!(recorder.requests().is_empty(), "{:#?}", recorder.requests());
+}
+
+/// Writes `bytes` and reads until the gateway closes the connection.
+async fn exchange_to_close(gw: &Gateway, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(gw.running.addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        s.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the gateway closes the connection")
+    .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// A chunked body that breaks the grammar after its head was forwarded: the client gets `400`
+/// (its fault, not the backend's), the connection closes, the backend connection is discarded
+/// rather than pooled mid-message, and the next client is served normally.
+#[tokio::test]
+async fn a_broken_chunked_body_is_the_clients_400_and_the_backend_connection_is_discarded() {
+    let (gw, recorder) = recorded_gateway().await;
+    for (what, body) in [
+        ("sign", "+5\r\nhello\r\n0\r\n\r\n"),
+        ("prefix", "0x5\r\nhello\r\n0\r\n\r\n"),
+        ("space", "5 \r\nhello\r\n0\r\n\r\n"),
+        ("bare LF", "5\nhello\r\n0\r\n\r\n"),
+        ("no CRLF after data", "5\r\nhelloXX\r\n0\r\n\r\n"),
+        ("bad extension", "5;a=\"b\r\nhello\r\n0\r\n\r\n"),
+        ("bad trailer", "5\r\nhello\r\n0\r\nx-t : 1\r\n\r\n"),
+        ("overflow", "fffffffffffffffff\r\nhello\r\n0\r\n\r\n"),
+    ] {
+        let text = exchange_to_close(
+            &gw,
+            format!("POST /up HTTP/1.1\r\n{HEAD_A}Transfer-Encoding: chunked\r\n\r\n{body}GET /smuggled HTTP/1.1\r\n{HEAD_A}\r\n").as_bytes(),
+        )
+        .await;
+        assert!(text.starts_with("HTTP/1.1 400 "), "{what}: {text}");
+        assert!(text.contains("\"code\":\"bad_request\""), "{what}: {text}");
+        assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{what}: {text}");
+    }
+    // The backend saw no complete request, and none under the path pipelined behind.
+    assert!(recorder.requests().iter().all(|r| r.target != "/smuggled"));
+    assert!(recorder.requests().is_empty(), "{:#?}", recorder.requests());
+    assert_eq!(gw.in_flight("tnt_a").await, 0);
+    let metrics = get(&gw.admin_url("/metrics"), &[]).await;
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    assert!(
+        !text.lines().any(|l| l.contains("upstream_unavailable")
+            && !l.starts_with('#')
+            && !l.ends_with(" 0")),
+        "a client's broken body is no backend failure:\n{text}"
+    );
+    // A fresh request is served (on a fresh backend connection).
+    let before = recorder
+        .connections
+        .load(std::sync::atomic::Ordering::SeqCst);
+    let text = exchange(
+        &gw,
+        format!("POST /ok HTTP/1.1\r\n{HEAD_A}Content-Length: 2\r\n\r\nhi").as_bytes(),
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let seen = recorder.requests();
+    assert_eq!((seen.len(), &seen[0].body[..]), (1, &b"hi"[..]));
+    assert!(
+        recorder
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst)
+            > before
+            || before == 0
+    );
+}
+
+/// Header names with `_` are dropped (as nginx does): a CGI-style backend would read
+/// `X_Tenant_ID` as the tenant header the gateway sets.
+#[tokio::test]
+async fn underscore_names_are_dropped_and_absolute_form_hosts_are_the_requests_host() {
+    let (gw, recorder) = recorded_gateway().await;
+    let text = exchange(
+        &gw,
+        b"GET http://real.example:8080/p?q=1 HTTP/1.1\r\nHost: other.example\r\nX-Tenant-ID: tnt_a\r\nX_Tenant_ID: forged\r\nX_Forwarded_Host: evil\r\nOrigin: https://client-a.com\r\n\r\n",
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let seen = recorder.requests();
+    assert_eq!(seen[0].target, "/p?q=1", "origin-form towards the backend");
+    assert_eq!(seen[0].headers["x-forwarded-host"], "real.example:8080");
+    assert_eq!(
+        seen[0]
+            .headers
+            .get_all("x-tenant-id")
+            .iter()
+            .collect::<Vec<_>>(),
+        ["tnt_a"]
+    );
+    assert!(
+        seen[0].headers.keys().all(|n| !n.as_str().contains('_')),
+        "{:?}",
+        seen[0].headers
+    );
+    // Connection cannot remove the host, the tenant header or an injected header either.
+    let text = exchange(
+        &gw,
+        format!("GET /c HTTP/1.1\r\n{HEAD_A}Connection: host, x-tenant-id, x-forwarded-for, x-request-id, x-tenant-provider-region, x-custom\r\nX-Custom: gone\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let r = &recorder.requests()[1];
+    for name in [
+        "host",
+        "x-tenant-id",
+        "x-forwarded-for",
+        "x-request-id",
+        "x-tenant-provider-region",
+        "x-forwarded-host",
+    ] {
+        assert_eq!(
+            r.headers.get_all(name).iter().count(),
+            1,
+            "{name}: {:?}",
+            r.headers
+        );
+    }
+    assert_eq!(r.headers["x-forwarded-host"], "a.example");
+    assert!(
+        r.headers.get("x-custom").is_none(),
+        "an end-to-end header it names goes"
+    );
+}

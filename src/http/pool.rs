@@ -1,7 +1,7 @@
 //! Keep-alive connections to the backends, used inside the request's own task.
 //!
 //! An idle connection is a socket and its buffers; a request takes one (most recently used
-//! first) or opens one, runs its exchange on it ([`crate::exchange`]), and the response body,
+//! first) or opens one, runs its exchange on it ([`crate::http::client`]), and the response body,
 //! once read to its end, gives it back ([`Lease::release`]). No task per connection and no
 //! channels: the request's task does the reading and writing. A body dropped half-way drops its
 //! connection, so a connection is never reused mid-message.
@@ -35,7 +35,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use crate::body::RequestBody;
-use crate::exchange::{self, BackendBody, ExchangeError, Outgoing};
+use crate::http::client::{self, BackendBody, ExchangeError, Outgoing};
 
 /// Why a request could not be sent or answered.
 #[derive(Debug, thiserror::Error)]
@@ -311,7 +311,7 @@ impl Pool {
             head,
             method,
             mut body,
-            chunked,
+            framing,
         }: Outgoing,
     ) -> Result<Response<BackendBody>, SendError> {
         let key = (target.tls.is_some(), target.authority.clone());
@@ -328,7 +328,7 @@ impl Pool {
                 key: key.clone(),
                 shared: self.shared.clone(),
             };
-            match exchange::exchange(conn, &head, &method, (body.take(), chunked), lease).await {
+            match client::exchange(conn, &head, &method, (body.take(), framing), lease).await {
                 Ok(resp) => return Ok(resp),
                 // The backend closed a kept connection as the request went out: nothing was
                 // processed, and a request without a body can be written again.

@@ -30,15 +30,13 @@
 //! request has passed the tenant checks.
 
 use std::future::{poll_fn, Future};
-use std::mem::MaybeUninit;
 use std::pin::{pin, Pin};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -49,23 +47,18 @@ use tokio_util::sync::CancellationToken;
 
 use crate::body::{BodyError, Inbound, ProxyBody};
 use crate::error::GatewayError;
-use crate::exchange::{
-    content_length, decode, has_token, header_map, make_room, Chunk, Decoded, Framing, Seen, Span,
-    STACK_SPANS,
+use crate::http::codec::{
+    self, decode, make_room, parse_request_head, Decoded, Framing, HeadError, RequestHead,
+    ResponseFraming,
 };
 use crate::proxy::{ClientConn, Gateway};
 
-/// Header lines parsed without a heap allocation; heads with more are parsed again with room
-/// for [`MAX_HEADERS`].
-const STACK_HEADERS: usize = 64;
 /// Most header lines accepted in a request head.
 const MAX_HEADERS: usize = 1_000;
 /// Buffer allocated for reads from a client.
 const READ_CHUNK: usize = 8 * 1024;
 /// Response bytes gathered into one write.
 const WRITE_BATCH: usize = 64 * 1024;
-/// Longest chunk-size or trailer line accepted in a chunked request body.
-const MAX_CHUNK_LINE: usize = 8 * 1024;
 /// After a refusal that leaves request bytes unread, how long (and how much) the gateway keeps
 /// reading before it closes, so that the client gets the answer instead of a reset.
 const LINGER: Duration = Duration::from_secs(2);
@@ -423,14 +416,13 @@ impl Connection {
     ) -> std::io::Result<bool> {
         let (parts, body) = resp.into_parts();
         let mut body = pin!(body);
-        let bodiless = req.is_head
-            || parts.status.is_informational()
-            || parts.status == StatusCode::NO_CONTENT
-            || parts.status == StatusCode::NOT_MODIFIED;
+        let bodiless = req.is_head || !codec::status_has_body(parts.status);
         // The length is the body's own (a backend's `Content-Length` framed it); the response's
         // `Content-Length` header is written from it, never passed through.
-        let framing = if bodiless {
-            ResponseFraming::None
+        let framing = if !codec::status_has_body(parts.status) {
+            ResponseFraming::Bodiless
+        } else if req.is_head {
+            ResponseFraming::Head
         } else if let Some(n) = body.size_hint().exact() {
             ResponseFraming::Length(n)
         } else if !req.http10 {
@@ -441,8 +433,16 @@ impl Connection {
         let keep_alive =
             req.keep_alive && framing != ResponseFraming::UntilClose && !closing.is_cancelled();
         self.out.clear();
-        write_head(&mut self.out, &parts, framing, keep_alive, req.http10);
-        crate::exchange::recycle(parts.headers);
+        codec::write_response_head(
+            &mut self.out,
+            parts.status,
+            &parts.headers,
+            framing,
+            keep_alive,
+            req.http10,
+            &http_date(),
+        );
+        codec::recycle(parts.headers);
         if bodiless {
             // Frees a held slot now; a `HEAD` answer's body is never sent.
             body.set(ProxyBody::empty());
@@ -465,16 +465,7 @@ impl Connection {
                             ResponseFraming::Length(n) if sent > n => {
                                 return Poll::Ready(Err(invalid("body longer than its length")))
                             }
-                            ResponseFraming::Chunked => {
-                                let mut size = [0u8; 16];
-                                self.out.extend_from_slice(crate::exchange::hex_len(
-                                    data.len(),
-                                    &mut size,
-                                ));
-                                self.out.extend_from_slice(b"\r\n");
-                                self.out.extend_from_slice(&data);
-                                self.out.extend_from_slice(b"\r\n");
-                            }
+                            ResponseFraming::Chunked => codec::encode_chunk(&mut self.out, &data),
                             _ => self.out.extend_from_slice(&data),
                         }
                     }
@@ -484,7 +475,9 @@ impl Connection {
                     Poll::Ready(None) => {
                         finished = true;
                         match framing {
-                            ResponseFraming::Chunked => self.out.extend_from_slice(b"0\r\n\r\n"),
+                            ResponseFraming::Chunked => {
+                                self.out.extend_from_slice(codec::LAST_CHUNK)
+                            }
                             ResponseFraming::Length(n) if sent != n => {
                                 return Poll::Ready(Err(invalid("body shorter than its length")))
                             }
@@ -571,70 +564,6 @@ fn invalid(what: &'static str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, what)
 }
 
-/// How the response body is delimited on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ResponseFraming {
-    /// No body (`HEAD`, `204`, `304`).
-    None,
-    Length(u64),
-    Chunked,
-    /// Until the connection closes (HTTP/1.0 clients, unknown length).
-    UntilClose,
-}
-
-/// The status line and headers. The gateway owns the framing headers: `Content-Length` from
-/// [`Framing`] (a bodiless answer keeps its own), `Transfer-Encoding: chunked`, `Connection`.
-fn write_head(
-    out: &mut Vec<u8>,
-    parts: &http::response::Parts,
-    framing: ResponseFraming,
-    keep_alive: bool,
-    http10: bool,
-) {
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(parts.status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(
-        parts
-            .status
-            .canonical_reason()
-            .unwrap_or("Unknown")
-            .as_bytes(),
-    );
-    out.extend_from_slice(b"\r\n");
-    let mut has_date = false;
-    for (name, value) in &parts.headers {
-        if name == header::TRANSFER_ENCODING || name == header::CONNECTION {
-            continue;
-        }
-        if name == header::CONTENT_LENGTH && framing != ResponseFraming::None {
-            continue;
-        }
-        has_date |= name == header::DATE;
-        crate::exchange::header_line(out, name, value);
-    }
-    match framing {
-        ResponseFraming::Length(n) => {
-            out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        ResponseFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        ResponseFraming::None | ResponseFraming::UntilClose => {}
-    }
-    if !keep_alive {
-        out.extend_from_slice(b"connection: close\r\n");
-    } else if http10 {
-        out.extend_from_slice(b"connection: keep-alive\r\n");
-    }
-    if !has_date {
-        out.extend_from_slice(b"date: ");
-        out.extend_from_slice(&http_date());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-}
-
 /// `Date` in the IMF-fixdate form, formatted once a second per thread.
 fn http_date() -> [u8; 29] {
     use std::cell::Cell;
@@ -659,88 +588,57 @@ fn http_date() -> [u8; 29] {
     })
 }
 
-/// Parses a request head at the start of `buf` and removes it from there; `None` until the
-/// head is complete.
+/// Parses a request head at the start of `buf` and removes it from there (the codec's rules,
+/// [`parse_request_head`]); `None` until the head is complete. Upgrades and HTTP/2's preface
+/// are handed to hyper's server.
 fn parse_request(buf: &mut BytesMut, first: bool) -> Result<Option<Parsed>, Refusal> {
     if first && buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(buf) {
         return Ok(None); // maybe HTTP/2's preface, still arriving
     }
-    let mut stack = [MaybeUninit::uninit(); STACK_HEADERS];
-    let mut heap = Vec::new();
-    let mut req = httparse::Request::new(&mut []);
-    let parsed = match req.parse_with_uninit_headers(buf, &mut stack) {
-        Err(httparse::Error::TooManyHeaders) => {
-            heap.resize(MAX_HEADERS, MaybeUninit::uninit());
-            req = httparse::Request::new(&mut []);
-            req.parse_with_uninit_headers(buf, &mut heap)
-        }
-        other => other,
-    };
-    let len = match parsed {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(_) if first && buf.starts_with(H2_PREFACE) => {
-            return Err(Refusal::Handoff(Bytes::new()));
-        }
-        Err(httparse::Error::TooManyHeaders) => {
+    if first && buf.starts_with(H2_PREFACE) {
+        return Err(Refusal::Handoff(Bytes::new()));
+    }
+    // Room for what the gateway adds without growing the map.
+    let head = match parse_request_head(buf, MAX_HEADERS, 4) {
+        Ok(Some(head)) => head,
+        Ok(None) => return Ok(None),
+        Err(HeadError::TooManyHeaders) => {
             return Err(Refusal::Answer(GatewayError::HeadersTooLarge))
         }
-        Err(e) => return Err(bad_request(&format!("malformed request head: {e}"))),
+        Err(HeadError::Invalid(why)) => return Err(bad_request(why.0)),
     };
-    let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
-        return Err(bad_request("incomplete request line"));
-    };
-    let method =
-        Method::from_bytes(method.as_bytes()).map_err(|_| bad_request("invalid method"))?;
-    let target_at = target.as_ptr() as usize - buf.as_ptr() as usize;
-    let target_at = target_at..target_at + target.len();
-    let mut stack = [Span::default(); STACK_SPANS];
-    let mut heap = Vec::new();
-    let spans = Span::record(req.headers, buf, &mut stack, &mut heap);
-    let bytes = buf.split_to(len).freeze();
-    // Room for what the gateway adds without growing the map.
-    let (headers, seen) = header_map(&bytes, spans, 4).map_err(bad_request)?;
-    let uri = Uri::from_maybe_shared(bytes.slice(target_at))
-        .map_err(|_| bad_request("invalid request target"))?;
-    let http10 = minor == 0;
+    let RequestHead {
+        method,
+        uri,
+        version,
+        headers,
+        framing,
+        keep_alive,
+        expect_continue,
+        upgrade,
+        raw,
+    } = head;
     // Not this server's to answer: hyper's takes the connection from this request on.
-    if method == Method::CONNECT
-        || (seen.any(Seen::UPGRADE) && crate::forward::is_upgrade(&headers))
-    {
-        return Err(Refusal::Handoff(bytes));
+    if upgrade {
+        codec::recycle(headers);
+        return Err(Refusal::Handoff(raw));
     }
-    let framing = body_framing(&headers, seen, http10).map_err(bad_request)?;
-    let says = |token| seen.any(Seen::CONNECTION) && has_token(&headers, header::CONNECTION, token);
-    let keep_alive = if http10 {
-        says("keep-alive") && !says("close")
-    } else {
-        !says("close")
-    };
-    let expect = !http10
-        && framing != BodyState::DONE
-        && seen.any(Seen::EXPECT)
-        && headers
-            .get(header::EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let http10 = version == Version::HTTP_10;
     let head = Sent {
         is_head: method == Method::HEAD,
         http10,
         keep_alive,
-        expect,
+        expect: expect_continue,
     };
     let mut request = Request::new(());
     *request.method_mut() = method;
     *request.uri_mut() = uri;
-    *request.version_mut() = if http10 {
-        Version::HTTP_10
-    } else {
-        Version::HTTP_11
-    };
+    *request.version_mut() = version;
     *request.headers_mut() = headers;
     Ok(Some(Parsed {
         req: request,
         head,
-        framing,
+        framing: BodyState::Framed(framing),
     }))
 }
 
@@ -748,37 +646,6 @@ fn parse_request(buf: &mut BytesMut, first: bool) -> Result<Option<Parsed>, Refu
 fn bad_request(why: &str) -> Refusal {
     tracing::debug!(reason = why, "refused a request head");
     Refusal::Answer(GatewayError::BadRequest)
-}
-
-/// How the request body is delimited (RFC 9112 §6.3), refusing every ambiguous case.
-fn body_framing(headers: &HeaderMap, seen: Seen, http10: bool) -> Result<BodyState, &'static str> {
-    if seen.any(Seen::TRANSFER_ENCODING) {
-        if http10 {
-            return Err("Transfer-Encoding in an HTTP/1.0 request");
-        }
-        if seen.any(Seen::CONTENT_LENGTH) {
-            return Err("both Transfer-Encoding and Content-Length");
-        }
-        let mut codings = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .flat_map(|v| v.to_str().unwrap_or("?").split(','))
-            .map(str::trim)
-            .filter(|t| !t.is_empty());
-        return match (codings.next(), codings.next()) {
-            (Some(c), None) if c.eq_ignore_ascii_case("chunked") => {
-                Ok(BodyState::Framed(Framing::Chunked(Chunk::Size)))
-            }
-            _ => Err("a transfer coding other than chunked"),
-        };
-    }
-    if !seen.any(Seen::CONTENT_LENGTH) {
-        return Ok(BodyState::DONE);
-    }
-    Ok(match content_length(headers)? {
-        None | Some(0) => BodyState::DONE,
-        Some(n) => BodyState::Framed(Framing::Length(n)),
-    })
 }
 
 /// A request body read from the client connection as the backend takes it.
@@ -804,7 +671,7 @@ impl ClientBody {
         loop {
             let BodyState::Framed(framing) = &mut r.body else {
                 self.done = true;
-                return Poll::Ready(Some(Err("the request body was cut off".into())));
+                return Poll::Ready(Some(Err(Box::new(ClientBodyError::Closed))));
             };
             match decode(&mut r.buf, framing) {
                 Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(data))),
@@ -812,34 +679,39 @@ impl ClientBody {
                     self.done = true;
                     return Poll::Ready(None);
                 }
-                Ok(Decoded::More) if r.buf.len() >= MAX_CHUNK_LINE => {
-                    // Only a chunk-size or trailer line waits for more with this much buffered.
-                    r.body = BodyState::Broken;
-                    return Poll::Ready(Some(Err("chunk line too long".into())));
-                }
                 Ok(Decoded::More) => {}
                 Err(e) => {
                     r.body = BodyState::Broken;
-                    return Poll::Ready(Some(Err(e.into())));
+                    return Poll::Ready(Some(Err(Box::new(ClientBodyError::Invalid(e)))));
                 }
             }
             make_room(&mut r.buf, READ_CHUNK);
             match poll_read_buf(Pin::new(&mut r.io), cx, &mut r.buf) {
                 Poll::Ready(Ok(0)) => {
                     r.body = BodyState::Broken;
-                    return Poll::Ready(Some(Err(
-                        "the client closed the connection inside the request body".into(),
-                    )));
+                    return Poll::Ready(Some(Err(Box::new(ClientBodyError::Closed))));
                 }
                 Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(e)) => {
                     r.body = BodyState::Broken;
-                    return Poll::Ready(Some(Err(e.into())));
+                    return Poll::Ready(Some(Err(Box::new(ClientBodyError::Io(e)))));
                 }
                 Poll::Pending => return Poll::Pending,
             }
         }
     }
+}
+
+/// Why a client's request body failed after its head was accepted: the client's fault, which
+/// the forward stage answers with `400 bad_request` (not a backend failure).
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBodyError {
+    #[error("invalid request body: {0}")]
+    Invalid(codec::Invalid),
+    #[error("the client closed the connection inside the request body")]
+    Closed,
+    #[error("reading the request body failed: {0}")]
+    Io(std::io::Error),
 }
 
 impl Body for ClientBody {
