@@ -6,14 +6,14 @@ use std::time::Duration;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderName, HeaderValue};
-use tenantgate::directory::{CacheSettings, Directory, Resolved};
-use tenantgate::forward::{
+use tenantgate::http::codec;
+use tenantgate::pipeline::forward::{
     forwarded_headers, rewrite_request_headers, strip_hop_by_hop, Forwarded,
 };
-use tenantgate::http::codec;
-use tenantgate::origin::AllowedOrigins;
-use tenantgate::store::file::FileStore;
-use tenantgate::tenant::{Tenant, TenantRecord};
+use tenantgate::tenants::directory::{CacheSettings, Directory, Resolved};
+use tenantgate::tenants::origin::AllowedOrigins;
+use tenantgate::tenants::store::file::FileStore;
+use tenantgate::tenants::tenant::{Tenant, TenantRecord};
 
 fn tenant(i: usize) -> serde_json::Value {
     serde_json::json!({
@@ -166,10 +166,10 @@ fn header_rewrite(c: &mut Criterion) {
 }
 
 fn trace_context(c: &mut Criterion) {
-    let tracer = tenantgate::trace::Tracer::default();
+    let tracer = tenantgate::telemetry::trace::Tracer::default();
     let mut with_parent = HeaderMap::new();
     with_parent.insert(
-        tenantgate::trace::TRACEPARENT,
+        tenantgate::telemetry::trace::TRACEPARENT,
         HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
     );
     let none = HeaderMap::new();

@@ -6,49 +6,39 @@
 //! cap, and forwards the request with the tenant's provider endpoint and region injected as
 //! headers — to the default backend or to the tenant's own.
 //!
+//! ## The house: five layers, each importing only the ones below it
+//!
+//! | layer | folder | what it is |
+//! |---|---|---|
+//! | 5 | [`run`] | the process: config file, listeners and TLS, reloads, admin endpoints, CLI, demo |
+//! | 4 | [`pipeline`] | the request path: identify → CORS → limit → forward, errors as JSON |
+//! | 3 | [`telemetry`] | access and process logs, trace context and spans, Prometheus metrics |
+//! | 2 | [`tenants`] | the tenant document, the stores, the cache in front of them, the slots |
+//! | 1 | [`http`] | HTTP/1.1: one codec for both sides, the client-facing server, the backend client and pool |
+//!
 //! ## Reading order
 //!
-//! The request path, in the order a request meets it — [`proxy`] strings the stages together
-//! on one screen:
+//! The request path, in the order a request meets it — [`pipeline::proxy`] strings the stages
+//! together on one screen:
 //!
 //! | stage | module | refuses with |
 //! |---|---|---|
-//! | accept, TLS, HTTP/1.1 + HTTP/2, connection cap, head size, shutdown | [`server`], [`http1`], [`tls`] | 400 / 408 / 431 |
-//! | 1. identify the tenant from its key | [`identify`] | 401 / 400 / 403 / 503 |
-//! | 2. check the browser origin (and answer preflights) | [`cors`], [`origin`] | 403 |
-//! | 3. take one of the tenant's concurrency slots | [`limit`] | 429 |
-//! | 4. rewrite headers, stream to the backend and back (or splice an upgrade) | [`forward`], [`pool`], [`exchange`], [`body`] | 413 / 502 / 504 |
-//! | every refusal as the contract's JSON | [`error`] | |
+//! | accept, TLS, HTTP/1.1 + HTTP/2, connection cap, shutdown | [`run::server`], [`run::tls`] | |
+//! | read the head: framing, `Host`, target form, head size (the gateway is the only author of framing) | [`http::codec`], [`http::server`] | 400 / 408 / 431 |
+//! | 1. identify the tenant from its key | [`pipeline::identify`] | 401 / 400 / 403 / 503 |
+//! | 2. check the browser origin (and answer preflights) | [`pipeline::cors`], [`tenants::origin`] | 403 |
+//! | 3. take one of the tenant's concurrency slots | [`tenants::slots`] | 429 |
+//! | 4. rewrite headers, stream to the backend and back (or splice an upgrade) | [`pipeline::forward`], [`http::client`], [`http::pool`] | 400 / 413 / 502 / 504 |
+//! | every refusal as the contract's JSON | [`pipeline::error`] | |
 //!
-//! Where tenants come from: [`tenant`] (the document and its validation), [`store`] (the store
-//! trait, the JSON file store and the MongoDB store), [`directory`] (the cache in front of every store: TTL,
-//! negative TTL, coalesced misses, stale-while-revalidate, invalidation, miss budget).
-//!
-//! Around it: [`config`] (TOML → validated settings), [`admin`] (`/healthz`, `/readyz`,
-//! `/metrics`), [`metrics`], [`trace`] (`traceparent` propagation, OTLP spans with the `otel`
-//! feature),
-//! [`cli`] (`run`, `check`, `demo`, `tenants …`), [`demo`] (sample backend and zero-setup demo),
-//! [`logging`].
+//! Where tenants come from: [`tenants::tenant`] (the document and its validation),
+//! [`tenants::store`] (the store trait, the JSON file store and the MongoDB store),
+//! [`tenants::directory`] (the cache in front of every store: TTL, negative TTL, coalesced
+//! misses, stale-while-revalidate, invalidation, miss budget).
 #![forbid(unsafe_code)]
 
-pub mod admin;
-pub mod body;
-pub mod cli;
-pub mod config;
-pub mod cors;
-pub mod demo;
-pub mod directory;
-pub mod error;
-pub mod forward;
 pub mod http;
-pub mod identify;
-pub mod limit;
-pub mod logging;
-pub mod metrics;
-pub mod origin;
-pub mod proxy;
-pub mod server;
-pub mod store;
-pub mod tenant;
-pub mod tls;
-pub mod trace;
+pub mod pipeline;
+pub mod run;
+pub mod telemetry;
+pub mod tenants;

@@ -1,4 +1,4 @@
-//! The `tenantgate` binary: see [`tenantgate::cli`].
+//! The `tenantgate` binary: see [`tenantgate::run::cli`].
 
 // mimalloc: the proxy allocates small, short-lived buffers on every request (headers, futures,
 // body frames); measured on the bench workload it saves CPU per request over glibc malloc.
@@ -6,5 +6,5 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    tenantgate::cli::main()
+    tenantgate::run::cli::main()
 }

@@ -286,4 +286,20 @@ async fn underscore_names_are_dropped_and_absolute_form_hosts_are_the_requests_h
         r.headers.get("x-custom").is_none(),
         "an end-to-end header it names goes"
     );
+    // An absolute-form target without a path goes on with `/` (found by the request_head fuzz
+    // target: it went as `GET ?x HTTP/1.1`, which no backend parses).
+    let text = exchange(
+        &gw,
+        format!("GET http://b.example?x HTTP/1.1\r\n{HEAD_A}\r\n").as_bytes(),
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let r = &recorder.requests()[2];
+    assert_eq!(
+        (
+            r.target.as_str(),
+            r.headers["x-forwarded-host"].to_str().unwrap()
+        ),
+        ("/?x", "b.example")
+    );
 }

@@ -16,9 +16,9 @@ use common::*;
 use futures::StreamExt;
 use mongodb::bson::{doc, Document};
 use serde_json::Value;
-use tenantgate::config::StoreConfig;
-use tenantgate::server::{start_with_store, Running};
-use tenantgate::store::mongodb::{CommandCounts, MongoStore};
+use tenantgate::run::config::StoreConfig;
+use tenantgate::run::server::{start_with_store, Running};
+use tenantgate::tenants::store::mongodb::{CommandCounts, MongoStore};
 
 const ORIGIN: &str = "https://app.example";
 

@@ -77,7 +77,7 @@ async fn readiness_follows_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("tenants.json");
     let cfg = config(&gw.backend.url(), &missing, "");
-    let running = tenantgate::server::start(cfg).await.unwrap();
+    let running = tenantgate::run::server::start(cfg).await.unwrap();
     let admin = |p: &str| format!("http://{}{p}", running.admin_addr.unwrap());
     assert_eq!(get(&admin("/healthz"), &[]).await.status, 200);
     let r = get(&admin("/readyz"), &[]).await;
@@ -133,7 +133,7 @@ fn write_config(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
 fn check_exit_codes() {
     let dir = tempfile::tempdir().unwrap();
     let tenants = dir.path().join("tenants.json");
-    std::fs::write(&tenants, tenantgate::demo::EXAMPLE_TENANTS).unwrap();
+    std::fs::write(&tenants, tenantgate::run::demo::EXAMPLE_TENANTS).unwrap();
     let good = format!(
         "[store]\nkind = \"file\"\npath = {:?}\n",
         tenants.display().to_string()
@@ -207,11 +207,18 @@ fn tenants_commands_manage_the_file_store() {
         tenantgate(&all, stdin)
     };
 
-    let (code, out, err) = run(&["import", "-"], Some(tenantgate::demo::EXAMPLE_TENANTS));
+    let (code, out, err) = run(
+        &["import", "-"],
+        Some(tenantgate::run::demo::EXAMPLE_TENANTS),
+    );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("imported 3"));
     assert_eq!(
-        run(&["import", "-"], Some(tenantgate::demo::EXAMPLE_TENANTS)).0,
+        run(
+            &["import", "-"],
+            Some(tenantgate::run::demo::EXAMPLE_TENANTS)
+        )
+        .0,
         0,
         "import is idempotent"
     );
@@ -500,8 +507,8 @@ async fn post_reload_applies_the_request_rules_and_refuses_bad_or_restart_only_c
         tenants.display().to_string()
     );
     let cfg = write_config(dir.path(), &base);
-    let config = tenantgate::config::Config::load(&cfg).unwrap();
-    let running = tenantgate::server::start(config).await.unwrap();
+    let config = tenantgate::run::config::Config::load(&cfg).unwrap();
+    let running = tenantgate::run::server::start(config).await.unwrap();
     let url = format!("http://{}/x", running.addr);
     let reload = format!("http://{}/reload", running.admin_addr.unwrap());
     let no_origin = || async { get(&url, &[("x-tenant-id", "tnt_a")]).await };

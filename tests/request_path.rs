@@ -12,9 +12,9 @@ use bytes::Bytes;
 use common::*;
 use http_body_util::BodyExt;
 use serde_json::json;
-use tenantgate::store::file::FileStore;
-use tenantgate::store::{StoreError, TenantStore};
-use tenantgate::tenant::TenantRecord;
+use tenantgate::tenants::store::file::FileStore;
+use tenantgate::tenants::store::{StoreError, TenantStore};
+use tenantgate::tenants::tenant::TenantRecord;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

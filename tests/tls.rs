@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, ServerName};
-use tenantgate::demo::{serve_backend_with, BackendStats};
+use tenantgate::run::demo::{serve_backend_with, BackendStats};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::client::TlsStream;
 
@@ -59,7 +59,7 @@ impl Pki {
 
     fn acceptor(&self, name: &str) -> tokio_rustls::TlsAcceptor {
         let (crt, key, _) = self.leaf(name);
-        tenantgate::tls::acceptor(tenantgate::tls::CertFiles {
+        tenantgate::run::tls::acceptor(tenantgate::run::tls::CertFiles {
             cert: crt,
             key,
             reload_interval: Duration::from_secs(3600),
@@ -219,7 +219,7 @@ async fn start_up_refuses_a_missing_or_mismatched_key_with_a_clear_error() {
     let start = |key: PathBuf| {
         let config = config(&backend.url(), &tenants, &tls_section(&crt, &key));
         async move {
-            tenantgate::server::start(config)
+            tenantgate::run::server::start(config)
                 .await
                 .err()
                 .unwrap()

@@ -12,7 +12,7 @@ use tenantgate::http::codec::{self, Decoded, Framing};
 /// was left in the buffer), or the error.
 fn run(parts: &[&[u8]]) -> Result<(Vec<u8>, Option<Vec<u8>>), codec::Invalid> {
     let (mut buf, mut framing, mut data) = (BytesMut::new(), Framing::CHUNKED, Vec::new());
-    for part in parts {
+    for (i, part) in parts.iter().enumerate() {
         buf.extend_from_slice(part);
         loop {
             match codec::decode(&mut buf, &mut framing)? {
@@ -20,7 +20,12 @@ fn run(parts: &[&[u8]]) -> Result<(Vec<u8>, Option<Vec<u8>>), codec::Invalid> {
                     assert!(!d.is_empty());
                     data.extend_from_slice(&d)
                 }
-                Decoded::End => return Ok((data, Some(buf.to_vec()))),
+                Decoded::End => {
+                    // What follows the body: the rest of this part and the parts not fed yet.
+                    let mut rest = buf.to_vec();
+                    rest.extend(parts[i + 1..].iter().flat_map(|p| p.iter()));
+                    return Ok((data, Some(rest)));
+                }
                 Decoded::More => break,
             }
         }

@@ -8,7 +8,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Err(e) = tenantgate::config::Config::parse(text, "fuzz.toml") {
+    if let Err(e) = tenantgate::run::config::Config::parse(text, "fuzz.toml") {
         assert!(!e.to_string().is_empty());
     }
 });

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tenantgate::origin::{AllowedOrigins, Origin};
+use tenantgate::tenants::origin::{AllowedOrigins, Origin};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
     let Some(request) = lines.pop() else {
         return;
     };
-    let _ = tenantgate::origin::index_candidates(request);
+    let _ = tenantgate::tenants::origin::index_candidates(request);
     let Ok(allowed) = AllowedOrigins::parse(&lines) else {
         return;
     };

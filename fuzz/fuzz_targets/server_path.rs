@@ -33,7 +33,7 @@ struct World {
     runtime: tokio::runtime::Runtime,
     gateway: std::net::SocketAddr,
     seen: Arc<Mutex<Seen>>,
-    _running: tenantgate::server::Running,
+    _running: tenantgate::run::server::Running,
 }
 
 static NEXT_ANSWER: AtomicU64 = AtomicU64::new(1);
@@ -66,9 +66,9 @@ fn world() -> &'static World {
                  [tenancy]\nrequire_origin = false\n",
                 tenants.display().to_string()
             );
-            let config = tenantgate::config::Config::parse(&config, "fuzz").unwrap();
-            let store = tenantgate::store::file::FileStore::open(tenants, Duration::from_secs(3600));
-            let running = tenantgate::server::start_with_store(config, store).await.unwrap();
+            let config = tenantgate::run::config::Config::parse(&config, "fuzz").unwrap();
+            let store = tenantgate::tenants::store::file::FileStore::open(tenants, Duration::from_secs(3600));
+            let running = tenantgate::run::server::start_with_store(config, store).await.unwrap();
             (running.addr, running)
         });
         World { runtime, gateway, seen, _running: running }

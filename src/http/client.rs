@@ -17,19 +17,22 @@
 
 use std::future::poll_fn;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{Method, Response};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWrite;
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 use tokio_util::io::poll_read_buf;
 
-use crate::body::RequestBody;
 use crate::http::codec::{
     self, decode, make_room, BodyFraming, Decoded, Framing, HeadError, ResponseHead,
 };
-use crate::http::pool::{Conn, Lease};
+use crate::http::inbound::RequestBody;
 
 /// Largest response head accepted from a backend.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -52,6 +55,135 @@ pub enum ExchangeError {
     /// The client's request body failed (or passed the body limit) while it streamed.
     #[error("request body: {0}")]
     Body(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// The byte stream to a backend: plain TCP, or TLS over it.
+pub(crate) enum UpstreamIo {
+    Plain(TcpStream),
+    /// Boxed: the TLS state is large and rare next to plain connections.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for UpstreamIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            UpstreamIo::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            UpstreamIo::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            UpstreamIo::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpstreamIo::Plain(s) => s.is_write_vectored(),
+            UpstreamIo::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            UpstreamIo::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            UpstreamIo::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A connection to a backend with its buffers (kept with it, so their memory is reused).
+pub struct Conn {
+    pub(crate) io: UpstreamIo,
+    /// Bytes read and not yet used: empty between exchanges on a healthy connection.
+    pub(crate) read_buf: BytesMut,
+    pub(crate) write_buf: Vec<u8>,
+}
+
+impl Conn {
+    pub(crate) fn new(io: UpstreamIo) -> Conn {
+        Conn {
+            io,
+            read_buf: BytesMut::new(),
+            write_buf: Vec::new(),
+        }
+    }
+
+    /// Whether an idle connection has become readable: the backend closed it (or sent something
+    /// unasked for). Costs no system call: the runtime already knows the socket's readiness.
+    pub(crate) fn is_stale(&self, cx: &mut Context<'_>) -> bool {
+        let tcp = match &self.io {
+            UpstreamIo::Plain(s) => s,
+            UpstreamIo::Tls(s) => s.get_ref().0,
+        };
+        tcp.poll_read_ready(cx).is_ready()
+    }
+}
+
+/// A connection lent to one request and then to its response body; [`Lease::release`] gives
+/// it back to where it came from (the pool).
+pub struct Lease {
+    conn: Conn,
+    key: PoolKey,
+    home: Arc<dyn Home>,
+}
+
+/// Where a lent connection goes back to once its exchange is complete.
+pub trait Home: Send + Sync {
+    fn put_back(&self, key: PoolKey, conn: Conn);
+}
+
+/// Idle connections are kept per backend: TLS or not, and authority (lower-cased once, when the
+/// backend URL was read: `http::uri::Authority` hashes byte by byte, twice per request here).
+pub type PoolKey = (bool, Arc<str>);
+
+impl Lease {
+    pub fn new(conn: Conn, key: PoolKey, home: Arc<dyn Home>) -> Lease {
+        Lease { conn, key, home }
+    }
+
+    pub(crate) fn conn(&self) -> &Conn {
+        &self.conn
+    }
+
+    pub(crate) fn conn_mut(&mut self) -> &mut Conn {
+        &mut self.conn
+    }
+
+    /// Gives the connection back for reuse (call once the response body is complete).
+    pub fn release(self) {
+        self.home.put_back(self.key, self.conn);
+    }
 }
 
 /// A failed exchange, and whether the request may be sent again on another connection: nothing

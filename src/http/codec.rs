@@ -1055,6 +1055,20 @@ pub fn make_room(buf: &mut BytesMut, chunk: usize) {
 // ---------------------------------------------------------------------------------------------
 // Writing heads and bodies
 
+/// The request target in origin form for the backend (RFC 9112 §3.2.1): the path and query of
+/// `uri`, with `/` as the path when it is empty (an absolute-form target such as
+/// `http://host?q` has none), or `*` for a server-wide `OPTIONS`.
+pub fn origin_form(uri: &Uri) -> std::borrow::Cow<'_, str> {
+    if uri == "*" {
+        return "*".into();
+    }
+    match uri.path_and_query().map(|p| p.as_str()) {
+        Some(target) if target.starts_with('/') => target.into(),
+        Some(target) => format!("/{target}").into(),
+        None => "/".into(),
+    }
+}
+
 /// `METHOD target HTTP/1.1`.
 pub fn request_line(out: &mut Vec<u8>, method: &Method, target: &str) {
     out.extend_from_slice(method.as_str().as_bytes());

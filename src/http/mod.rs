@@ -4,5 +4,7 @@
 
 pub mod client;
 pub mod codec;
+pub mod inbound;
 pub mod pool;
 pub mod server;
+pub mod upstream;

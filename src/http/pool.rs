@@ -17,25 +17,23 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::poll_fn;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use thread_local::ThreadLocal;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use crate::body::RequestBody;
-use crate::http::client::{self, BackendBody, ExchangeError, Outgoing};
+use crate::http::client::{
+    self, BackendBody, Conn, ExchangeError, Home, Lease, Outgoing, PoolKey, UpstreamIo,
+};
+use crate::http::inbound::RequestBody;
 
 /// Why a request could not be sent or answered.
 #[derive(Debug, thiserror::Error)]
@@ -68,99 +66,6 @@ pub struct Target<'a> {
     pub tls: Option<&'a ServerName<'static>>,
 }
 
-/// The byte stream to a backend: plain TCP, or TLS over it.
-pub(crate) enum UpstreamIo {
-    Plain(TcpStream),
-    /// Boxed: the TLS state is large and rare next to plain connections.
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for UpstreamIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            UpstreamIo::Tls(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for UpstreamIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            UpstreamIo::Tls(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            UpstreamIo::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            UpstreamIo::Plain(s) => s.is_write_vectored(),
-            UpstreamIo::Tls(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_flush(cx),
-            UpstreamIo::Tls(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            UpstreamIo::Tls(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
-}
-
-/// A connection to a backend with its buffers (kept with it, so their memory is reused).
-pub struct Conn {
-    pub(crate) io: UpstreamIo,
-    /// Bytes read and not yet used: empty between exchanges on a healthy connection.
-    pub(crate) read_buf: BytesMut,
-    pub(crate) write_buf: Vec<u8>,
-}
-
-impl Conn {
-    fn new(io: UpstreamIo) -> Conn {
-        Conn {
-            io,
-            read_buf: BytesMut::new(),
-            write_buf: Vec::new(),
-        }
-    }
-
-    /// Whether an idle connection has become readable: the backend closed it (or sent something
-    /// unasked for). Costs no system call: the runtime already knows the socket's readiness.
-    fn is_stale(&self, cx: &mut Context<'_>) -> bool {
-        let tcp = match &self.io {
-            UpstreamIo::Plain(s) => s,
-            UpstreamIo::Tls(s) => s.get_ref().0,
-        };
-        tcp.poll_read_ready(cx).is_ready()
-    }
-}
-
 struct Idle {
     conn: Conn,
     since: Instant,
@@ -188,42 +93,21 @@ pub struct Pool {
     shared: Arc<Shared>,
 }
 
-/// A connection lent to one request and then to its response body; [`Lease::release`] returns
-/// it to the pool.
-pub struct Lease {
-    conn: Conn,
-    key: PoolKey,
-    shared: Arc<Shared>,
-}
-
-/// Idle connections are kept per backend: TLS or not, and authority (lower-cased once, when the
-/// backend URL was read: `http::uri::Authority` hashes byte by byte, twice per request here).
-type PoolKey = (bool, Arc<str>);
-
 type IdleConns = HashMap<PoolKey, Vec<Idle>, foldhash::fast::RandomState>;
 
-impl Lease {
-    pub(crate) fn conn(&self) -> &Conn {
-        &self.conn
-    }
-
-    pub(crate) fn conn_mut(&mut self) -> &mut Conn {
-        &mut self.conn
-    }
-
-    /// Gives the connection back for reuse (call once the response body is complete).
-    pub fn release(self) {
-        let max = self.shared.settings.max_idle_per_host;
+impl Home for Shared {
+    fn put_back(&self, key: PoolKey, conn: Conn) {
+        let max = self.settings.max_idle_per_host;
         if max == 0 {
             return;
         }
-        let mut idle = self.shared.idle.get_or_default().borrow_mut();
-        let stack = idle.entry(self.key).or_default();
+        let mut idle = self.idle.get_or_default().borrow_mut();
+        let stack = idle.entry(key).or_default();
         if stack.len() >= max {
             stack.remove(0);
         }
         stack.push(Idle {
-            conn: self.conn,
+            conn,
             since: Instant::now(),
         });
     }
@@ -323,11 +207,7 @@ impl Pool {
                 // keeps the per-request future small.
                 None => (Conn::new(Box::pin(self.connect(target)).await?), false),
             };
-            let lease = |conn| Lease {
-                conn,
-                key: key.clone(),
-                shared: self.shared.clone(),
-            };
+            let lease = |conn| Lease::new(conn, key.clone(), self.shared.clone());
             match client::exchange(conn, &head, &method, (body.take(), framing), lease).await {
                 Ok(resp) => return Ok(resp),
                 // The backend closed a kept connection as the request went out: nothing was

@@ -1,6 +1,6 @@
-//! Cleartext HTTP/1.x from clients, served by the gateway itself: read a request head, run the
-//! request through the pipeline ([`Gateway::handle`]), write the response, and again for the
-//! next request on the connection.
+//! Cleartext HTTP/1.x from clients, served by the gateway itself: read a request head, hand the
+//! request to a [`Handler`] (the request pipeline), write the response, and again for the next
+//! request on the connection.
 //!
 //! Why not hyper's server here: on the bench workload hyper's server connection (its dispatcher
 //! state machine, header map building, response encoding and the buffered reader it needs for
@@ -9,14 +9,12 @@
 //!
 //! What is served here: HTTP/1.0 and HTTP/1.1 requests on cleartext connections. Anything else
 //! goes to hyper's server together with the bytes read so far ([`Replay`]): HTTP/2 (prior
-//! knowledge, recognised by its preface), protocol upgrades (WebSocket) and `CONNECT`. TLS
-//! connections go to hyper from the start ([`crate::server`]).
+//! knowledge, recognised by its preface) and protocol upgrades (WebSocket), both after the head
+//! passed the codec's rules. TLS connections go to hyper from the start (`run::server`).
 //!
-//! The message rules (RFC 9112), kept strict because the gateway stands in front of another
-//! parser: a request with both `Transfer-Encoding` and `Content-Length`, a transfer coding other
-//! than a single `chunked`, `Transfer-Encoding` on HTTP/1.0, conflicting or invalid
-//! `Content-Length`s, or anything `httparse` rejects is answered `400 bad_request` and the
-//! connection closed. A head that does not fit the parser's limit gets `431`; one that does not
+//! The message rules are the codec's ([`codec::parse_request_head`]), kept strict because the
+//! gateway stands in front of another parser: anything ambiguous is answered `400 bad_request`
+//! and the connection closed. A head that does not fit the parser's limit gets `431`; one that does not
 //! arrive within `[server] header_read_timeout_secs` (idle keep-alive time included) closes the
 //! connection, with `408` when part of it had arrived.
 //!
@@ -37,26 +35,21 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Method, Request, Response, Version};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_util::io::poll_read_buf;
 use tokio_util::sync::CancellationToken;
 
-use crate::body::{BodyError, Inbound, ProxyBody};
-use crate::error::GatewayError;
 use crate::http::codec::{
-    self, decode, make_room, parse_request_head, Decoded, Framing, HeadError, RequestHead,
-    ResponseFraming,
+    self, make_room, parse_request_head, Framing, HeadError, RequestHead, ResponseFraming,
 };
-use crate::proxy::{ClientConn, Gateway};
+use crate::http::inbound::{BodyError, BodyState, ClientBody, Expect, Inbound, Reader, READ_CHUNK};
 
 /// Most header lines accepted in a request head.
 const MAX_HEADERS: usize = 1_000;
-/// Buffer allocated for reads from a client.
-const READ_CHUNK: usize = 8 * 1024;
 /// Response bytes gathered into one write.
 const WRITE_BATCH: usize = 64 * 1024;
 /// After a refusal that leaves request bytes unread, how long (and how much) the gateway keeps
@@ -75,12 +68,34 @@ pub struct Limits {
     pub header_read_timeout: Duration,
 }
 
+/// What the server hands each request to: the request pipeline.
+pub trait Handler {
+    /// The body of its responses; `Default` is an empty one.
+    type Body: Body<Data = Bytes, Error = BodyError> + Default;
+
+    /// The response to a request (never fails: every outcome is a response).
+    fn handle(&self, req: Request<Inbound>) -> impl Future<Output = Response<Self::Body>>;
+
+    /// The answer to bytes that could not be read as a request; the connection closes after it.
+    fn refuse(&self, why: Unreadable) -> Response<Self::Body>;
+}
+
+/// Why bytes on a connection could not be read as a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unreadable {
+    /// Malformed or ambiguous (`400`).
+    BadRequest,
+    /// The head is larger than the limit, or has too many lines (`431`).
+    HeadTooLarge,
+    /// The head did not arrive in time (`408`).
+    HeadTimeout,
+}
+
 /// Serves the connection until it closes, or returns it (with what was read of it) when its
 /// next message is for hyper's server.
-pub async fn serve(
+pub async fn serve<H: Handler>(
     stream: TcpStream,
-    gateway: &Gateway,
-    client: &ClientConn,
+    handler: &H,
     limits: Limits,
     closing: &CancellationToken,
 ) -> Option<Replay<TcpStream>> {
@@ -117,7 +132,7 @@ pub async fn serve(
             Ok(Some(next)) => next,
             Ok(None) => return None,
             Err(Refusal::Answer(err)) => {
-                let resp = gateway.refuse(err);
+                let resp = handler.refuse(err);
                 let _ = conn.respond(resp, &Sent::refusal(), closing).await;
                 conn.linger().await;
                 return None;
@@ -126,9 +141,9 @@ pub async fn serve(
             Err(Refusal::Handoff(prefix)) => return conn.hand_off(prefix),
         };
         first = false;
-        let handling = pin!(gateway.handle(req, client));
+        let handling = pin!(handler.handle(req));
         let Some(resp) = conn.run(handling, head.expect).await else {
-            tracing::debug!(peer = %client.peer_ip.to_str().unwrap_or("-"), "client went away mid-request");
+            tracing::debug!("client went away mid-request");
             return None;
         };
         let sent = Sent {
@@ -156,39 +171,6 @@ struct Connection {
     /// Response bytes waiting to be written; reused from response to response.
     out: Vec<u8>,
     limits: Limits,
-}
-
-/// The connection's reading side: socket, buffered bytes, and where the current request's body
-/// stands. Locked by the connection between requests and by the body while it is read.
-struct Reader {
-    io: OwnedReadHalf,
-    buf: BytesMut,
-    body: BodyState,
-    expect: Expect,
-}
-
-/// What is left of the current request's body on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum BodyState {
-    /// Sized or chunked ([`Framing::Empty`] once read to its end).
-    Framed(Framing),
-    /// The body failed mid-way; the connection cannot be reused.
-    Broken,
-}
-
-impl BodyState {
-    /// Nothing left: the next bytes are the next request.
-    const DONE: BodyState = BodyState::Framed(Framing::Empty);
-}
-
-/// `Expect: 100-continue`, from the head to the interim answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Expect {
-    No,
-    /// The client waits for `100 Continue` before it sends the body.
-    Waiting,
-    /// The body was asked for: the connection writes `100 Continue` now.
-    Wanted,
 }
 
 /// How a request leaves the connection: what the response must respect and whether the
@@ -242,7 +224,7 @@ struct Parsed {
 /// Why no request came out of the head.
 enum Refusal {
     /// Answered with this error, then the connection closes.
-    Answer(GatewayError),
+    Answer(Unreadable),
     /// Closed without an answer (a timeout with nothing received, a reset).
     Close,
     /// For hyper's server, with the bytes read so far.
@@ -289,7 +271,7 @@ impl Connection {
                     Err(refusal) => return Poll::Ready(Err(refusal)),
                 }
                 if r.buf.len() >= self.limits.head_bytes {
-                    return Poll::Ready(Err(Refusal::Answer(GatewayError::HeadersTooLarge)));
+                    return Poll::Ready(Err(Refusal::Answer(Unreadable::HeadTooLarge)));
                 }
             }
             make_room(&mut r.buf, READ_CHUNK);
@@ -337,7 +319,7 @@ impl Connection {
                     Refusal::Close
                 } else {
                     tracing::debug!("request head not received in time");
-                    Refusal::Answer(GatewayError::RequestTimeout)
+                    Refusal::Answer(Unreadable::HeadTimeout)
                 }));
             }
             return Poll::Pending;
@@ -346,9 +328,9 @@ impl Connection {
 
     /// Runs the request's future to its response, answering `Expect: 100-continue` when the
     /// body is first read and watching for the client going away. `None`: it went away.
-    async fn run<F>(&mut self, mut handling: Pin<&mut F>, expect: bool) -> Option<F::Output>
+    async fn run<F, B>(&mut self, mut handling: Pin<&mut F>, expect: bool) -> Option<F::Output>
     where
-        F: Future<Output = Response<ProxyBody>>,
+        F: Future<Output = Response<B>>,
     {
         let mut continued = 0;
         poll_fn(|cx| loop {
@@ -408,9 +390,9 @@ impl Connection {
 
     /// Writes the response: head, then the body as it streams. `Ok(true)` when the connection
     /// can carry another request.
-    async fn respond(
+    async fn respond<B: Body<Data = Bytes, Error = BodyError> + Default>(
         &mut self,
-        resp: Response<ProxyBody>,
+        resp: Response<B>,
         req: &Sent,
         closing: &CancellationToken,
     ) -> std::io::Result<bool> {
@@ -445,7 +427,7 @@ impl Connection {
         codec::recycle(parts.headers);
         if bodiless {
             // Frees a held slot now; a `HEAD` answer's body is never sent.
-            body.set(ProxyBody::empty());
+            body.set(B::default());
         }
         let mut sent = 0u64;
         let mut written = 0;
@@ -602,9 +584,7 @@ fn parse_request(buf: &mut BytesMut, first: bool) -> Result<Option<Parsed>, Refu
     let head = match parse_request_head(buf, MAX_HEADERS, 4) {
         Ok(Some(head)) => head,
         Ok(None) => return Ok(None),
-        Err(HeadError::TooManyHeaders) => {
-            return Err(Refusal::Answer(GatewayError::HeadersTooLarge))
-        }
+        Err(HeadError::TooManyHeaders) => return Err(Refusal::Answer(Unreadable::HeadTooLarge)),
         Err(HeadError::Invalid(why)) => return Err(bad_request(why.0)),
     };
     let RequestHead {
@@ -645,98 +625,7 @@ fn parse_request(buf: &mut BytesMut, first: bool) -> Result<Option<Parsed>, Refu
 #[cold]
 fn bad_request(why: &str) -> Refusal {
     tracing::debug!(reason = why, "refused a request head");
-    Refusal::Answer(GatewayError::BadRequest)
-}
-
-/// A request body read from the client connection as the backend takes it.
-pub struct ClientBody {
-    reader: Arc<Mutex<Reader>>,
-    done: bool,
-}
-
-impl ClientBody {
-    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, BodyError>>> {
-        if self.done {
-            return Poll::Ready(None);
-        }
-        let mut guard = self.reader.lock().unwrap_or_else(|p| p.into_inner());
-        let r = &mut *guard;
-        if r.expect != Expect::No {
-            // The client sends the body once it hears `100 Continue`. The connection writes it
-            // when it sees `Wanted`, right after this poll: the body is read inside the
-            // request's future, which the connection's task polls ([`Connection::run`]).
-            r.expect = Expect::Wanted;
-            return Poll::Pending;
-        }
-        loop {
-            let BodyState::Framed(framing) = &mut r.body else {
-                self.done = true;
-                return Poll::Ready(Some(Err(Box::new(ClientBodyError::Closed))));
-            };
-            match decode(&mut r.buf, framing) {
-                Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(data))),
-                Ok(Decoded::End) => {
-                    self.done = true;
-                    return Poll::Ready(None);
-                }
-                Ok(Decoded::More) => {}
-                Err(e) => {
-                    r.body = BodyState::Broken;
-                    return Poll::Ready(Some(Err(Box::new(ClientBodyError::Invalid(e)))));
-                }
-            }
-            make_room(&mut r.buf, READ_CHUNK);
-            match poll_read_buf(Pin::new(&mut r.io), cx, &mut r.buf) {
-                Poll::Ready(Ok(0)) => {
-                    r.body = BodyState::Broken;
-                    return Poll::Ready(Some(Err(Box::new(ClientBodyError::Closed))));
-                }
-                Poll::Ready(Ok(_)) => {}
-                Poll::Ready(Err(e)) => {
-                    r.body = BodyState::Broken;
-                    return Poll::Ready(Some(Err(Box::new(ClientBodyError::Io(e)))));
-                }
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-    }
-}
-
-/// Why a client's request body failed after its head was accepted: the client's fault, which
-/// the forward stage answers with `400 bad_request` (not a backend failure).
-#[derive(Debug, thiserror::Error)]
-pub enum ClientBodyError {
-    #[error("invalid request body: {0}")]
-    Invalid(codec::Invalid),
-    #[error("the client closed the connection inside the request body")]
-    Closed,
-    #[error("reading the request body failed: {0}")]
-    Io(std::io::Error),
-}
-
-impl Body for ClientBody {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        self.get_mut()
-            .poll_data(cx)
-            .map(|d| d.map(|r| r.map(Frame::data)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.done
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self.reader.lock().map(|r| r.body) {
-            Ok(BodyState::Framed(Framing::Length(n))) if !self.done => SizeHint::with_exact(n),
-            _ => SizeHint::default(),
-        }
-    }
+    Refusal::Answer(Unreadable::BadRequest)
 }
 
 /// A connection handed to hyper's server: the bytes this server had read come first.

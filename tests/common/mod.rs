@@ -15,11 +15,11 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
-use tenantgate::config::Config;
-use tenantgate::demo::{serve_backend, BackendStats};
-use tenantgate::server::{start_with_store, Running};
-use tenantgate::store::file::FileStore;
-use tenantgate::store::TenantStore;
+use tenantgate::run::config::Config;
+use tenantgate::run::demo::{serve_backend, BackendStats};
+use tenantgate::run::server::{start_with_store, Running};
+use tenantgate::tenants::store::file::FileStore;
+use tenantgate::tenants::store::TenantStore;
 use tokio::net::TcpListener;
 
 /// A running sample backend.
@@ -133,7 +133,7 @@ impl Gateway {
     /// Slots the tenant holds right now.
     pub async fn in_flight(&self, key: &str) -> u32 {
         match self.running.directory.resolve(key).await.unwrap() {
-            tenantgate::directory::Resolved::Tenant(t) => t.slots.in_flight(),
+            tenantgate::tenants::directory::Resolved::Tenant(t) => t.slots.in_flight(),
             other => panic!("{key}: {other:?}"),
         }
     }

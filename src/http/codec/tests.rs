@@ -755,3 +755,20 @@ fn heads_read_by_another_parser_meet_the_same_rules() {
     assert_eq!(kept.len(), 2, "{kept:?}");
     assert!(kept.get("x_tenant_id").is_none());
 }
+
+#[test]
+fn targets_go_to_the_backend_in_origin_form() {
+    let of = |raw: &str| {
+        let head = accepted(&format!("{raw}\r\nHost: a\r\n\r\n"));
+        origin_form(&head.uri).into_owned()
+    };
+    assert_eq!(of("GET /p?q=1 HTTP/1.1"), "/p?q=1");
+    assert_eq!(
+        of("GET http://b.example?x HTTP/1.1"),
+        "/?x",
+        "found by the request_head fuzz target"
+    );
+    assert_eq!(of("GET http://b.example HTTP/1.1"), "/");
+    assert_eq!(of("GET http://b.example/a/b?c HTTP/1.1"), "/a/b?c");
+    assert_eq!(of("OPTIONS * HTTP/1.1"), "*");
+}

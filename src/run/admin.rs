@@ -1,7 +1,7 @@
 //! The admin listener (loopback by default): `GET /healthz` (the process is up),
 //! `GET /readyz` (503 until tenants can be resolved, i.e. the store answers) and `GET /metrics`
-//! (Prometheus, see [`crate::metrics`]), and `POST /reload` (loopback callers only; see
-//! [`crate::server::Reloader`]).
+//! (Prometheus, see [`crate::telemetry::metrics`]), and `POST /reload` (loopback callers only; see
+//! [`crate::run::reload::Reloader`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -15,10 +15,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
-use crate::body::ProxyBody;
-use crate::directory::Directory;
-use crate::metrics::Metrics;
-use crate::server::Reloader;
+use crate::pipeline::response::ProxyBody;
+use crate::run::reload::Reloader;
+use crate::telemetry::metrics::Metrics;
+use crate::tenants::directory::Directory;
 
 /// Serves the admin endpoints until `shutdown` fires.
 pub async fn serve(

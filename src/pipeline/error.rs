@@ -8,7 +8,7 @@
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
-use crate::body::ProxyBody;
+use crate::pipeline::response::ProxyBody;
 
 /// Who caused a failed request: the caller, the gateway's own dependencies, or the backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +54,12 @@ pub enum GatewayError {
     UpstreamUnavailable,
     #[error("the upstream did not answer in time")]
     UpstreamTimeout,
+}
+
+impl From<crate::tenants::slots::AllTaken> for GatewayError {
+    fn from(_: crate::tenants::slots::AllTaken) -> GatewayError {
+        GatewayError::ConcurrencyExceeded
+    }
 }
 
 impl GatewayError {

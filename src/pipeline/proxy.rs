@@ -20,15 +20,18 @@ use std::time::Instant;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response};
 
-use crate::body::{Inbound, ProxyBody};
-use crate::config::CorsSettings;
-use crate::directory::{Directory, TenantEntry};
+use crate::http::inbound::Inbound;
+use crate::http::server::Unreadable;
+use crate::pipeline::cors::CorsSettings;
+use crate::pipeline::response::ProxyBody;
+use crate::tenants::directory::{Directory, TenantEntry};
 use arc_swap::ArcSwap;
 
-use crate::error::GatewayError;
-use crate::forward::{Forwarded, Forwarder, X_REQUEST_ID};
-use crate::trace::{RequestTrace, Tracer};
-use crate::{cors, forward, identify, origin};
+use crate::pipeline::error::GatewayError;
+use crate::pipeline::forward::{Forwarded, Forwarder, X_REQUEST_ID};
+use crate::pipeline::{cors, forward, identify};
+use crate::telemetry::trace::{RequestTrace, Tracer};
+use crate::tenants::origin;
 
 /// What the pipeline needs besides the request.
 pub struct Gateway {
@@ -36,7 +39,7 @@ pub struct Gateway {
     pub forwarder: Forwarder,
     /// The request rules; swapped whole by a config reload, each request reads one version.
     pub policy: ArcSwap<Policy>,
-    pub metrics: Arc<crate::metrics::Metrics>,
+    pub metrics: Arc<crate::telemetry::metrics::Metrics>,
     /// Trace context for every request; OTLP spans when `[tracing]` exports.
     pub tracer: Tracer,
 }
@@ -49,17 +52,6 @@ pub struct Policy {
     pub cors: CorsSettings,
     /// `[server] max_header_bytes`.
     pub max_header_bytes: usize,
-}
-
-impl Policy {
-    pub fn from_config(config: &crate::config::Config) -> Policy {
-        Policy {
-            key_sources: config.key_sources.clone(),
-            require_origin: config.require_origin,
-            cors: config.cors.clone(),
-            max_header_bytes: config.max_header_bytes,
-        }
-    }
 }
 
 /// The client connection a request arrived on.
@@ -82,6 +74,31 @@ impl ClientConn {
             proto,
             response_timer: forward::ResponseTimer::default(),
         }
+    }
+}
+
+/// The gateway as one client connection's HTTP/1.1 server ([`crate::http::server`]) sees it.
+pub struct Serving<'a> {
+    pub gateway: &'a Gateway,
+    pub conn: &'a ClientConn,
+}
+
+impl crate::http::server::Handler for Serving<'_> {
+    type Body = ProxyBody;
+
+    fn handle(
+        &self,
+        req: Request<Inbound>,
+    ) -> impl std::future::Future<Output = Response<ProxyBody>> {
+        self.gateway.handle(req, self.conn)
+    }
+
+    fn refuse(&self, why: Unreadable) -> Response<ProxyBody> {
+        self.gateway.refuse(match why {
+            Unreadable::BadRequest => GatewayError::BadRequest,
+            Unreadable::HeadTooLarge => GatewayError::HeadersTooLarge,
+            Unreadable::HeadTimeout => GatewayError::RequestTimeout,
+        })
     }
 }
 
@@ -143,7 +160,7 @@ impl Gateway {
             None => ctx.key.as_deref(),
         };
         self.metrics.observe(status, code, elapsed);
-        crate::logging::access(&crate::logging::AccessRecord {
+        crate::telemetry::logging::access(&crate::telemetry::logging::AccessRecord {
             method: method.as_str(),
             path: uri.path(),
             status,
@@ -153,7 +170,7 @@ impl Gateway {
             request_id,
             trace_id: ctx.trace.trace_id(),
         });
-        let outcome = crate::trace::Outcome {
+        let outcome = crate::telemetry::trace::Outcome {
             status,
             tenant,
             code,
@@ -173,7 +190,7 @@ impl Gateway {
         let status = resp.status().as_u16();
         self.metrics
             .observe(status, Some(err.code()), std::time::Duration::ZERO);
-        crate::logging::access(&crate::logging::AccessRecord {
+        crate::telemetry::logging::access(&crate::telemetry::logging::AccessRecord {
             method: "-",
             path: "-",
             status,

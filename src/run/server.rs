@@ -1,4 +1,4 @@
-//! The listeners: accept loop with the gateway-wide connection cap, optional TLS ([`crate::tls`]),
+//! The listeners: accept loop with the gateway-wide connection cap, optional TLS ([`crate::run::tls`]),
 //! HTTP/1.1 and HTTP/2 on one port (ALPN over TLS, prior knowledge in cleartext), and graceful
 //! shutdown. Cleartext HTTP/1.x is served by [`crate::http::server`]; hyper's server takes TLS
 //! connections, HTTP/2 and protocol upgrades.
@@ -24,14 +24,15 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, StoreConfig};
-use crate::directory::Directory;
-use crate::forward::Forwarder;
-use crate::metrics::Metrics;
-use crate::proxy::{ClientConn, Gateway, Policy};
-use crate::store::file::FileStore;
-use crate::store::mongodb::MongoStore;
-use crate::store::{StoreError, TenantStore};
+use crate::pipeline::forward::Forwarder;
+use crate::pipeline::proxy::{ClientConn, Gateway, Serving};
+use crate::run::config::{Config, StoreConfig};
+use crate::run::reload::Reloader;
+use crate::telemetry::metrics::Metrics;
+use crate::tenants::directory::Directory;
+use crate::tenants::store::file::FileStore;
+use crate::tenants::store::mongodb::MongoStore;
+use crate::tenants::store::{StoreError, TenantStore};
 
 static HTTP: HeaderValue = HeaderValue::from_static("http");
 static HTTPS: HeaderValue = HeaderValue::from_static("https");
@@ -55,82 +56,6 @@ pub enum StartError {
     /// The OTLP exporter cannot be set up.
     #[error("tracing: {0}")]
     Tracing(String),
-}
-
-/// Re-reads the config file (SIGHUP, `POST /reload`). The new file is validated first; the keys
-/// that only take effect at start-up must be unchanged, else nothing changes and the answer
-/// names them. What a reload changes: `[tenancy]`, `[cors]`, `[server] max_header_bytes` (the
-/// request rules) and `[upstream] url`, `response_timeout_ms`, `[server] max_body_bytes`,
-/// `upgrade_idle_timeout_secs`, `inject_connection_string` (the backend side). The tenants
-/// themselves reload on their own (file polling, change streams, TTL).
-pub struct Reloader {
-    current: std::sync::Mutex<Config>,
-    gateway: Arc<Gateway>,
-}
-
-impl Reloader {
-    /// Applies the config file again; `Ok` says what happened, `Err` why nothing changed.
-    pub fn reload(&self) -> Result<String, String> {
-        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(path) = current.path.clone() else {
-            return Err("this gateway was not started from a config file".into());
-        };
-        let new = Config::load(&path).map_err(|e| e.to_string())?;
-        let restart = restart_only_changes(&current, &new);
-        if !restart.is_empty() {
-            return Err(format!(
-                "{}: not reloaded: {} only take effect at start-up (restart to change them)",
-                path.display(),
-                restart.join(", ")
-            ));
-        }
-        self.gateway
-            .policy
-            .store(Arc::new(Policy::from_config(&new)));
-        self.gateway.forwarder.update(new.forward.clone());
-        *current = new;
-        Ok(format!("{}: reloaded", path.display()))
-    }
-}
-
-/// The keys whose new value would need a restart.
-fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
-    let (o, n) = (&old.forward, &new.forward);
-    [
-        ("[server] listen", old.listen == new.listen),
-        (
-            "[server] max_connections",
-            old.max_connections == new.max_connections,
-        ),
-        (
-            "[server] shutdown_grace_secs",
-            old.shutdown_grace == new.shutdown_grace,
-        ),
-        (
-            "[server] header_read_timeout_secs",
-            old.header_read_timeout == new.header_read_timeout,
-        ),
-        (
-            "[admin]",
-            old.admin_listen == new.admin_listen
-                && old.metrics_top_tenants == new.metrics_top_tenants,
-        ),
-        ("[tls]", old.tls == new.tls),
-        ("[tracing]", old.tracing == new.tracing),
-        ("[store]", old.store == new.store),
-        ("[cache]", old.cache == new.cache),
-        (
-            "[upstream] connect_timeout_ms / pool_* / ca_file",
-            o.connect_timeout == n.connect_timeout
-                && o.pool_idle_timeout == n.pool_idle_timeout
-                && o.pool_max_idle_per_host == n.pool_max_idle_per_host
-                && o.ca_file == n.ca_file,
-        ),
-    ]
-    .into_iter()
-    .filter(|(_, same)| !same)
-    .map(|(key, _)| key)
-    .collect()
 }
 
 /// A started gateway.
@@ -211,13 +136,14 @@ pub async fn start_with_store(
     };
     let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
     let acceptor = match &config.tls {
-        Some(files) => Some(crate::tls::acceptor(files.clone()).map_err(StartError::Tls)?),
+        Some(files) => Some(crate::run::tls::acceptor(files.clone()).map_err(StartError::Tls)?),
         None => None,
     };
     let connector =
-        crate::tls::connector(config.forward.ca_file.as_deref()).map_err(StartError::Tls)?;
+        crate::run::tls::connector(config.forward.ca_file.as_deref()).map_err(StartError::Tls)?;
 
-    let tracer = crate::trace::Tracer::new(&config.tracing).map_err(StartError::Tracing)?;
+    let tracer =
+        crate::telemetry::trace::Tracer::new(&config.tracing).map_err(StartError::Tracing)?;
     let directory = Directory::new(store, config.cache.clone());
     let forwarder = Forwarder::new(config.forward.clone(), connector);
     let metrics = Arc::new(Metrics::new(
@@ -228,17 +154,14 @@ pub async fn start_with_store(
     let gateway = Arc::new(Gateway {
         directory: directory.clone(),
         forwarder,
-        policy: ArcSwap::from_pointee(Policy::from_config(&config)),
+        policy: ArcSwap::from_pointee(config.policy()),
         metrics: metrics.clone(),
         tracer,
     });
-    let reloader = Arc::new(Reloader {
-        current: std::sync::Mutex::new(config.clone()),
-        gateway: gateway.clone(),
-    });
+    let reloader = Arc::new(Reloader::new(config.clone(), gateway.clone()));
     let (stop, stopped) = watch::channel(false);
     if let Some(admin) = admin {
-        tokio::spawn(crate::admin::serve(
+        tokio::spawn(crate::run::admin::serve(
             admin,
             directory.clone(),
             metrics,
@@ -406,14 +329,12 @@ impl Client {
         let conn = ClientConn::new(self.peer, if self.tls.is_some() { &HTTPS } else { &HTTP });
         match &self.tls {
             None => {
-                let handed_over = crate::http::server::serve(
-                    stream,
-                    &self.gateway,
-                    &conn,
-                    self.limits,
-                    &self.closing,
-                )
-                .await;
+                let serving = Serving {
+                    gateway: &self.gateway,
+                    conn: &conn,
+                };
+                let handed_over =
+                    crate::http::server::serve(stream, &serving, self.limits, &self.closing).await;
                 if let Some(stream) = handed_over {
                     self.serve_with_hyper(stream, conn).await;
                 }
@@ -450,9 +371,10 @@ impl Client {
                 );
                 if let Err(why) = checked {
                     tracing::debug!(reason = why.0, "refused a request head");
-                    return Ok(gw.refuse(crate::error::GatewayError::BadRequest));
+                    return Ok(gw.refuse(crate::pipeline::error::GatewayError::BadRequest));
                 }
-                let req = http::Request::from_parts(parts, crate::body::Inbound::Hyper { body });
+                let req =
+                    http::Request::from_parts(parts, crate::http::inbound::Inbound::Hyper { body });
                 Ok::<_, Infallible>(gw.handle(req, &conn).await)
             }
         });
@@ -498,13 +420,13 @@ impl Drop for Workers {
 }
 
 /// Runs on each thread that serves requests until `stop` fires: hands the thread's access lines
-/// to the log writer every [`crate::logging::FLUSH_EVERY`].
+/// to the log writer every [`crate::telemetry::logging::FLUSH_EVERY`].
 async fn flush_logs_until(stop: CancellationToken) {
-    let mut tick = tokio::time::interval(crate::logging::FLUSH_EVERY);
+    let mut tick = tokio::time::interval(crate::telemetry::logging::FLUSH_EVERY);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tick.tick() => crate::logging::flush_thread(),
+            _ = tick.tick() => crate::telemetry::logging::flush_thread(),
         }
     }
 }
@@ -539,5 +461,31 @@ impl Workers {
     fn next(&mut self) -> &tokio::runtime::Handle {
         self.next = (self.next + 1) % self.handles.len();
         &self.handles[self.next]
+    }
+}
+
+/// Waits for SIGTERM or SIGINT; returns its name.
+pub async fn shutdown_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            },
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "ctrl-c"
     }
 }

@@ -35,10 +35,10 @@ use moka::sync::Cache;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
-use crate::limit::{SlotRegistry, Slots};
-use crate::metrics::PerThreadCounter;
-use crate::store::{Invalidation, StoreError, TenantStore};
-use crate::tenant::{Tenant, TenantRecord};
+use crate::tenants::counter::PerThreadCounter;
+use crate::tenants::slots::{SlotRegistry, Slots};
+use crate::tenants::store::{Invalidation, StoreError, TenantStore};
+use crate::tenants::tenant::{Tenant, TenantRecord};
 
 /// Cache settings (`[cache]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,7 +110,7 @@ pub struct Directory {
     /// Bumped by every invalidation; a fetch writes back only if it is unchanged.
     generation: AtomicU64,
     misses: MissBudget,
-    /// What the cache did (read by [`crate::metrics`]).
+    /// What the cache did (read by `telemetry::metrics` when scraped).
     pub stats: CacheStats,
 }
 
@@ -432,7 +432,7 @@ impl Directory {
     }
 
     /// Every tenant holding a slot, with its counts.
-    pub fn busy_tenants(&self) -> Vec<crate::limit::Busy> {
+    pub fn busy_tenants(&self) -> Vec<crate::tenants::slots::Busy> {
         self.slots.busy()
     }
 
@@ -490,7 +490,7 @@ impl Directory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tenant::TenantDocument;
+    use crate::tenants::tenant::TenantDocument;
     use async_trait::async_trait;
     use std::sync::atomic::{AtomicBool, AtomicUsize};
 

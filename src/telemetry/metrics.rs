@@ -31,8 +31,10 @@ use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 use thread_local::ThreadLocal;
 
-use crate::directory::Directory;
-use crate::limit::Busy;
+pub use crate::tenants::counter::PerThreadCounter;
+
+use crate::tenants::directory::Directory;
+use crate::tenants::slots::Busy;
 
 /// Latency bucket bounds in nanoseconds: 0.1 ms, doubling up to ~3.3 s (then `+Inf`).
 const LATENCY_BOUNDS_NS: [u64; 16] = {
@@ -92,39 +94,6 @@ impl EncodeMetric for Latency {
         let buckets: Vec<(f64, u64)> = bounds.chain([f64::MAX]).zip(counts).collect();
         let count = counts.iter().sum();
         encoder.encode_histogram::<NoLabelSet>(sum_ns as f64 / 1e9, count, &buckets, None)
-    }
-
-    fn metric_type(&self) -> MetricType {
-        Self::TYPE
-    }
-}
-
-/// A counter counted per thread like [`Latency`] and summed when scraped, for the counts the
-/// request path adds to on every request (a shared atomic is one cache line all connection
-/// threads write).
-#[derive(Debug, Clone, Default)]
-pub struct PerThreadCounter {
-    shards: Arc<ThreadLocal<AtomicU64>>,
-}
-
-impl PerThreadCounter {
-    pub fn inc(&self) {
-        self.shards.get_or_default().fetch_add(1, Relaxed);
-    }
-
-    /// The sum over all threads.
-    pub fn get(&self) -> u64 {
-        self.shards.iter().map(|n| n.load(Relaxed)).sum()
-    }
-}
-
-impl TypedMetric for PerThreadCounter {
-    const TYPE: MetricType = MetricType::Counter;
-}
-
-impl EncodeMetric for PerThreadCounter {
-    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        ConstCounter::new(self.get()).encode(encoder)
     }
 
     fn metric_type(&self) -> MetricType {

@@ -208,7 +208,7 @@ pub struct AccessRecord<'a> {
     pub code: &'a str,
     pub latency_us: u64,
     pub request_id: &'a str,
-    /// 32 hex digits ([`crate::trace`]) or `-`: written without escaping.
+    /// 32 hex digits ([`crate::telemetry::trace`]) or `-`: written without escaping.
     pub trace_id: &'a str,
 }
 

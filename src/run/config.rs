@@ -10,8 +10,11 @@ use std::time::Duration;
 use http::HeaderName;
 use serde::Deserialize;
 
-use crate::directory::CacheSettings;
-use crate::forward::{ForwardSettings, Upstream};
+use crate::http::upstream::Upstream;
+use crate::pipeline::cors::CorsSettings;
+use crate::pipeline::forward::ForwardSettings;
+use crate::pipeline::proxy::Policy;
+use crate::tenants::directory::CacheSettings;
 
 /// Prefix of the environment variables that override config keys:
 /// `TENANTGATE_<SECTION>_<KEY>`, e.g. `TENANTGATE_STORE_URI` (so a password need not sit in a
@@ -277,18 +280,7 @@ pub enum StoreConfig {
         path: PathBuf,
         poll_interval: Duration,
     },
-    MongoDb(crate::store::mongodb::MongoSettings),
-}
-
-/// CORS answers (`[cors]`), pre-rendered as header values.
-#[derive(Debug, Clone)]
-pub struct CorsSettings {
-    pub allow_methods: http::HeaderValue,
-    /// Always includes the tenant header.
-    pub allow_headers: http::HeaderValue,
-    pub expose_headers: Option<http::HeaderValue>,
-    pub allow_credentials: bool,
-    pub max_age: http::HeaderValue,
+    MongoDb(crate::tenants::store::mongodb::MongoSettings),
 }
 
 /// The validated configuration.
@@ -302,17 +294,17 @@ pub struct Config {
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
     /// TLS on the listener, when configured.
-    pub tls: Option<crate::tls::CertFiles>,
+    pub tls: Option<crate::run::tls::CertFiles>,
     pub admin_listen: Option<SocketAddr>,
     /// `[admin] metrics_top_tenants`.
     pub metrics_top_tenants: usize,
     pub forward: ForwardSettings,
     pub store: StoreConfig,
     pub cache: CacheSettings,
-    pub key_sources: crate::identify::KeySources,
+    pub key_sources: crate::pipeline::identify::KeySources,
     pub require_origin: bool,
     pub cors: CorsSettings,
-    pub tracing: crate::trace::TracingSettings,
+    pub tracing: crate::telemetry::trace::TracingSettings,
     /// Threads that serve client connections, each with a single-threaded runtime of its own;
     /// 1 serves them on the caller's runtime. Not a file key: `tenantgate run` sets it from
     /// `TOKIO_WORKER_THREADS`, else the number of cores.
@@ -463,7 +455,7 @@ impl RawConfig {
                     )?),
                 }
             }
-            "mongodb" => StoreConfig::MongoDb(crate::store::mongodb::MongoSettings::new(
+            "mongodb" => StoreConfig::MongoDb(crate::tenants::store::mongodb::MongoSettings::new(
                 st.uri.as_deref().unwrap_or_default(),
                 &st.database,
                 &st.collection,
@@ -529,7 +521,7 @@ impl RawConfig {
         };
         let tls = match (&self.tls.cert, &self.tls.key) {
             (None, None) => None,
-            (Some(cert), Some(key)) => Some(crate::tls::CertFiles {
+            (Some(cert), Some(key)) => Some(crate::run::tls::CertFiles {
                 cert: PathBuf::from(cert),
                 key: PathBuf::from(key),
                 reload_interval: Duration::from_secs(positive(
@@ -564,7 +556,7 @@ impl RawConfig {
             forward,
             store,
             cache,
-            key_sources: crate::identify::KeySources {
+            key_sources: crate::pipeline::identify::KeySources {
                 header: tenant_header,
                 query_param: match self.tenancy.query_param.as_str() {
                     "" => None,
@@ -589,7 +581,7 @@ impl RawConfig {
 }
 
 impl RawTracing {
-    fn validate(self) -> Result<crate::trace::TracingSettings, String> {
+    fn validate(self) -> Result<crate::telemetry::trace::TracingSettings, String> {
         if !(0.0..=1.0).contains(&self.sample_ratio) {
             return Err(format!(
                 "[tracing] sample_ratio: {} is not between 0.0 and 1.0",
@@ -610,16 +602,28 @@ impl RawTracing {
         if self.service_name.is_empty() {
             return Err("[tracing] service_name: must not be empty".into());
         }
-        let settings = crate::trace::TracingSettings {
+        let settings = crate::telemetry::trace::TracingSettings {
             enabled: self.enabled,
             endpoint: self.endpoint,
             service_name: self.service_name,
             sample_ratio: self.sample_ratio,
         };
         if settings.enabled && !cfg!(feature = "otel") {
-            return Err(crate::trace::EXPORT_NOT_BUILT.into());
+            return Err(crate::telemetry::trace::EXPORT_NOT_BUILT.into());
         }
         Ok(settings)
+    }
+}
+
+impl Config {
+    /// The request rules of this config, as the pipeline reads them.
+    pub fn policy(&self) -> Policy {
+        Policy {
+            key_sources: self.key_sources.clone(),
+            require_origin: self.require_origin,
+            cors: self.cors.clone(),
+            max_header_bytes: self.max_header_bytes,
+        }
     }
 }
 
@@ -778,7 +782,7 @@ mod example_file {
     /// `gateway.example.toml` parses, and shows every default this code uses.
     #[test]
     fn the_example_config_is_valid_and_shows_the_defaults() {
-        let text = include_str!("../gateway.example.toml");
+        let text = include_str!("../../gateway.example.toml");
         let example: RawConfig = toml::from_str(text).unwrap();
         let defaults = RawConfig::default();
         assert_eq!(

@@ -1,7 +1,6 @@
-//! The bodies of the request path. Responses: either the backend's streamed body, carrying the
-//! tenant's concurrency slot, or a small body the gateway made itself. Requests: the client's
-//! body as the server read it ([`Inbound`]), on its way to the backend counted against
-//! `[server] max_body_bytes` ([`RequestBody`]).
+//! The body of every response the gateway sends: either the backend's streamed body, carrying
+//! the tenant's concurrency slot, or a small body the gateway made itself. (Request bodies:
+//! [`crate::http::inbound`].)
 //!
 //! The slot lives inside the body so that it is released exactly when the body is done: at its
 //! last frame, or when hyper drops it because the client went away mid-stream. A body that is
@@ -17,11 +16,9 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
 use crate::http::client::BackendBody;
-use crate::http::server::ClientBody;
-use crate::limit::SlotGuard;
+use crate::tenants::slots::SlotGuard;
 
-/// What a streamed response body can fail with.
-pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+pub use crate::http::inbound::BodyError;
 
 pin_project! {
     /// Body of every response the gateway sends.
@@ -34,6 +31,12 @@ pin_project! {
         Upgrade { #[pin] body: Incoming, slot: Option<SlotGuard> },
         /// Made by the gateway (errors, preflights); sent in one frame.
         Full { data: Option<Bytes> },
+    }
+}
+
+impl Default for ProxyBody {
+    fn default() -> Self {
+        ProxyBody::empty()
     }
 }
 
@@ -122,109 +125,5 @@ impl Body for ProxyBody {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
         }
-    }
-}
-
-pin_project! {
-    /// A client's request body as a server hands it over: read from the connection by the
-    /// gateway's HTTP/1.1 server ([`crate::http::server`]) or by hyper's (HTTP/2, TLS, upgrades).
-    #[project = InboundProj]
-    pub enum Inbound {
-        /// No body (none declared, or `Content-Length: 0`).
-        Empty,
-        Http1 { #[pin] body: ClientBody },
-        Hyper { #[pin] body: Incoming },
-    }
-}
-
-impl Body for Inbound {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        match self.project() {
-            InboundProj::Empty => Poll::Ready(None),
-            InboundProj::Http1 { body } => body.poll_frame(cx),
-            InboundProj::Hyper { body } => body.poll_frame(cx).map_err(Into::into),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Inbound::Empty => true,
-            Inbound::Http1 { body } => body.is_end_stream(),
-            Inbound::Hyper { body } => body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            Inbound::Empty => SizeHint::with_exact(0),
-            Inbound::Http1 { body } => body.size_hint(),
-            Inbound::Hyper { body } => body.size_hint(),
-        }
-    }
-}
-
-/// Raised by [`RequestBody`] when a request body passes `[server] max_body_bytes`.
-#[derive(Debug, thiserror::Error)]
-#[error("request body larger than {0} bytes")]
-pub struct BodyLimitExceeded(pub u64);
-
-pin_project! {
-    /// A client's request body on its way to the backend, counted as it streams (never
-    /// buffered) and cut with [`BodyLimitExceeded`] once it passes the limit.
-    pub struct RequestBody {
-        #[pin]
-        inner: Inbound,
-        limit: Option<u64>,
-        seen: u64,
-    }
-}
-
-impl RequestBody {
-    pub fn new(inner: Inbound, limit: Option<u64>) -> RequestBody {
-        RequestBody {
-            inner,
-            limit,
-            seen: 0,
-        }
-    }
-}
-
-impl Body for RequestBody {
-    type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = self.project();
-        match this.inner.poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(limit), Some(data)) = (*this.limit, frame.data_ref()) {
-                    *this.seen += data.len() as u64;
-                    if *this.seen > limit {
-                        return Poll::Ready(Some(Err(Box::new(BodyLimitExceeded(limit)))));
-                    }
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }

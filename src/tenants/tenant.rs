@@ -10,8 +10,8 @@ use std::sync::Arc;
 use http::HeaderValue;
 use serde::{Deserialize, Serialize};
 
-use crate::forward::Upstream;
-use crate::origin::AllowedOrigins;
+use crate::http::upstream::Upstream;
+use crate::tenants::origin::AllowedOrigins;
 
 /// Longest accepted tenant key.
 pub const MAX_KEY_LEN: usize = 128;

@@ -11,15 +11,25 @@
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 
-use crate::body::ProxyBody;
-use crate::config::CorsSettings;
-use crate::error::GatewayError;
-use crate::origin::AllowedOrigins;
+use crate::pipeline::error::GatewayError;
+use crate::pipeline::response::ProxyBody;
+use crate::tenants::origin::AllowedOrigins;
 
 const VARY_PREFLIGHT: HeaderValue = HeaderValue::from_static(
     "Origin, Access-Control-Request-Method, Access-Control-Request-Headers",
 );
 const VARY_ORIGIN: HeaderValue = HeaderValue::from_static("Origin");
+
+/// CORS answers (`[cors]`), pre-rendered as header values.
+#[derive(Debug, Clone)]
+pub struct CorsSettings {
+    pub allow_methods: http::HeaderValue,
+    /// Always includes the tenant header.
+    pub allow_headers: http::HeaderValue,
+    pub expose_headers: Option<http::HeaderValue>,
+    pub allow_credentials: bool,
+    pub max_age: http::HeaderValue,
+}
 
 /// Whether the request is a CORS preflight.
 pub fn is_preflight<B>(req: &Request<B>) -> bool {

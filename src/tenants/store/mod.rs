@@ -1,6 +1,6 @@
 //! Where tenant documents live. A store answers the two questions of the request path — "which
 //! tenant has this key?" and "does any active tenant list this origin?" — and, for the CLI,
-//! manages the documents themselves. The [`crate::directory`] cache sits in front of every store.
+//! manages the documents themselves. The [`crate::tenants::directory`] cache sits in front of every store.
 //!
 //! - [`file`]: a JSON array in a file, re-read when it changes (the zero-setup default).
 //! - [`mongodb`]: a MongoDB collection, with change-stream invalidation where available.
@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::tenant::TenantRecord;
+use crate::tenants::tenant::TenantRecord;
 
 pub mod file;
 pub mod mongodb;
@@ -52,7 +52,7 @@ pub trait TenantStore: Send + Sync + 'static {
     async fn find(&self, key: &str) -> Result<Option<TenantRecord>, StoreError>;
 
     /// Whether an active, valid tenant lists any of `candidates` (normalised allow-list entries,
-    /// see [`crate::origin::index_candidates`]) in `allowedOrigins`.
+    /// see [`crate::tenants::origin::index_candidates`]) in `allowedOrigins`.
     async fn origin_in_use(&self, candidates: &[String]) -> Result<bool, StoreError>;
 
     /// Ok when the store can answer lookups now (readiness, `check`).

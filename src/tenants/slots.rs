@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use crate::error::GatewayError;
+/// Every slot of the tenant is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AllTaken;
 
 /// The in-flight counter of one tenant.
 #[derive(Debug, Default)]
@@ -21,12 +23,13 @@ pub struct Slots {
 }
 
 impl Slots {
-    /// Takes one slot if fewer than `max` are taken; otherwise `429 tenant_concurrency_exceeded`.
-    pub fn try_acquire(self: &Arc<Self>, max: u32) -> Result<SlotGuard, GatewayError> {
+    /// Takes one slot if fewer than `max` are taken; otherwise [`AllTaken`] (the pipeline's
+    /// `429 tenant_concurrency_exceeded`).
+    pub fn try_acquire(self: &Arc<Self>, max: u32) -> Result<SlotGuard, AllTaken> {
         let before = self.in_flight.fetch_add(1, Ordering::AcqRel);
         if before >= max {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
-            return Err(GatewayError::ConcurrencyExceeded);
+            return Err(AllTaken);
         }
         Ok(SlotGuard(self.clone()))
     }
@@ -127,10 +130,7 @@ mod tests {
         let slots = Arc::new(Slots::default());
         let a = slots.try_acquire(2).unwrap();
         let _b = slots.try_acquire(2).unwrap();
-        assert_eq!(
-            slots.try_acquire(2).unwrap_err(),
-            GatewayError::ConcurrencyExceeded
-        );
+        assert_eq!(slots.try_acquire(2).unwrap_err(), AllTaken);
         assert_eq!(slots.in_flight(), 2);
         drop(a);
         assert_eq!(slots.in_flight(), 1);

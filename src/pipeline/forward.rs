@@ -18,7 +18,6 @@
 //! `tenant.<key>` entry of `Sec-WebSocket-Protocol`, travel on a connection of their own, and
 //! after `101` are spliced both ways while holding the tenant's slot ([`Forwarder::upgrade`]).
 
-use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -27,22 +26,21 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::uri::Uri;
 use http::{Request, Response, Version};
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::body::{BodyLimitExceeded, Inbound, ProxyBody, RequestBody};
-use crate::error::GatewayError;
 use crate::http::client::{BackendBody, Outgoing};
 use crate::http::codec::{self, list_items, BodyFraming};
-use crate::http::pool::{Pool, PoolSettings, SendError, Target};
-use crate::http::server::ClientBodyError;
-use crate::limit::SlotGuard;
-use crate::tenant::Tenant;
+use crate::http::inbound::{BodyLimitExceeded, ClientBodyError, Inbound, RequestBody};
+use crate::http::pool::{Pool, PoolSettings, SendError};
+use crate::pipeline::error::GatewayError;
+use crate::pipeline::response::ProxyBody;
+use crate::tenants::slots::SlotGuard;
+use crate::tenants::tenant::Tenant;
 
 pub use crate::http::codec::is_hop_by_hop;
 
@@ -75,95 +73,7 @@ pub fn is_injected(name: &HeaderName) -> bool {
     )
 }
 
-/// A backend base URL: `http://host[:port]`, no path.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Upstream {
-    scheme: Scheme,
-    authority: Authority,
-    /// The authority lower-cased: idle connections are pooled by it.
-    pool_key: Arc<str>,
-    /// `host:port` to connect to (the port defaulted).
-    addr: String,
-    /// The `Host` header sent to it.
-    host: HeaderValue,
-    /// For `https://`: the name its certificate must carry.
-    tls: Option<ServerName<'static>>,
-}
-
-impl fmt::Debug for Upstream {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}://{}", self.scheme, self.authority)
-    }
-}
-
-impl Upstream {
-    fn target(&self) -> Target<'_> {
-        Target {
-            authority: &self.pool_key,
-            addr: &self.addr,
-            tls: self.tls.as_ref(),
-        }
-    }
-
-    /// Parses `http[s]://host[:port]` (a trailing `/` is fine; a path, query or user info is not).
-    pub fn parse(url: &str) -> Result<Upstream, String> {
-        let uri: Uri = url
-            .parse()
-            .map_err(|e| format!("{url:?} is not a URL ({e})"))?;
-        let scheme = uri
-            .scheme()
-            .cloned()
-            .ok_or_else(|| format!("{url:?} has no scheme (want http://host:port)"))?;
-        let https = if scheme == Scheme::HTTP {
-            false
-        } else if scheme == Scheme::HTTPS {
-            true
-        } else {
-            return Err(format!("{url:?}: a backend is http:// or https://"));
-        };
-        let authority = uri
-            .authority()
-            .cloned()
-            .ok_or_else(|| format!("{url:?} has no host"))?;
-        if authority.as_str().contains('@') {
-            return Err(format!("{url:?}: user info is not supported"));
-        }
-        if !matches!(
-            uri.path_and_query().map(|p| p.as_str()),
-            None | Some("/") | Some("")
-        ) {
-            return Err(format!("{url:?}: a backend URL has no path or query"));
-        }
-        let addr = format!(
-            "{}:{}",
-            authority.host(),
-            authority.port_u16().unwrap_or(if https { 443 } else { 80 })
-        );
-        let host = HeaderValue::from_str(authority.as_str())
-            .map_err(|_| format!("{url:?}: invalid host"))?;
-        let tls = match https {
-            false => None,
-            true => {
-                let name = authority
-                    .host()
-                    .trim_start_matches('[')
-                    .trim_end_matches(']');
-                Some(
-                    ServerName::try_from(name.to_string())
-                        .map_err(|_| format!("{url:?}: {name:?} is not a TLS server name"))?,
-                )
-            }
-        };
-        Ok(Upstream {
-            scheme,
-            pool_key: Arc::from(authority.as_str().to_ascii_lowercase()),
-            authority,
-            addr,
-            host,
-            tls,
-        })
-    }
-}
+pub use crate::http::upstream::Upstream;
 
 /// Settings of the upstream side.
 #[derive(Debug, Clone)]
@@ -192,7 +102,7 @@ pub struct Forwarded<'a> {
     /// `http` or `https`, as the client reached the gateway.
     pub proto: &'static HeaderValue,
     pub request_id: &'a HeaderValue,
-    /// The request's trace context for the backend, if it has one ([`crate::trace`]).
+    /// The request's trace context for the backend, if it has one ([`crate::telemetry::trace`]).
     pub traceparent: Option<&'a HeaderValue>,
 }
 
@@ -201,15 +111,15 @@ pub struct Forwarder {
     pool: Pool,
     /// Swapped whole by a config reload; each request reads one version.
     settings: ArcSwap<ForwardSettings>,
-    /// Time from sending a request to the backend's response head (see [`crate::metrics`]).
-    pub upstream_response: crate::metrics::Latency,
+    /// Time from sending a request to the backend's response head (see [`crate::telemetry::metrics`]).
+    pub upstream_response: crate::telemetry::metrics::Latency,
     /// The spliced (upgraded) connections, closed together at shutdown.
     tunnels: TaskTracker,
     closing: CancellationToken,
 }
 
 impl Forwarder {
-    /// `tls` connects to `https://` backends (see [`crate::tls::connector`]).
+    /// `tls` connects to `https://` backends (`run::tls::connector` makes it).
     pub fn new(settings: ForwardSettings, tls: TlsConnector) -> Forwarder {
         let pool = Pool::new(
             PoolSettings {
@@ -222,7 +132,7 @@ impl Forwarder {
         Forwarder {
             pool,
             settings: ArcSwap::from_pointee(settings),
-            upstream_response: crate::metrics::Latency::default(),
+            upstream_response: crate::telemetry::metrics::Latency::default(),
             tunnels: TaskTracker::new(),
             closing: CancellationToken::new(),
         }
@@ -347,9 +257,8 @@ impl Forwarder {
         let body = RequestBody::new(body, settings.max_body);
         let body = (!http_body::Body::is_end_stream(&body)).then_some(body);
         let mut head = Vec::with_capacity(1024);
-        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        codec::request_line(&mut head, &parts.method, target);
-        codec::header_line(&mut head, &header::HOST, &upstream.host);
+        codec::request_line(&mut head, &parts.method, &codec::origin_form(&parts.uri));
+        codec::header_line(&mut head, &header::HOST, upstream.host());
         forwarded_headers(
             &parts.uri,
             &parts.headers,
@@ -388,15 +297,11 @@ impl Forwarder {
             fwd,
             settings.inject_connection_string,
         );
-        parts.uri = Uri::from(
-            parts
-                .uri
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/")),
-        );
+        parts.uri = codec::origin_form(&parts.uri)
+            .parse()
+            .unwrap_or_else(|_| Uri::from_static("/"));
         parts.version = Version::HTTP_11;
-        parts.headers.insert(header::HOST, upstream.host.clone());
+        parts.headers.insert(header::HOST, upstream.host().clone());
         let body = RequestBody::new(body, settings.max_body);
         Ok((upstream, Request::from_parts(parts, body)))
     }
@@ -598,7 +503,7 @@ pub fn strip_tenant_subprotocol(headers: &mut HeaderMap) {
         return;
     }
     let kept: Vec<u8> = list_items(headers.get_all(header::SEC_WEBSOCKET_PROTOCOL))
-        .filter(|p| !p.starts_with(crate::identify::TENANT_SUBPROTOCOL.as_bytes()))
+        .filter(|p| !p.starts_with(crate::pipeline::identify::TENANT_SUBPROTOCOL.as_bytes()))
         .collect::<Vec<_>>()
         .join(&b", "[..]);
     headers.remove(header::SEC_WEBSOCKET_PROTOCOL);
@@ -747,7 +652,7 @@ pub fn forwarded_headers(
                 list.extend_from_slice(b", ");
             }
             list.extend_from_slice(value.as_bytes());
-        } else if name == crate::trace::TRACEPARENT {
+        } else if name == crate::telemetry::trace::TRACEPARENT {
             // Replaced by the request's own: the client's when valid, or the gateway's span.
         } else if name == header::CONTENT_LENGTH {
             // Framing: written by the gateway from the body it parsed (`exchange::end_head`),
@@ -782,7 +687,7 @@ pub fn forwarded_headers(
     }
     emit(&X_REQUEST_ID, fwd.request_id);
     if let Some(traceparent) = fwd.traceparent {
-        emit(&crate::trace::TRACEPARENT, traceparent);
+        emit(&crate::telemetry::trace::TRACEPARENT, traceparent);
     }
 }
 
@@ -805,7 +710,7 @@ pub fn rewrite_request_headers(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tenant::{TenantDocument, TenantRecord};
+    use crate::tenants::tenant::{TenantDocument, TenantRecord};
 
     fn tenant() -> Tenant {
         let doc: TenantDocument = serde_json::from_value(serde_json::json!({
@@ -979,7 +884,7 @@ mod tests {
             X_FORWARDED_FOR,
             header::HOST,
             header::ORIGIN,
-            crate::trace::TRACEPARENT,
+            crate::telemetry::trace::TRACEPARENT,
         ] {
             assert!(!is_injected(&name) && !is_hop_by_hop(&name), "{name}");
         }
@@ -998,24 +903,6 @@ mod tests {
         );
         assert_eq!(h["x-tenant-provider-connection-string"], "secret-cs");
         assert_eq!(h["x-forwarded-for"], "10.0.0.7");
-    }
-
-    #[test]
-    fn upstream_urls() {
-        assert_eq!(
-            format!("{:?}", Upstream::parse("http://chat:3000/").unwrap()),
-            "http://chat:3000"
-        );
-        for bad in [
-            "chat:3000",
-            "ftp://chat",
-            "http://chat/api",
-            "http://u:p@chat",
-            "http://chat?x=1",
-            "",
-        ] {
-            assert!(Upstream::parse(bad).is_err(), "{bad}");
-        }
     }
 
     #[tokio::test(start_paused = true)]

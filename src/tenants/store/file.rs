@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::{validate_for_write, Invalidation, StoreError, TenantDocuments, TenantStore};
-use crate::tenant::TenantRecord;
+use crate::tenants::tenant::TenantRecord;
 
 /// The parsed content of the file at one moment.
 #[derive(Debug, Default)]
@@ -340,7 +340,7 @@ mod tests {
             Some(TenantRecord::Misconfigured { .. })
         ));
         assert_eq!(store.find("tnt_zz").await.unwrap(), None);
-        let has = |o: &str| crate::origin::index_candidates(o).unwrap();
+        let has = |o: &str| crate::tenants::origin::index_candidates(o).unwrap();
         assert!(store.origin_in_use(&has("https://x.a.com")).await.unwrap());
         assert!(!store.origin_in_use(&has("https://a.com")).await.unwrap());
         assert!(

@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName};
 
-use crate::directory::{Directory, Resolved, TenantEntry};
-use crate::error::GatewayError;
-use crate::store::StoreError;
-use crate::tenant::is_valid_key;
+use crate::pipeline::error::GatewayError;
+use crate::tenants::directory::{Directory, Resolved, TenantEntry};
+use crate::tenants::store::StoreError;
+use crate::tenants::tenant::is_valid_key;
 
 /// Prefix of the `Sec-WebSocket-Protocol` entry that carries the tenant key: browsers cannot set
 /// headers on a WebSocket, so `new WebSocket(url, ["tenant.<key>", "chat.v1"])` names the tenant.

@@ -21,12 +21,12 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Config, StoreConfig};
-use crate::logging::{self, LogFormat};
-use crate::store::file::{FileDocuments, FileStore};
-use crate::store::mongodb::MongoStore;
-use crate::store::{StoreError, TenantDocuments, TenantStore};
-use crate::tenant::TenantRecord;
+use crate::run::config::{Config, StoreConfig};
+use crate::telemetry::logging::{self, LogFormat};
+use crate::tenants::store::file::{FileDocuments, FileStore};
+use crate::tenants::store::mongodb::MongoStore;
+use crate::tenants::store::{StoreError, TenantDocuments, TenantStore};
+use crate::tenants::tenant::TenantRecord;
 
 pub const EXIT_CONFIG: u8 = 64;
 pub const EXIT_DATA: u8 = 65;
@@ -129,7 +129,7 @@ pub fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Demo { listen } => {
             let _guard = logging::init(cli.log_format);
-            runtime().block_on(crate::demo::run(listen))
+            runtime().block_on(crate::run::demo::run(listen))
         }
         Command::Backend { listen } => {
             let _guard = logging::init(cli.log_format);
@@ -143,8 +143,8 @@ pub fn main() -> ExitCode {
                 };
                 tracing::info!(%listen, "sample backend listening");
                 tokio::select! {
-                    _ = crate::demo::serve_backend(listener, Default::default()) => {}
-                    signal = shutdown_signal() => tracing::info!(signal, "sample backend stopped"),
+                    _ = crate::run::demo::serve_backend(listener, Default::default()) => {}
+                    signal = crate::run::server::shutdown_signal() => tracing::info!(signal, "sample backend stopped"),
                 }
                 ExitCode::SUCCESS
             })
@@ -211,7 +211,7 @@ fn run(path: &Path, format: LogFormat) -> ExitCode {
     config.workers = connection_threads();
     let _guard = logging::init(format);
     runtime().block_on(async {
-        let running = match crate::server::start(config).await {
+        let running = match crate::run::server::start(config).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!("{e}");
@@ -221,7 +221,7 @@ fn run(path: &Path, format: LogFormat) -> ExitCode {
         };
         #[cfg(unix)]
         tokio::spawn(reload_on_sighup(running.reloader.clone()));
-        let signal = shutdown_signal().await;
+        let signal = crate::run::server::shutdown_signal().await;
         tracing::info!(signal, "shutdown requested");
         running.shutdown();
         running.wait().await;
@@ -230,9 +230,9 @@ fn run(path: &Path, format: LogFormat) -> ExitCode {
     })
 }
 
-/// Reloads the config on every SIGHUP (see [`crate::server::Reloader`]).
+/// Reloads the config on every SIGHUP (see [`crate::run::reload::Reloader`]).
 #[cfg(unix)]
-async fn reload_on_sighup(reloader: Arc<crate::server::Reloader>) {
+async fn reload_on_sighup(reloader: Arc<crate::run::reload::Reloader>) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         return;
@@ -246,32 +246,6 @@ async fn reload_on_sighup(reloader: Arc<crate::server::Reloader>) {
             }
             Err(e) => tracing::error!(error = %e, "config reload failed"),
         }
-    }
-}
-
-/// Waits for SIGTERM or SIGINT; returns its name.
-pub async fn shutdown_signal() -> &'static str {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => tokio::select! {
-                _ = term.recv() => "SIGTERM",
-                _ = int.recv() => "SIGINT",
-            },
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
-                "SIGINT"
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-        "ctrl-c"
     }
 }
 
@@ -290,7 +264,7 @@ fn check(path: &Path) -> ExitCode {
     );
     println!("  upstream {:?}", config.forward.default_upstream);
     if let Some(files) = &config.tls {
-        match crate::tls::load_certified_key(files) {
+        match crate::run::tls::load_certified_key(files) {
             Ok(_) => println!("  tls      {} (key matches)", files.cert.display()),
             Err(e) => {
                 eprintln!("tenantgate: invalid config: [tls] {e}");
@@ -298,7 +272,7 @@ fn check(path: &Path) -> ExitCode {
             }
         }
     }
-    if let Err(e) = crate::tls::connector(config.forward.ca_file.as_deref()) {
+    if let Err(e) = crate::run::tls::connector(config.forward.ca_file.as_deref()) {
         eprintln!("tenantgate: invalid config: [upstream] ca_file: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }

@@ -2,7 +2,7 @@
 //!
 //! - Lookups: `find_one({apiKey})` for a key; `{allowedOrigins: {$in: candidates}, isActive:
 //!   true}` for a preflight origin (`$in` matches array fields on every server, see
-//!   `MONGODB_IN_TESTS.md`). The [`crate::directory`] cache sits in front of both.
+//!   `MONGODB_IN_TESTS.md`). The [`crate::tenants::directory`] cache sits in front of both.
 //! - Start-up: the client connects lazily, so a database that is down does not stop the gateway
 //!   (lookups fail with 503 until it is back). A background task creates the unique index on
 //!   `apiKey` and the index on `allowedOrigins`, retrying until the database answers.
@@ -30,8 +30,8 @@ use mongodb::{Client, Collection, IndexModel};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::{validate_for_write, Invalidation, StoreError, TenantDocuments, TenantStore};
-use crate::origin::AllowedOrigins;
-use crate::tenant::TenantRecord;
+use crate::tenants::origin::AllowedOrigins;
+use crate::tenants::tenant::TenantRecord;
 
 /// `[store]` settings of `kind = "mongodb"`, validated.
 #[derive(Clone, PartialEq, Eq)]

@@ -32,10 +32,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
-use crate::config::Config;
+use crate::run::config::Config;
 
 /// The example tenants shipped in `tenants.example.json`.
-pub const EXAMPLE_TENANTS: &str = include_str!("../tenants.example.json");
+pub const EXAMPLE_TENANTS: &str = include_str!("../../tenants.example.json");
 
 /// The browser demo page; `{{GATEWAY}}`, `{{TENANT}}`, `{{ORIGIN}}` and `{{LISTED}}` are filled
 /// in per listener.
@@ -374,7 +374,7 @@ pub async fn run(listen: SocketAddr) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let running = match crate::server::start(config).await {
+    let running = match crate::run::server::start(config).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("tenantgate demo: {e}");
@@ -393,7 +393,7 @@ pub async fn run(listen: SocketAddr) -> ExitCode {
             &tenants
         )
     );
-    crate::cli::shutdown_signal().await;
+    crate::run::server::shutdown_signal().await;
     running.shutdown();
     running.wait().await;
     let _ = std::fs::remove_dir_all(&dir);

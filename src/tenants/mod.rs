@@ -1,0 +1,11 @@
+//! Where tenants come from and what the gateway keeps of each: the document and its
+//! validation ([`tenant`], [`origin`]), the stores ([`store`]: the JSON file and MongoDB), the
+//! cache in front of them ([`directory`]) and each tenant's concurrency slots ([`slots`]).
+//! Depends on nothing of the request path but [`crate::http`] (a tenant's own backend URL).
+
+pub mod counter;
+pub mod directory;
+pub mod origin;
+pub mod slots;
+pub mod store;
+pub mod tenant;
