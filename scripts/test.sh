@@ -2,7 +2,8 @@
 # The whole test suite: unit tests, end-to-end tests over real sockets on 127.0.0.1:0, the
 # CLI/binary tests, the MongoDB store against a real MongoDB-wire server, and the validation of
 # the deployment files (scripts/validate-deploy.sh), the OTLP export (built with
-# `--features otel`) and the browser demo in headless Chromium.
+# `--features otel`), the browser demo in headless Chromium, and the differential framing test
+# against nginx (scripts/differential.py).
 #
 # The MongoDB tests use smongo 1.2.8 from PyPI (see MONGODB_IN_TESTS in the README): installed
 # into .venv when missing (the first install compiles it: about 6 minutes on 2 cores; pip keeps
@@ -20,12 +21,24 @@ if [ -z "${CHROMIUM:-}" ] && ! { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chrom
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
 
+# The differential framing test runs the same bytes through Debian's nginx (the reference).
+if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
+    echo "test.sh: installing Debian's nginx-light for the differential framing test" >&2
+    sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nginx-light >/dev/null
+fi
+
 venv=${TENANTGATE_TEST_VENV:-$PWD/.venv}
 python="$venv/bin/python"
 if ! "$python" -c 'import smongo, pymongo' 2>/dev/null; then
     echo "test.sh: installing the MongoDB-wire test server (smongo 1.2.8) into $venv" >&2
     python3 -m venv "$venv"
     "$python" -m pip install --quiet --disable-pip-version-check smongo==1.2.8 'pymongo>=4,<5'
+fi
+# h11: the strict HTTP/1.1 parser of the differential test's recording backends.
+if ! "$python" -c 'import h11' 2>/dev/null; then
+    "$python" -m pip install --quiet --disable-pip-version-check 'h11>=0.16,<0.17'
 fi
 
 data=$(mktemp -d)
@@ -64,5 +77,7 @@ fi
 export TEST_MONGODB_URI="$uri"
 export TEST_SMONGO_PYTHON="$python"
 cargo test --locked --all-targets --features otel "$@"
+# The differential framing test: the same bytes through nginx and through the gateway just built.
+if [ $# -eq 0 ]; then "$python" scripts/differential.py target/debug/tenantgate; fi
 # The deployment files, as far as they can be checked without a Docker engine or a cluster.
 if [ $# -eq 0 ]; then bash scripts/validate-deploy.sh; fi
