@@ -303,3 +303,257 @@ async fn underscore_names_are_dropped_and_absolute_form_hosts_are_the_requests_h
         ("/?x", "b.example")
     );
 }
+
+/// HTTP/2 from clients becomes HTTP/1.1 towards the backend under the same rules: the request's
+/// host is its `:authority` (there is no `Host` line to copy), and the framing is the gateway's.
+#[tokio::test]
+async fn http2_requests_reach_the_backend_framed_by_the_gateway_with_their_authority() {
+    let (gw, recorder) = recorded_gateway().await;
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(gw.url("/h2?x=1"))
+        .header("x-tenant-id", "tnt_a")
+        .header("origin", A)
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            b"hello",
+        )))
+        .unwrap();
+    let resp = h2_client().request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = recorder.requests();
+    assert_eq!(seen.len(), 1, "{seen:#?}");
+    let r = &seen[0];
+    assert_eq!(
+        (r.method.as_str(), r.target.as_str(), &r.body[..]),
+        ("POST", "/h2?x=1", &b"hello"[..])
+    );
+    assert_eq!(r.headers["x-forwarded-host"], gw.running.addr.to_string());
+    assert_eq!(
+        r.headers
+            .get_all("content-length")
+            .iter()
+            .collect::<Vec<_>>(),
+        ["5"]
+    );
+}
+
+/// One HEADERS frame (and optionally a DATA frame) on stream 1 of a new HTTP/2 connection, as
+/// raw frames (HPACK literals without indexing), so that a client can send what hyper's client
+/// never would. Returns the frame types the gateway sent back on the stream or connection.
+async fn raw_h2(gw: &Gateway, headers: &[(&str, &str)], data: Option<&[u8]>) -> Vec<u8> {
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        f.extend_from_slice(&[kind, flags]);
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+    let mut block = Vec::new();
+    for (name, value) in headers {
+        block.push(0x00);
+        block.push(name.len() as u8);
+        block.extend_from_slice(name.as_bytes());
+        block.push(value.len() as u8);
+        block.extend_from_slice(value.as_bytes());
+    }
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(4, 0, 0, &[]));
+    let end_stream = if data.is_none() { 0x1 } else { 0 };
+    out.extend(frame(1, 0x4 | end_stream, 1, &block));
+    if let Some(data) = data {
+        out.extend(frame(0, 0x1, 1, data));
+    }
+    let mut s = TcpStream::connect(gw.running.addr).await.unwrap();
+    s.write_all(&out).await.unwrap();
+    let mut got = Vec::new();
+    let mut kinds = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+    let mut buf = [0u8; 4096];
+    loop {
+        // Frames: 9-byte header, then the payload.
+        while got.len() >= 9 {
+            let len = u32::from_be_bytes([0, got[0], got[1], got[2]]) as usize;
+            if got.len() < 9 + len {
+                break;
+            }
+            let kind = got[3];
+            let stream = u32::from_be_bytes([got[5], got[6], got[7], got[8]]) & 0x7fff_ffff;
+            if stream == 1 || kind == 7 {
+                kinds.push(kind);
+            }
+            got.drain(..9 + len);
+        }
+        if kinds.iter().any(|k| matches!(k, 1 | 3 | 7)) {
+            return kinds;
+        }
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => return kinds,
+        }
+    }
+}
+
+/// Malformed HTTP/2 requests (RFC 9113 §8.2.2, §8.1.1) never reach the backend: hyper's HTTP/2
+/// server resets the stream, or the gateway answers 400.
+#[tokio::test]
+async fn malformed_http2_requests_are_refused_and_never_forwarded() {
+    let (gw, recorder) = recorded_gateway().await;
+    let base = [
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":path", "/h2"),
+        (":authority", "a.example"),
+        ("x-tenant-id", "tnt_a"),
+        ("origin", A),
+    ];
+    let with = |extra: &[(&'static str, &'static str)]| {
+        let mut h = base.to_vec();
+        h.extend_from_slice(extra);
+        h
+    };
+    // The happy path first: the raw client is understood.
+    let kinds = raw_h2(&gw, &base, None).await;
+    assert!(kinds.contains(&1), "{kinds:?}");
+    assert_eq!(recorder.requests().len(), 1);
+    for (what, headers, data) in [
+        ("connection", with(&[("connection", "keep-alive")]), None),
+        ("keep-alive", with(&[("keep-alive", "timeout=5")]), None),
+        (
+            "transfer-encoding",
+            with(&[("transfer-encoding", "chunked")]),
+            None,
+        ),
+        ("upgrade", with(&[("upgrade", "websocket")]), None),
+        ("te other than trailers", with(&[("te", "gzip")]), None),
+        (
+            "CR LF in a value",
+            with(&[("x-a", "1\r\nx-tenant-id: forged")]),
+            None,
+        ),
+        ("NUL in a value", with(&[("x-a", "1\02")]), None),
+        ("uppercase name", with(&[("X-A", "1")]), None),
+        (
+            "Host differs from :authority",
+            with(&[("host", "b.example")]),
+            None,
+        ),
+        (
+            "content-length above DATA",
+            with(&[("content-length", "10")]),
+            Some(&b"hello"[..]),
+        ),
+        (
+            "content-length below DATA",
+            with(&[("content-length", "2")]),
+            Some(&b"hello"[..]),
+        ),
+    ] {
+        let before = recorder.requests().len();
+        let kinds = raw_h2(&gw, &headers, data).await;
+        assert!(
+            kinds.iter().any(|k| matches!(k, 1 | 3 | 7)),
+            "{what}: no answer: {kinds:?}"
+        );
+        let seen = recorder.requests();
+        // A request whose body was cut short by a reset may have reached the backend's head
+        // parser, but never as a complete request.
+        assert_eq!(
+            seen.len(),
+            before,
+            "{what}: forwarded: {:#?}",
+            &seen[before..]
+        );
+    }
+}
+
+/// A backend answering every request on a connection with the canned response its path picks.
+async fn canned_backend() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match s.read(&mut buf).await {
+                            Ok(n) if n > 0 => seen.extend_from_slice(&buf[..n]),
+                            _ => return,
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&seen[..end]).to_string();
+                    seen.drain(..end + 4);
+                    let path = head.split(' ').nth(1).unwrap_or("").to_string();
+                    let answer: &[u8] = match path.as_str() {
+                        "/204" => b"HTTP/1.1 204 No Content\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\nx-a: 1\r\n\r\n",
+                        "/304" => b"HTTP/1.1 304 Not Modified\r\ncontent-length: 5\r\nx-a: 1\r\n\r\n",
+                        "/head" => b"HTTP/1.1 200 OK\r\ncontent-length: 7, 7\r\nx-a: 1\r\n\r\n",
+                        "/head-bad" => b"HTTP/1.1 200 OK\r\ncontent-length: 7, 8\r\n\r\n",
+                        "/chunked-and-length" => b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+                        _ => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+                    };
+                    if s.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Towards the client the gateway writes the framing too: no length (nor body) on 204 and 304,
+/// the answer to HEAD with one validated length, chunked instead of a length the backend sent
+/// beside chunked coding.
+#[tokio::test]
+async fn responses_are_framed_by_the_gateway_and_bodiless_ones_carry_no_length() {
+    let mut t = tenant("tnt_a", &[A], 5);
+    t["upstream"] = json!(format!("http://{}", canned_backend().await));
+    let gw = Gateway::start(&[t], "").await;
+    let ask = |method: &str, path: &str| format!("{method} {path} HTTP/1.1\r\n{HEAD_A}\r\n");
+    for path in ["/204", "/304"] {
+        // Then a second request on the same connection: nothing of the first is left over.
+        let text = exchange_to_close(
+            &gw,
+            format!(
+                "{}{}",
+                ask("GET", path),
+                ask("GET", "/ok").replace("Origin", "Connection: close\r\nOrigin")
+            )
+            .as_bytes(),
+        )
+        .await;
+        let first = &text[..text
+            .find("HTTP/1.1 200")
+            .unwrap_or_else(|| panic!("{path}: {text}"))];
+        assert!(first.contains("x-a: 1\r\n"), "{path}: {first}");
+        assert!(
+            !first.to_ascii_lowercase().contains("content-length"),
+            "{path}: {first}"
+        );
+        assert!(
+            !first.to_ascii_lowercase().contains("transfer-encoding"),
+            "{path}: {first}"
+        );
+        assert!(text.ends_with("ok"), "{path}: {text}");
+    }
+    let text = exchange(&gw, ask("HEAD", "/head").as_bytes()).await;
+    assert!(
+        text.starts_with("HTTP/1.1 200") && text.contains("content-length: 7\r\n"),
+        "{text}"
+    );
+    assert_eq!(text.matches("content-length").count(), 1, "{text}");
+    let text = exchange(&gw, ask("HEAD", "/head-bad").as_bytes()).await;
+    assert!(
+        text.starts_with("HTTP/1.1 502"),
+        "a conflicting length is no answer: {text}"
+    );
+    let text = exchange(&gw, ask("GET", "/chunked-and-length").as_bytes()).await;
+    assert!(
+        text.contains("content-length: 2\r\n") || text.contains("transfer-encoding: chunked\r\n"),
+        "{text}"
+    );
+    assert!(!text.contains("content-length: 100"), "{text}");
+}

@@ -491,13 +491,19 @@ pub fn status_has_body(status: StatusCode) -> bool {
 /// be reused: no body for `HEAD`, `1xx`, `204`, `304`; chunked when it is the final coding (a
 /// `Content-Length` beside it loses, and the connection is not trusted again); read until close
 /// for another final coding or no framing at all; a `Content-Length` whose lines or list items
-/// disagree or are not decimal is invalid.
+/// disagree or are not decimal is invalid, whatever the status.
 pub fn response_framing(
     headers: &HeaderMap,
     seen: Seen,
     status: StatusCode,
     is_head: bool,
 ) -> Result<(Framing, bool), Invalid> {
+    // An invalid length is refused even where it frames nothing (`HEAD`, `204`, `304`): the
+    // peer is not one to trust with the connection, nor its header with the client.
+    let length = match seen.any(Seen::CONTENT_LENGTH) {
+        true => content_length(headers)?,
+        false => None,
+    };
     if is_head || !status_has_body(status) {
         return Ok((Framing::Empty, true));
     }
@@ -508,7 +514,7 @@ pub fn response_framing(
         }
         return Ok((Framing::UntilClose, false));
     }
-    Ok(match content_length(headers)? {
+    Ok(match length {
         Some(n) => (Framing::length(n), true),
         None => (Framing::UntilClose, false),
     })
