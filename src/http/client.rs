@@ -30,7 +30,8 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::io::poll_read_buf;
 
 use crate::http::codec::{
-    self, decode, make_room, BodyFraming, Decoded, Framing, HeadError, ResponseHead,
+    self, decode, make_room, BodyEncoder, BodyFraming, Coding, Decoded, FillError, Framing,
+    HeadError, ResponseHead,
 };
 use crate::http::inbound::RequestBody;
 
@@ -220,8 +221,11 @@ pub async fn exchange(
         out,
         written: 0,
         body: body.map(Box::pin),
-        framing,
-        sent: 0,
+        encoder: BodyEncoder::new(match framing {
+            BodyFraming::Chunked => Coding::Chunked,
+            BodyFraming::Length(n) => Coding::Length(n),
+            BodyFraming::None => Coding::Length(0),
+        }),
         done: false,
         failed: None,
     };
@@ -257,10 +261,8 @@ struct Writer {
     out: Vec<u8>,
     written: usize,
     body: Option<Pin<Box<RequestBody>>>,
-    /// The framing the head announced; the body is held to it.
-    framing: BodyFraming,
-    /// Body bytes written so far.
-    sent: u64,
+    /// Writes the body as the head announced it, and holds it to that.
+    encoder: BodyEncoder,
     done: bool,
     /// A write error, reported only if no response arrives (a backend that answered early and
     /// closed makes later writes fail; its answer wins).
@@ -301,42 +303,18 @@ impl Writer {
 
     /// Appends the body frames that are ready, up to one write's worth.
     fn fill(&mut self, cx: &mut Context<'_>) -> Result<(), ExchangeError> {
-        while let Some(body) = self.body.as_mut() {
-            if self.out.len() >= WRITE_BATCH {
-                return Ok(());
-            }
-            match body.as_mut().poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    // Trailers from the client are not forwarded.
-                    let Ok(data) = frame.into_data() else {
-                        continue;
-                    };
-                    if data.is_empty() {
-                        continue;
-                    }
-                    self.sent += data.len() as u64;
-                    match self.framing {
-                        BodyFraming::Chunked => codec::encode_chunk(&mut self.out, &data),
-                        BodyFraming::Length(n) if self.sent <= n => {
-                            self.out.extend_from_slice(&data)
-                        }
-                        // Never more than the head announced: the rest would be read by the
-                        // backend as the next request.
-                        _ => return Err(ExchangeError::Body("body longer than its length".into())),
-                    }
-                }
-                Poll::Ready(Some(Err(e))) => return Err(ExchangeError::Body(e)),
-                Poll::Ready(None) => {
-                    match self.framing {
-                        BodyFraming::Chunked => self.out.extend_from_slice(codec::LAST_CHUNK),
-                        BodyFraming::Length(n) if self.sent != n => {
-                            return Err(ExchangeError::Body("body shorter than its length".into()))
-                        }
-                        _ => {}
-                    }
-                    self.body = None;
-                }
-                Poll::Pending => return Ok(()),
+        let Some(body) = self.body.as_mut() else {
+            return Ok(());
+        };
+        match self
+            .encoder
+            .poll_fill(cx, body.as_mut(), &mut self.out, WRITE_BATCH)
+        {
+            Poll::Ready(Ok(true)) => self.body = None,
+            Poll::Ready(Ok(false)) | Poll::Pending => {}
+            Poll::Ready(Err(FillError::Body(e))) => return Err(ExchangeError::Body(e)),
+            Poll::Ready(Err(FillError::Framing(e))) => {
+                return Err(ExchangeError::Body(Box::new(e)))
             }
         }
         Ok(())

@@ -1179,6 +1179,100 @@ pub fn write_response_head(
     out.extend_from_slice(b"\r\n");
 }
 
+/// How a body is written: the framing its head announced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Coding {
+    Length(u64),
+    Chunked,
+    /// As it comes; the connection's end ends it (responses to HTTP/1.0 clients).
+    UntilClose,
+}
+
+/// The body writer both sides use: each piece of a body framed as its head announced, and
+/// never more or fewer bytes than an announced length (the difference would be read as the
+/// next message).
+#[derive(Debug, Clone, Copy)]
+pub struct BodyEncoder {
+    coding: Coding,
+    sent: u64,
+}
+
+/// Why a body could not be written.
+#[derive(Debug)]
+pub enum FillError<E> {
+    /// The body itself failed.
+    Body(E),
+    /// It did not fit the length its head announced.
+    Framing(Invalid),
+}
+
+impl BodyEncoder {
+    pub fn new(coding: Coding) -> BodyEncoder {
+        BodyEncoder { coding, sent: 0 }
+    }
+
+    /// Appends the frames `body` has ready, encoded, until `out` holds `batch` bytes.
+    /// `Ready(Ok(true))`: the body is complete and its end written; `Ready(Ok(false))`: `out`
+    /// is full; `Pending`: the body waits for more.
+    pub fn poll_fill<B: http_body::Body<Data = Bytes>>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        mut body: std::pin::Pin<&mut B>,
+        out: &mut Vec<u8>,
+        batch: usize,
+    ) -> std::task::Poll<Result<bool, FillError<B::Error>>> {
+        use std::task::Poll;
+        while out.len() < batch {
+            match body.as_mut().poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    // Trailers are not forwarded.
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    if !data.is_empty() {
+                        self.data(out, &data).map_err(FillError::Framing)?;
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(FillError::Body(e))),
+                Poll::Ready(None) => {
+                    self.finish(out).map_err(FillError::Framing)?;
+                    return Poll::Ready(Ok(true));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(false))
+    }
+
+    /// Appends one piece of the body.
+    pub fn data(&mut self, out: &mut Vec<u8>, data: &[u8]) -> Result<(), Invalid> {
+        self.sent += data.len() as u64;
+        match self.coding {
+            Coding::Length(n) if self.sent > n => Err(Invalid("body longer than its length")),
+            Coding::Chunked => {
+                encode_chunk(out, data);
+                Ok(())
+            }
+            Coding::Length(_) | Coding::UntilClose => {
+                out.extend_from_slice(data);
+                Ok(())
+            }
+        }
+    }
+
+    /// Appends the end of the body.
+    pub fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), Invalid> {
+        match self.coding {
+            Coding::Length(n) if self.sent != n => Err(Invalid("body shorter than its length")),
+            Coding::Chunked => {
+                out.extend_from_slice(LAST_CHUNK);
+                Ok(())
+            }
+            Coding::Length(_) | Coding::UntilClose => Ok(()),
+        }
+    }
+}
+
 /// Appends `data` as one chunk of chunked coding.
 pub fn encode_chunk(out: &mut Vec<u8>, data: &[u8]) {
     let mut size = [0u8; 16];

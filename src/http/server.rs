@@ -44,7 +44,8 @@ use tokio_util::io::poll_read_buf;
 use tokio_util::sync::CancellationToken;
 
 use crate::http::codec::{
-    self, make_room, parse_request_head, Framing, HeadError, RequestHead, ResponseFraming,
+    self, make_room, parse_request_head, BodyEncoder, Coding, FillError, Framing, HeadError,
+    ResponseFraming,
 };
 use crate::http::inbound::{BodyError, BodyState, ClientBody, Expect, Inbound, Reader, READ_CHUNK};
 
@@ -429,44 +430,25 @@ impl Connection {
             // Frees a held slot now; a `HEAD` answer's body is never sent.
             body.set(B::default());
         }
-        let mut sent = 0u64;
+        let mut encoder = BodyEncoder::new(match framing {
+            ResponseFraming::Length(n) => Coding::Length(n),
+            ResponseFraming::Chunked => Coding::Chunked,
+            ResponseFraming::Bodiless | ResponseFraming::Head => Coding::Length(0),
+            ResponseFraming::UntilClose => Coding::UntilClose,
+        });
         let mut written = 0;
         let mut finished = bodiless;
         let result = poll_fn(|cx| loop {
-            while !finished && self.out.len() < WRITE_BATCH {
-                match body.as_mut().poll_frame(cx) {
-                    Poll::Ready(Some(Ok(frame))) => {
-                        let Ok(data) = frame.into_data() else {
-                            continue;
-                        };
-                        if data.is_empty() {
-                            continue;
-                        }
-                        sent += data.len() as u64;
-                        match framing {
-                            ResponseFraming::Length(n) if sent > n => {
-                                return Poll::Ready(Err(invalid("body longer than its length")))
-                            }
-                            ResponseFraming::Chunked => codec::encode_chunk(&mut self.out, &data),
-                            _ => self.out.extend_from_slice(&data),
-                        }
+            if !finished && self.out.len() < WRITE_BATCH {
+                match encoder.poll_fill(cx, body.as_mut(), &mut self.out, WRITE_BATCH) {
+                    Poll::Ready(Ok(done)) => finished = done,
+                    Poll::Ready(Err(FillError::Body(e))) => {
+                        return Poll::Ready(Err(std::io::Error::other(e)))
                     }
-                    Poll::Ready(Some(Err(e))) => {
-                        return Poll::Ready(Err(std::io::Error::other(e)));
+                    Poll::Ready(Err(FillError::Framing(e))) => {
+                        return Poll::Ready(Err(invalid(e.0)))
                     }
-                    Poll::Ready(None) => {
-                        finished = true;
-                        match framing {
-                            ResponseFraming::Chunked => {
-                                self.out.extend_from_slice(codec::LAST_CHUNK)
-                            }
-                            ResponseFraming::Length(n) if sent != n => {
-                                return Poll::Ready(Err(invalid("body shorter than its length")))
-                            }
-                            _ => {}
-                        }
-                    }
-                    Poll::Pending => break,
+                    Poll::Pending => {}
                 }
             }
             if written < self.out.len() {
@@ -587,38 +569,26 @@ fn parse_request(buf: &mut BytesMut, first: bool) -> Result<Option<Parsed>, Refu
         Err(HeadError::TooManyHeaders) => return Err(Refusal::Answer(Unreadable::HeadTooLarge)),
         Err(HeadError::Invalid(why)) => return Err(bad_request(why.0)),
     };
-    let RequestHead {
-        method,
-        uri,
-        version,
-        headers,
-        framing,
-        keep_alive,
-        expect_continue,
-        upgrade,
-        raw,
-    } = head;
     // Not this server's to answer: hyper's takes the connection from this request on.
-    if upgrade {
-        codec::recycle(headers);
-        return Err(Refusal::Handoff(raw));
+    if head.upgrade {
+        codec::recycle(head.headers);
+        return Err(Refusal::Handoff(head.raw));
     }
-    let http10 = version == Version::HTTP_10;
-    let head = Sent {
-        is_head: method == Method::HEAD,
-        http10,
-        keep_alive,
-        expect: expect_continue,
+    let sent = Sent {
+        is_head: head.method == Method::HEAD,
+        http10: head.version == Version::HTTP_10,
+        keep_alive: head.keep_alive,
+        expect: head.expect_continue,
     };
     let mut request = Request::new(());
-    *request.method_mut() = method;
-    *request.uri_mut() = uri;
-    *request.version_mut() = version;
-    *request.headers_mut() = headers;
+    *request.method_mut() = head.method;
+    *request.uri_mut() = head.uri;
+    *request.version_mut() = head.version;
+    *request.headers_mut() = head.headers;
     Ok(Some(Parsed {
         req: request,
-        head,
-        framing: BodyState::Framed(framing),
+        head: sent,
+        framing: BodyState::Framed(head.framing),
     }))
 }
 

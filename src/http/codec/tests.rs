@@ -373,7 +373,10 @@ fn response_framing_lines_are_removed_and_only_head_keeps_a_rewritten_length() {
         "HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n",
         "HTTP/1.1 304 Not Modified\r\ncontent-length: 1, 2\r\n\r\n",
     ] {
-        assert!(response(bad, true).is_err(), "refused even on HEAD: {bad:?}");
+        assert!(
+            response(bad, true).is_err(),
+            "refused even on HEAD: {bad:?}"
+        );
     }
 }
 
@@ -770,4 +773,32 @@ fn targets_go_to_the_backend_in_origin_form() {
     assert_eq!(of("GET http://b.example HTTP/1.1"), "/");
     assert_eq!(of("GET http://b.example/a/b?c HTTP/1.1"), "/a/b?c");
     assert_eq!(of("OPTIONS * HTTP/1.1"), "*");
+}
+
+#[test]
+fn the_body_encoder_frames_as_announced_and_holds_a_length_to_its_word() {
+    let mut out = Vec::new();
+    let mut chunked = BodyEncoder::new(Coding::Chunked);
+    chunked.data(&mut out, b"hello").unwrap();
+    chunked.finish(&mut out).unwrap();
+    assert_eq!(out, b"5\r\nhello\r\n0\r\n\r\n");
+    let mut out = Vec::new();
+    let mut sized = BodyEncoder::new(Coding::Length(5));
+    sized.data(&mut out, b"hel").unwrap();
+    assert_eq!(
+        sized.finish(&mut Vec::new()),
+        Err(Invalid("body shorter than its length"))
+    );
+    sized.data(&mut out, b"lo").unwrap();
+    sized.finish(&mut out).unwrap();
+    assert_eq!(out, b"hello");
+    assert_eq!(
+        sized.data(&mut out, b"!"),
+        Err(Invalid("body longer than its length"))
+    );
+    let mut raw = BodyEncoder::new(Coding::UntilClose);
+    let mut out = Vec::new();
+    raw.data(&mut out, b"as is").unwrap();
+    raw.finish(&mut out).unwrap();
+    assert_eq!(out, b"as is");
 }
