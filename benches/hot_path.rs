@@ -105,6 +105,7 @@ fn header_rewrite(c: &mut Criterion) {
     }
     let uri = http::Uri::from_static("/api/messages");
     let ip = HeaderValue::from_static("10.1.2.3");
+    let tenant_header = tenantgate::pipeline::forward::X_TENANT_ID;
     let proto: &'static HeaderValue = Box::leak(Box::new(HeaderValue::from_static("http")));
     let id = HeaderValue::from_static("0123456789abcdef0123456789abcdef");
     let trace = HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
@@ -113,6 +114,7 @@ fn header_rewrite(c: &mut Criterion) {
         proto,
         request_id: &id,
         traceparent: Some(&trace),
+        tenant_header: &tenant_header,
     };
     c.bench_function("forwarded request head as bytes (8 client headers)", |b| {
         let mut head = Vec::with_capacity(1024);
@@ -140,6 +142,7 @@ fn header_rewrite(c: &mut Criterion) {
                         proto,
                         request_id: &id,
                         traceparent: Some(&trace),
+                        tenant_header: &tenant_header,
                     },
                     false,
                 );

@@ -557,3 +557,26 @@ async fn responses_are_framed_by_the_gateway_and_bodiless_ones_carry_no_length()
     );
     assert!(!text.contains("content-length: 100"), "{text}");
 }
+
+/// A tenant header of the operator's own naming (`[tenancy] header`) travels on to the backend
+/// even when `Connection` names it.
+#[tokio::test]
+async fn connection_cannot_remove_a_configured_tenant_header() {
+    let recorder = Recorder::start().await;
+    let mut t = tenant("tnt_a", &[A], 5);
+    t["upstream"] = json!(recorder.url());
+    let gw = Gateway::start(&[t], "[tenancy]\nheader = \"X-App-Key\"").await;
+    let text = exchange(
+        &gw,
+        format!("GET /k HTTP/1.1\r\nHost: a.example\r\nX-App-Key: tnt_a\r\nOrigin: {A}\r\nConnection: X-App-Key, X-Other\r\nX-Other: gone\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let r = &recorder.requests()[0];
+    assert_eq!(
+        r.headers.get_all("x-app-key").iter().collect::<Vec<_>>(),
+        ["tnt_a"]
+    );
+    assert_eq!(r.headers["x-tenant-id"], "tnt_a");
+    assert!(r.headers.get("x-other").is_none());
+}

@@ -1286,15 +1286,19 @@ pub fn encode_chunk(out: &mut Vec<u8>, data: &[u8]) {
 pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
 /// `n` in lowercase hex without leading zeros, written into `buf`.
-pub fn hex(mut n: u64, buf: &mut [u8; 16]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b"0123456789abcdef"[(n & 0xf) as usize];
-        n >>= 4;
-        if n == 0 {
-            return &buf[i..];
-        }
+pub fn hex(n: u64, buf: &mut [u8; 16]) -> &[u8] {
+    hex_digits(&n.to_be_bytes(), buf);
+    let zeros = buf.iter().take(15).take_while(|&&d| d == b'0').count();
+    &buf[zeros..]
+}
+
+/// `bytes` as lowercase hex digits, two per byte, into the start of `out` (the one hex
+/// encoder: chunk sizes, request ids, trace ids).
+pub fn hex_digits(bytes: &[u8], out: &mut [u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0xf)];
     }
 }
 

@@ -104,6 +104,8 @@ pub struct Forwarded<'a> {
     pub request_id: &'a HeaderValue,
     /// The request's trace context for the backend, if it has one ([`crate::telemetry::trace`]).
     pub traceparent: Option<&'a HeaderValue>,
+    /// `[tenancy] header`: the client's copy goes on whatever `Connection` names.
+    pub tenant_header: &'a HeaderName,
 }
 
 /// The upstream side: one pool of keep-alive connections shared by every tenant.
@@ -657,7 +659,10 @@ pub fn forwarded_headers(
         } else if name == header::CONTENT_LENGTH {
             // Framing: written by the gateway from the body it parsed (`exchange::end_head`),
             // never copied.
-        } else if !(is_hop_by_hop(name) || is_injected(name) || named.contains(name)) {
+        } else if !(is_hop_by_hop(name)
+            || is_injected(name)
+            || (named.contains(name) && name != fwd.tenant_header))
+        {
             emit(name, value);
         }
     }
@@ -747,6 +752,7 @@ mod tests {
     fn forwarded<'a>(id: &'a HeaderValue) -> Forwarded<'a> {
         static HTTP: HeaderValue = HeaderValue::from_static("http");
         static IP: HeaderValue = HeaderValue::from_static("10.0.0.7");
+        static TENANT_HEADER: HeaderName = X_TENANT_ID;
         static TRACE: HeaderValue =
             HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
         Forwarded {
@@ -754,6 +760,7 @@ mod tests {
             proto: &HTTP,
             request_id: id,
             traceparent: Some(&TRACE),
+            tenant_header: &TENANT_HEADER,
         }
     }
 

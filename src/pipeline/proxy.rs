@@ -243,6 +243,7 @@ impl Gateway {
             proto: conn.proto,
             request_id: &ctx.request_id,
             traceparent: ctx.trace.traceparent.as_ref(),
+            tenant_header: &policy.key_sources.header,
         };
         if forward::is_upgrade(req.headers()) {
             return Box::pin(self.forwarder.upgrade(req, tenant, &fwd, slot)).await;
@@ -327,10 +328,7 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
 /// `n` as 16 lowercase hex digits.
 fn hex16(n: u64) -> [u8; 16] {
     let mut out = [0u8; 16];
-    for (i, byte) in n.to_be_bytes().into_iter().enumerate() {
-        out[2 * i] = b"0123456789abcdef"[usize::from(byte >> 4)];
-        out[2 * i + 1] = b"0123456789abcdef"[usize::from(byte & 0xf)];
-    }
+    crate::http::codec::hex_digits(&n.to_be_bytes(), &mut out);
     out
 }
 

@@ -99,9 +99,8 @@ fn websocket_echo(req: Request<Incoming>) -> Response<BoxBody> {
     let protocol = req
         .headers()
         .get(header::SEC_WEBSOCKET_PROTOCOL)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').map(str::trim).find(|p| !p.is_empty()))
-        .and_then(|p| HeaderValue::from_str(p).ok());
+        .and_then(|v| crate::http::codec::list_items([v]).next())
+        .and_then(|p| HeaderValue::from_bytes(p).ok());
     tokio::spawn(async move {
         let Ok(upgraded) = hyper::upgrade::on(req).await else {
             return;

@@ -181,17 +181,11 @@ fn ids(value: &HeaderValue) -> Option<Parent> {
 /// `00-<trace id>-<span id>-<flags>`.
 #[cfg(any(test, feature = "otel"))]
 fn render(trace_id: u128, span_id: u64, flags: u8) -> HeaderValue {
-    fn hex_into(out: &mut [u8], bytes: &[u8]) {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
-            pair[0] = HEX[usize::from(b >> 4)];
-            pair[1] = HEX[usize::from(b & 0xf)];
-        }
-    }
+    use crate::http::codec::hex_digits;
     let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
-    hex_into(&mut out[3..35], &trace_id.to_be_bytes());
-    hex_into(&mut out[36..52], &span_id.to_be_bytes());
-    hex_into(&mut out[53..55], &[flags]);
+    hex_digits(&trace_id.to_be_bytes(), &mut out[3..35]);
+    hex_digits(&span_id.to_be_bytes(), &mut out[36..52]);
+    hex_digits(&[flags], &mut out[53..55]);
     HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
