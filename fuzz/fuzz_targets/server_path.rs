@@ -63,7 +63,8 @@ fn world() -> &'static World {
                 "[server]\nlisten = \"127.0.0.1:0\"\nheader_read_timeout_secs = 2\n\
                  [upstream]\nurl = \"http://{backend_addr}\"\nresponse_timeout_ms = 2000\n\
                  [store]\nkind = \"file\"\npath = {:?}\n\
-                 [tenancy]\nrequire_origin = false\n",
+                 [tenancy]\nrequire_origin = false\n\
+                 [admin]\nlisten = \"127.0.0.1:0\"\n",
                 tenants.display().to_string()
             );
             let config = tenantgate::run::config::Config::parse(&config, "fuzz").unwrap();

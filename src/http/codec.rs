@@ -166,7 +166,7 @@ pub fn parse_request_head(
     } else {
         Version::HTTP_11
     };
-    check_host(&headers, seen, version)?;
+    check_host(seen, version)?;
     let framing = request_framing(&headers, seen, version)?;
     let says = |token: &str| {
         seen.any(Seen::CONNECTION) && has_token(headers.get_all(header::CONNECTION), token)
@@ -230,15 +230,14 @@ pub fn check_parsed_request(
         match (hosts.next(), hosts.next()) {
             (None, _) => {}
             (Some(host), None) => {
-                let host =
-                    std::str::from_utf8(host.as_bytes()).map_err(|_| Invalid("invalid Host"))?;
                 // The names must agree; a port may be left out (the backend never sees this
                 // `Host`: it gets its own, and `:authority` travels in `X-Forwarded-Host`).
-                let name = |h: &str| match h.rfind(':') {
-                    Some(colon) if !h[colon..].contains(']') => h[..colon].to_ascii_lowercase(),
+                let name = |h: &[u8]| match h.iter().rposition(|&b| b == b':') {
+                    Some(colon) if !h[colon..].contains(&b']') => h[..colon].to_ascii_lowercase(),
                     _ => h.to_ascii_lowercase(),
                 };
-                let authority = uri.authority().map(|a| name(a.as_str()));
+                let host = host.as_bytes();
+                let authority = uri.authority().map(|a| name(a.as_str().as_bytes()));
                 if !valid_host(host) || authority.is_some_and(|a| a != name(host)) {
                     return Err(Invalid("Host differs from :authority"));
                 }
@@ -246,7 +245,12 @@ pub fn check_parsed_request(
             _ => return Err(Invalid("more than one Host")),
         }
     } else {
-        check_host(headers, seen, version)?;
+        for host in headers.get_all(header::HOST) {
+            if !valid_host(host.as_bytes()) {
+                return Err(Invalid("invalid Host"));
+            }
+        }
+        check_host(seen, version)?;
     }
     request_framing(headers, seen, version).map(|_| ())
 }
@@ -275,7 +279,9 @@ pub fn request_target(method: &Method, target: Bytes) -> Result<Uri, Invalid> {
         _ => {
             let uri = Uri::from_maybe_shared(target).map_err(|_| Invalid("invalid target"))?;
             let absolute = matches!(uri.scheme_str(), Some("http" | "https"))
-                && uri.authority().is_some_and(|a| valid_host(a.as_str()));
+                && uri
+                    .authority()
+                    .is_some_and(|a| valid_host(a.as_str().as_bytes()));
             return match absolute {
                 true => Ok(uri),
                 false => Err(Invalid("a target in neither origin nor absolute form")),
@@ -287,20 +293,14 @@ pub fn request_target(method: &Method, target: Bytes) -> Result<Uri, Invalid> {
 
 /// `Host` (RFC 9112 §3.2): exactly one on HTTP/1.1, at most one on HTTP/1.0, and a valid
 /// `host[:port]` when present.
-fn check_host(headers: &HeaderMap, seen: Seen, version: Version) -> Result<(), Invalid> {
-    if !seen.any(Seen::HOST) {
-        return match version {
-            Version::HTTP_10 => Ok(()),
-            _ => Err(Invalid("no Host in an HTTP/1.1 request")),
-        };
-    }
-    let mut hosts = headers.get_all(header::HOST).iter();
-    let (Some(host), None) = (hosts.next(), hosts.next()) else {
+/// (The value itself was checked with [`valid_host`] as the map was built.)
+fn check_host(seen: Seen, version: Version) -> Result<(), Invalid> {
+    if seen.any(Seen::MORE_THAN_ONE_HOST) {
         return Err(Invalid("more than one Host"));
-    };
-    match std::str::from_utf8(host.as_bytes()) {
-        Ok(host) if valid_host(host) => Ok(()),
-        _ => Err(Invalid("invalid Host")),
+    }
+    match seen.any(Seen::HOST) || version == Version::HTTP_10 {
+        true => Ok(()),
+        false => Err(Invalid("no Host in an HTTP/1.1 request")),
     }
 }
 
@@ -308,49 +308,52 @@ fn check_host(headers: &HeaderMap, seen: Seen, version: Version) -> Result<(), I
 /// sub-delimiter characters, but no `,`: `Host` is one value, and a comma reads as a list to
 /// some parsers), an IPv4 address, or an IP literal in brackets; no user info; the port, when
 /// given, digits that fit 16 bits.
-pub fn valid_host(authority: &str) -> bool {
-    let (host, port) = match authority.rfind(':') {
-        Some(colon) if !authority[colon..].contains(']') => {
+pub fn valid_host(authority: &[u8]) -> bool {
+    let (host, port) = match authority.iter().rposition(|&b| b == b':') {
+        Some(colon) if !authority[colon..].contains(&b']') => {
             (&authority[..colon], Some(&authority[colon + 1..]))
         }
         _ => (authority, None),
     };
     let port_ok = port.is_none_or(|p| {
-        !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) && {
-            p.parse::<u32>().is_ok_and(|n| n <= 65_535)
-        }
+        !p.is_empty()
+            && p.len() <= 5
+            && p.iter().all(u8::is_ascii_digit)
+            && p.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0')) <= 65_535
     });
-    let host_ok = if let Some(literal) = host.strip_prefix('[') {
-        literal.strip_suffix(']').is_some_and(|ip| {
+    let host_ok = match host {
+        [b'[', ip @ .., b']'] => {
             !ip.is_empty()
                 && ip
-                    .bytes()
+                    .iter()
                     .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
-        })
-    } else {
-        !host.is_empty()
-            && host.bytes().all(|b| {
-                b.is_ascii_alphanumeric()
-                    || matches!(
-                        b,
-                        b'-' | b'.'
-                            | b'_'
-                            | b'~'
-                            | b'%'
-                            | b'!'
-                            | b'$'
-                            | b'&'
-                            | b'\''
-                            | b'('
-                            | b')'
-                            | b'*'
-                            | b'+'
-                            | b';'
-                            | b'='
-                    )
-            })
+        }
+        _ => !host.is_empty() && host.iter().all(|&b| is_host_char(b)),
     };
     host_ok && port_ok
+}
+
+/// A character of a registered name: unreserved, `%` of percent-encoding, or a sub-delimiter
+/// other than `,`.
+fn is_host_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'%'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b';'
+                | b'='
+        )
 }
 
 /// How a request body is delimited (RFC 9112 §6.3), refusing every ambiguous case: both
@@ -460,7 +463,10 @@ pub fn parse_response_head(
         reusable &= http11
             && !(seen.any(Seen::CONNECTION)
                 && has_token(headers.get_all(header::CONNECTION), "close"));
-        if seen.any(Seen::CONTENT_LENGTH | Seen::TRANSFER_ENCODING) {
+        if seen.any(Seen::TRANSFER_ENCODING)
+            || (seen.any(Seen::CONTENT_LENGTH)
+                && !(status_has_body(status) && canonical_length(&headers, framing, is_head)))
+        {
             let head_length = match is_head && status_has_body(status) {
                 true => content_length(&headers).ok().flatten(),
                 false => None,
@@ -478,6 +484,26 @@ pub fn parse_response_head(
             reusable,
         }));
     }
+}
+
+/// Whether the response's one `Content-Length` line is byte for byte the line the gateway would
+/// write from the framing it parsed (one run of digits without leading zeros, on a response
+/// whose body it frames, or on the answer to `HEAD`): then it may stay in the map (most
+/// responses; removing it costs a hash lookup). A line that differs in any way is replaced.
+fn canonical_length(headers: &HeaderMap, framing: Framing, is_head: bool) -> bool {
+    let mut lines = headers.get_all(header::CONTENT_LENGTH).iter();
+    let (Some(line), None) = (lines.next(), lines.next()) else {
+        return false;
+    };
+    let digits = line.as_bytes();
+    let plain =
+        matches!(digits, [b'0'] | [b'1'..=b'9', ..]) && digits.iter().all(u8::is_ascii_digit);
+    plain
+        && match framing {
+            Framing::Length(n) => digits == itoa::Buffer::new().format(n).as_bytes(),
+            Framing::Empty => is_head || digits == b"0",
+            _ => false,
+        }
 }
 
 /// Whether a response with this status can have a body at all (RFC 9110 §6.4.1).
@@ -608,15 +634,26 @@ pub fn header_map(
     for s in spans {
         let (name_at, value_at) = (s.name_at as usize, s.value_at as usize);
         let wire = &head[name_at..name_at + s.name_len as usize];
+        let value = &head[value_at..value_at + s.value_len as usize];
         let name = match known_name(wire) {
-            Some(name) => name,
+            Some((name, bit)) => {
+                if bit == Seen::HOST && names == Names::DropUnderscore && !valid_host(value) {
+                    return Err(Invalid("invalid Host"));
+                }
+                seen.add(bit);
+                name
+            }
             None if names == Names::DropUnderscore && wire.contains(&b'_') => {
                 tracing::debug!(name = %String::from_utf8_lossy(wire), "dropped a request header whose name has '_'");
                 continue;
             }
-            None => HeaderName::from_bytes(wire).map_err(|_| Invalid("invalid header name"))?,
+            None => {
+                let name =
+                    HeaderName::from_bytes(wire).map_err(|_| Invalid("invalid header name"))?;
+                seen.note(&name);
+                name
+            }
         };
-        seen.note(&name);
         let value =
             HeaderValue::from_maybe_shared(head.slice(value_at..value_at + s.value_len as usize))
                 .map_err(|_| Invalid("invalid header value"))?;
@@ -639,6 +676,16 @@ impl Seen {
     /// `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`: hop-by-hop, steer nothing here.
     pub const OTHER_HOP_BY_HOP: Seen = Seen(32);
     pub const HOST: Seen = Seen(64);
+    /// A second `Host` line.
+    pub const MORE_THAN_ONE_HOST: Seen = Seen(128);
+
+    /// Adds `bit` (a second `Host` is noted as such).
+    fn add(&mut self, bit: Seen) {
+        if bit == Seen::HOST && self.any(Seen::HOST) {
+            self.0 |= Seen::MORE_THAN_ONE_HOST.0;
+        }
+        self.0 |= bit.0;
+    }
 
     fn note(&mut self, name: &HeaderName) {
         let bit = if name == header::HOST {
@@ -658,7 +705,7 @@ impl Seen {
         } else {
             return;
         };
-        self.0 |= bit.0;
+        self.add(bit);
     }
 
     /// Whether any of `names` was seen.
@@ -669,7 +716,7 @@ impl Seen {
     /// What a header map has, for maps that did not come from [`header_map`] (hyper's).
     pub fn of(headers: &HeaderMap) -> Seen {
         let mut seen = Seen::default();
-        for name in headers.keys() {
+        for (name, _) in headers {
             seen.note(name);
         }
         seen
@@ -718,27 +765,28 @@ pub fn has_token<'a>(values: impl IntoIterator<Item = &'a HeaderValue>, token: &
 /// The names of the headers that come with nearly every request and response, matched before
 /// `HeaderName::from_bytes` (a walk through a large table, which also allocates for a name
 /// outside the standard set, such as `X-Tenant-ID`).
-fn known_name(wire: &[u8]) -> Option<HeaderName> {
+fn known_name(wire: &[u8]) -> Option<(HeaderName, Seen)> {
     let is = |lower: &str| eq_lowercase(wire, lower.as_bytes());
+    let none = Seen::default();
     Some(match wire.len() {
-        4 if is("host") => header::HOST,
-        4 if is("date") => header::DATE,
-        4 if is("vary") => header::VARY,
-        6 if is("origin") => header::ORIGIN,
-        6 if is("accept") => header::ACCEPT,
-        6 if is("cookie") => header::COOKIE,
-        6 if is("server") => header::SERVER,
-        7 if is("referer") => header::REFERER,
-        10 if is("user-agent") => header::USER_AGENT,
-        10 if is("connection") => header::CONNECTION,
-        11 if is("x-tenant-id") => HeaderName::from_static("x-tenant-id"),
-        11 if is("traceparent") => HeaderName::from_static("traceparent"),
-        12 if is("content-type") => header::CONTENT_TYPE,
-        12 if is("x-request-id") => HeaderName::from_static("x-request-id"),
-        13 if is("cache-control") => header::CACHE_CONTROL,
-        14 if is("content-length") => header::CONTENT_LENGTH,
-        15 if is("accept-encoding") => header::ACCEPT_ENCODING,
-        15 if is("accept-language") => header::ACCEPT_LANGUAGE,
+        4 if is("host") => (header::HOST, Seen::HOST),
+        4 if is("date") => (header::DATE, none),
+        4 if is("vary") => (header::VARY, none),
+        6 if is("origin") => (header::ORIGIN, none),
+        6 if is("accept") => (header::ACCEPT, none),
+        6 if is("cookie") => (header::COOKIE, none),
+        6 if is("server") => (header::SERVER, none),
+        7 if is("referer") => (header::REFERER, none),
+        10 if is("user-agent") => (header::USER_AGENT, none),
+        10 if is("connection") => (header::CONNECTION, Seen::CONNECTION),
+        11 if is("x-tenant-id") => (HeaderName::from_static("x-tenant-id"), none),
+        11 if is("traceparent") => (HeaderName::from_static("traceparent"), none),
+        12 if is("content-type") => (header::CONTENT_TYPE, none),
+        12 if is("x-request-id") => (HeaderName::from_static("x-request-id"), none),
+        13 if is("cache-control") => (header::CACHE_CONTROL, none),
+        14 if is("content-length") => (header::CONTENT_LENGTH, Seen::CONTENT_LENGTH),
+        15 if is("accept-encoding") => (header::ACCEPT_ENCODING, none),
+        15 if is("accept-language") => (header::ACCEPT_LANGUAGE, none),
         _ => return None,
     })
 }
@@ -1065,11 +1113,8 @@ pub fn make_room(buf: &mut BytesMut, chunk: usize) {
 /// `uri`, with `/` as the path when it is empty (an absolute-form target such as
 /// `http://host?q` has none), or `*` for a server-wide `OPTIONS`.
 pub fn origin_form(uri: &Uri) -> std::borrow::Cow<'_, str> {
-    if uri == "*" {
-        return "*".into();
-    }
     match uri.path_and_query().map(|p| p.as_str()) {
-        Some(target) if target.starts_with('/') => target.into(),
+        Some(target) if target.starts_with('/') || target == "*" => target.into(),
         Some(target) => format!("/{target}").into(),
         None => "/".into(),
     }

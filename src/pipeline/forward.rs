@@ -27,7 +27,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::Uri;
-use http::{Request, Response, Version};
+use http::{Method, Request, Response, Version};
 use hyper_util::rt::TokioIo;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
@@ -253,7 +253,7 @@ impl Forwarder {
         settings: &'a ForwardSettings,
     ) -> Result<(&'a Upstream, Outgoing), GatewayError> {
         let (parts, body) = req.into_parts();
-        let framing = body_framing(&parts.headers, &body);
+        let framing = body_framing(&parts.method, &body);
         check_declared_length(framing, settings)?;
         let upstream = upstream_for(tenant, settings);
         let body = RequestBody::new(body, settings.max_body);
@@ -290,7 +290,7 @@ impl Forwarder {
         settings: &'a ForwardSettings,
     ) -> Result<(&'a Upstream, Request<RequestBody>), GatewayError> {
         let (mut parts, body) = req.into_parts();
-        check_declared_length(body_framing(&parts.headers, &body), settings)?;
+        check_declared_length(body_framing(&parts.method, &body), settings)?;
         let upstream = upstream_for(tenant, settings);
         rewrite_request_headers(
             &parts.uri,
@@ -590,13 +590,15 @@ fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
 }
 
 /// How the forwarded request's body is framed, from the body as the server parsed it: its
-/// exact length when it has one, chunked otherwise, and `Content-Length: 0` for an empty body
-/// the client declared with a (parsed and validated) `Content-Length`. The client's own framing
-/// lines are never copied ([`forwarded_headers`] drops them).
-fn body_framing(headers: &HeaderMap, body: &Inbound) -> BodyFraming {
+/// exact length when it has one, chunked otherwise, and for an empty body `Content-Length: 0`
+/// on `POST`, `PUT` and `PATCH`, nothing otherwise. The client's own framing lines are never
+/// copied ([`forwarded_headers`] drops them).
+fn body_framing(method: &Method, body: &Inbound) -> BodyFraming {
     use http_body::Body;
     if body.is_end_stream() {
-        return match headers.contains_key(header::CONTENT_LENGTH) {
+        // RFC 9110 §8.6: a request whose method gives the content a meaning says its length,
+        // even when it is empty (backends answer `411 Length Required` otherwise).
+        return match *method == Method::POST || *method == Method::PUT || *method == Method::PATCH {
             true => BodyFraming::Length(0),
             false => BodyFraming::None,
         };
@@ -643,10 +645,11 @@ pub fn forwarded_headers(
     mut emit: impl FnMut(&HeaderName, &HeaderValue),
 ) {
     let named = connection_named(headers);
-    let mut forwarded_for = None::<Vec<u8>>;
+    let (mut client_host, mut forwarded_for) = (None, None::<Vec<u8>>);
     for (name, value) in headers {
         if name == header::HOST {
             // The backend's own is written by the caller.
+            client_host.get_or_insert(value);
         } else if name == X_FORWARDED_FOR {
             // Several lines are one list (RFC 9110 §5.3): joined, then the peer appended.
             let list = forwarded_for.get_or_insert_with(Vec::new);
@@ -687,7 +690,7 @@ pub fn forwarded_headers(
     let authority = uri
         .authority()
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
-    if let Some(host) = authority.as_ref().or_else(|| headers.get(header::HOST)) {
+    if let Some(host) = authority.as_ref().or(client_host) {
         emit(&X_FORWARDED_HOST, host);
     }
     emit(&X_REQUEST_ID, fwd.request_id);
