@@ -309,52 +309,64 @@ fn check_host(seen: Seen, version: Version) -> Result<(), Invalid> {
 /// some parsers), an IPv4 address, or an IP literal in brackets; no user info; the port, when
 /// given, digits that fit 16 bits.
 pub fn valid_host(authority: &[u8]) -> bool {
-    let (host, port) = match authority.iter().rposition(|&b| b == b':') {
-        Some(colon) if !authority[colon..].contains(&b']') => {
-            (&authority[..colon], Some(&authority[colon + 1..]))
-        }
-        _ => (authority, None),
+    if let Some(literal) = authority.strip_prefix(b"[") {
+        let Some(end) = literal.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let (ip, rest) = (&literal[..end], &literal[end + 1..]);
+        return !ip.is_empty()
+            && ip
+                .iter()
+                .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
+            && (rest.is_empty() || rest.strip_prefix(b":").is_some_and(valid_port));
+    }
+    // A registered name or IPv4 address has no `:`: the first one starts the port.
+    let (host, port) = match authority.iter().position(|&b| b == b':') {
+        Some(colon) => (&authority[..colon], Some(&authority[colon + 1..])),
+        None => (authority, None),
     };
-    let port_ok = port.is_none_or(|p| {
-        !p.is_empty()
-            && p.len() <= 5
-            && p.iter().all(u8::is_ascii_digit)
-            && p.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0')) <= 65_535
-    });
-    let host_ok = match host {
-        [b'[', ip @ .., b']'] => {
-            !ip.is_empty()
-                && ip
-                    .iter()
-                    .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
-        }
-        _ => !host.is_empty() && host.iter().all(|&b| is_host_char(b)),
-    };
-    host_ok && port_ok
+    !host.is_empty()
+        && host.iter().all(|&b| HOST_CHARS[usize::from(b)])
+        && port.is_none_or(valid_port)
 }
 
-/// A character of a registered name: unreserved, `%` of percent-encoding, or a sub-delimiter
-/// other than `,`.
-fn is_host_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'-' | b'.'
-                | b'_'
-                | b'~'
-                | b'%'
-                | b'!'
-                | b'$'
-                | b'&'
-                | b'\''
-                | b'('
-                | b')'
-                | b'*'
-                | b'+'
-                | b';'
-                | b'='
-        )
+/// 1-5 digits up to 65535.
+fn valid_port(port: &[u8]) -> bool {
+    !port.is_empty()
+        && port.len() <= 5
+        && port.iter().all(u8::is_ascii_digit)
+        && port.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0')) <= 65_535
 }
+
+/// The characters of a registered name: unreserved, `%` of percent-encoding, and the
+/// sub-delimiters but `,` (a table: the check runs on every request's `Host`).
+static HOST_CHARS: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b';'
+                    | b'='
+            );
+        b += 1;
+    }
+    table
+};
 
 /// How a request body is delimited (RFC 9112 §6.3), refusing every ambiguous case: both
 /// `Transfer-Encoding` and `Content-Length`, any transfer coding but one `chunked`,
@@ -459,13 +471,13 @@ pub fn parse_response_head(
         let spans = Span::record(resp.headers, buf, &mut stack, &mut heap);
         let raw = buf.split_to(len).freeze();
         let (mut headers, seen) = header_map(&raw, spans, extra, Names::Keep)?;
-        let (framing, mut reusable) = response_framing(&headers, seen, status, is_head)?;
+        let (framing, mut reusable, keep_length_line) =
+            framing_of_response(&headers, seen, status, is_head)?;
         reusable &= http11
             && !(seen.any(Seen::CONNECTION)
                 && has_token(headers.get_all(header::CONNECTION), "close"));
         if seen.any(Seen::TRANSFER_ENCODING)
-            || (seen.any(Seen::CONTENT_LENGTH)
-                && !(status_has_body(status) && canonical_length(&headers, framing, is_head)))
+            || (seen.any(Seen::CONTENT_LENGTH) && !keep_length_line)
         {
             let head_length = match is_head && status_has_body(status) {
                 true => content_length(&headers).ok().flatten(),
@@ -486,26 +498,6 @@ pub fn parse_response_head(
     }
 }
 
-/// Whether the response's one `Content-Length` line is byte for byte the line the gateway would
-/// write from the framing it parsed (one run of digits without leading zeros, on a response
-/// whose body it frames, or on the answer to `HEAD`): then it may stay in the map (most
-/// responses; removing it costs a hash lookup). A line that differs in any way is replaced.
-fn canonical_length(headers: &HeaderMap, framing: Framing, is_head: bool) -> bool {
-    let mut lines = headers.get_all(header::CONTENT_LENGTH).iter();
-    let (Some(line), None) = (lines.next(), lines.next()) else {
-        return false;
-    };
-    let digits = line.as_bytes();
-    let plain =
-        matches!(digits, [b'0'] | [b'1'..=b'9', ..]) && digits.iter().all(u8::is_ascii_digit);
-    plain
-        && match framing {
-            Framing::Length(n) => digits == itoa::Buffer::new().format(n).as_bytes(),
-            Framing::Empty => is_head || digits == b"0",
-            _ => false,
-        }
-}
-
 /// Whether a response with this status can have a body at all (RFC 9110 §6.4.1).
 pub fn status_has_body(status: StatusCode) -> bool {
     !(status.is_informational()
@@ -524,34 +516,64 @@ pub fn response_framing(
     status: StatusCode,
     is_head: bool,
 ) -> Result<(Framing, bool), Invalid> {
+    framing_of_response(headers, seen, status, is_head)
+        .map(|(framing, reusable, _)| (framing, reusable))
+}
+
+/// [`response_framing`], and whether its `Content-Length` line may stay in the map as it is
+/// (one line, the bytes the gateway would write, on a response that can have a body).
+fn framing_of_response(
+    headers: &HeaderMap,
+    seen: Seen,
+    status: StatusCode,
+    is_head: bool,
+) -> Result<(Framing, bool, bool), Invalid> {
     // An invalid length is refused even where it frames nothing (`HEAD`, `204`, `304`): the
     // peer is not one to trust with the connection, nor its header with the client.
-    let length = match seen.any(Seen::CONTENT_LENGTH) {
-        true => content_length(headers)?,
-        false => None,
+    let (length, plain) = match seen.any(Seen::CONTENT_LENGTH) {
+        true => match content_length_line(headers)? {
+            Some((n, plain)) => (Some(n), plain),
+            None => (None, false),
+        },
+        false => (None, false),
     };
-    if is_head || !status_has_body(status) {
-        return Ok((Framing::Empty, true));
+    if !status_has_body(status) {
+        return Ok((Framing::Empty, true, false));
+    }
+    if is_head {
+        return Ok((Framing::Empty, true, plain));
     }
     if seen.any(Seen::TRANSFER_ENCODING) {
         let last = list_items(headers.get_all(header::TRANSFER_ENCODING)).last();
         if last.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")) {
-            return Ok((Framing::CHUNKED, !seen.any(Seen::CONTENT_LENGTH)));
+            return Ok((Framing::CHUNKED, !seen.any(Seen::CONTENT_LENGTH), false));
         }
-        return Ok((Framing::UntilClose, false));
+        return Ok((Framing::UntilClose, false, false));
     }
     Ok(match length {
-        Some(n) => (Framing::length(n), true),
-        None => (Framing::UntilClose, false),
+        Some(n) => (Framing::length(n), true, plain),
+        None => (Framing::UntilClose, false, false),
     })
 }
 
 /// A response's `Content-Length`: every line, and every item of a list, must give the same
 /// decimal number (RFC 9110 §8.6).
 pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Invalid> {
+    Ok(content_length_line(headers)?.map(|(n, _)| n))
+}
+
+/// [`content_length`], and whether it came as one line that is byte for byte the line the
+/// gateway would write (digits without leading zeros): such a line may stay in the map.
+fn content_length_line(headers: &HeaderMap) -> Result<Option<(u64, bool)>, Invalid> {
     let mut length = None;
+    let mut lines = 0;
+    let mut plain = true;
     for value in headers.get_all(header::CONTENT_LENGTH) {
-        for item in value.as_bytes().split(|&b| b == b',') {
+        lines += 1;
+        let bytes = value.as_bytes();
+        plain &=
+            matches!(bytes, [b'0'] | [b'1'..=b'9', ..]) && bytes.iter().all(u8::is_ascii_digit);
+        for item in bytes.split(|&b| b == b',') {
             let n = decimal(item.trim_ascii())?;
             if length.is_some_and(|l| l != n) {
                 return Err(Invalid("conflicting Content-Length values"));
@@ -559,7 +581,7 @@ pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Invalid> {
             length = Some(n);
         }
     }
-    Ok(length)
+    Ok(length.map(|n| (n, plain && lines == 1)))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1158,6 +1180,7 @@ pub fn end_request_head(out: &mut Vec<u8>, framing: BodyFraming) {
     out.extend_from_slice(b"\r\n");
 }
 
+#[inline]
 fn length_line(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(b"content-length: ");
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
