@@ -17,7 +17,9 @@ llvm=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\)\..*/\1/p')
 profdata=${LLVM_PROFDATA:-$(command -v "llvm-profdata-$llvm" || true)}
 [ -n "$profdata" ] || { echo "needs llvm-profdata-$llvm (rustc's LLVM is $llvm): apt-get install llvm-$llvm, or LLVM_PROFDATA=path" >&2; exit 1; }
 raw=$(mktemp -d); trap 'rm -rf "$raw"; kill $(jobs -p) 2>/dev/null || true' EXIT
-TENANTGATE_PGO=off RUSTFLAGS="-Cprofile-generate=$raw" CARGO_TARGET_DIR=target/pgo-generate \
+# Uncompressed names: an llvm-profdata built without zlib (PyPI's) can merge the raw profile.
+TENANTGATE_PGO=off RUSTFLAGS="-Cprofile-generate=$raw -Cllvm-args=-enable-name-compression=false" \
+  CARGO_TARGET_DIR=target/pgo-generate \
   cargo build --release --bin tenantgate
 "$UPSTREAM" --listen 127.0.0.1:18080 --threads 1 >/dev/null 2>&1 &
 LLVM_PROFILE_FILE="$raw/tenantgate-%p.profraw" TOKIO_WORKER_THREADS=1 \
