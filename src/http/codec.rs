@@ -6,7 +6,7 @@
 //! | job | requests (from clients) | responses (from backends) |
 //! |---|---|---|
 //! | parse a head | [`parse_request_head`] | [`parse_response_head`] |
-//! | decide the body's framing | [`request_framing`] | [`response_framing`] |
+//! | decide the body's framing | [`request_framing`] | `response_framing` (inside [`parse_response_head`]) |
 //! | decode the body | [`decode`] (length, strict chunked) | [`decode`] (+ until close) |
 //! | write a head | [`request_line`], [`header_line`], [`end_request_head`] | [`write_response_head`] |
 //!
@@ -159,7 +159,7 @@ pub fn parse_request_head(
     let mut heap = Vec::new();
     let spans = Span::record(req.headers, buf, &mut stack, &mut heap);
     let raw = buf.split_to(len).freeze();
-    let (headers, seen) = header_map(&raw, spans, extra, Names::DropUnderscore)?;
+    let (headers, seen) = header_map(&raw, spans, extra, Side::Request)?;
     let uri = request_target(&method, raw.slice(target_at))?;
     let version = if minor == 0 {
         Version::HTTP_10
@@ -470,29 +470,25 @@ pub fn parse_response_head(
         let mut heap = Vec::new();
         let spans = Span::record(resp.headers, buf, &mut stack, &mut heap);
         let raw = buf.split_to(len).freeze();
-        let (mut headers, seen) = header_map(&raw, spans, extra, Names::Keep)?;
-        let (framing, mut reusable, keep_length_line) =
-            framing_of_response(&headers, seen, status, is_head)?;
-        reusable &= http11
+        let (mut headers, seen) = header_map(&raw, spans, extra, Side::Response)?;
+        let body = response_framing(&headers, seen, status, is_head)?;
+        let reusable = body.reusable
+            && http11
             && !(seen.any(Seen::CONNECTION)
                 && has_token(headers.get_all(header::CONNECTION), "close"));
         if seen.any(Seen::TRANSFER_ENCODING)
-            || (seen.any(Seen::CONTENT_LENGTH) && !keep_length_line)
+            || (seen.any(Seen::CONTENT_LENGTH) && !body.keep_length_line)
         {
-            let head_length = match is_head && status_has_body(status) {
-                true => content_length(&headers).ok().flatten(),
-                false => None,
-            };
             headers.remove(header::CONTENT_LENGTH);
             headers.remove(header::TRANSFER_ENCODING);
-            if let Some(n) = head_length {
+            if let (true, Some(n)) = (is_head && status_has_body(status), body.length) {
                 headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
             }
         }
         return Ok(Some(ResponseHead {
             status,
             headers,
-            framing,
+            framing: body.framing,
             reusable,
         }));
     }
@@ -505,66 +501,71 @@ pub fn status_has_body(status: StatusCode) -> bool {
         || status == StatusCode::NOT_MODIFIED)
 }
 
+/// What a response head says of its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BodyOfResponse {
+    framing: Framing,
+    /// Whether the framing allows the connection to be reused.
+    reusable: bool,
+    /// The validated `Content-Length`, whatever the status.
+    length: Option<u64>,
+    /// Whether the `Content-Length` line may stay in the map as it is: one line, the bytes the
+    /// gateway would write itself, on a response that can have a body.
+    keep_length_line: bool,
+}
+
 /// How a response body is delimited (RFC 9112 §6.3) and whether that allows the connection to
 /// be reused: no body for `HEAD`, `1xx`, `204`, `304`; chunked when it is the final coding (a
 /// `Content-Length` beside it loses, and the connection is not trusted again); read until close
 /// for another final coding or no framing at all; a `Content-Length` whose lines or list items
-/// disagree or are not decimal is invalid, whatever the status.
-pub fn response_framing(
+/// disagree or are not decimal is invalid, whatever the status (the peer is not one to trust
+/// with the connection, nor its header with the client).
+fn response_framing(
     headers: &HeaderMap,
     seen: Seen,
     status: StatusCode,
     is_head: bool,
-) -> Result<(Framing, bool), Invalid> {
-    framing_of_response(headers, seen, status, is_head)
-        .map(|(framing, reusable, _)| (framing, reusable))
-}
-
-/// [`response_framing`], and whether its `Content-Length` line may stay in the map as it is
-/// (one line, the bytes the gateway would write, on a response that can have a body).
-fn framing_of_response(
-    headers: &HeaderMap,
-    seen: Seen,
-    status: StatusCode,
-    is_head: bool,
-) -> Result<(Framing, bool, bool), Invalid> {
-    // An invalid length is refused even where it frames nothing (`HEAD`, `204`, `304`): the
-    // peer is not one to trust with the connection, nor its header with the client.
+) -> Result<BodyOfResponse, Invalid> {
     let (length, plain) = match seen.any(Seen::CONTENT_LENGTH) {
-        true => match content_length_line(headers)? {
+        true => match content_length(headers)? {
             Some((n, plain)) => (Some(n), plain),
             None => (None, false),
         },
         false => (None, false),
     };
+    let body = |framing, reusable, keep_length_line| BodyOfResponse {
+        framing,
+        reusable,
+        length,
+        keep_length_line,
+    };
     if !status_has_body(status) {
-        return Ok((Framing::Empty, true, false));
+        return Ok(body(Framing::Empty, true, false));
     }
     if is_head {
-        return Ok((Framing::Empty, true, plain));
+        return Ok(body(Framing::Empty, true, plain));
     }
     if seen.any(Seen::TRANSFER_ENCODING) {
         let last = list_items(headers.get_all(header::TRANSFER_ENCODING)).last();
         if last.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")) {
-            return Ok((Framing::CHUNKED, !seen.any(Seen::CONTENT_LENGTH), false));
+            return Ok(body(
+                Framing::CHUNKED,
+                !seen.any(Seen::CONTENT_LENGTH),
+                false,
+            ));
         }
-        return Ok((Framing::UntilClose, false, false));
+        return Ok(body(Framing::UntilClose, false, false));
     }
     Ok(match length {
-        Some(n) => (Framing::length(n), true, plain),
-        None => (Framing::UntilClose, false, false),
+        Some(n) => body(Framing::length(n), true, plain),
+        None => body(Framing::UntilClose, false, false),
     })
 }
 
 /// A response's `Content-Length`: every line, and every item of a list, must give the same
-/// decimal number (RFC 9110 §8.6).
-pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Invalid> {
-    Ok(content_length_line(headers)?.map(|(n, _)| n))
-}
-
-/// [`content_length`], and whether it came as one line that is byte for byte the line the
-/// gateway would write (digits without leading zeros): such a line may stay in the map.
-fn content_length_line(headers: &HeaderMap) -> Result<Option<(u64, bool)>, Invalid> {
+/// decimal number (RFC 9110 §8.6); and whether it came as one line that is byte for byte the
+/// line the gateway would write (digits without leading zeros).
+fn content_length(headers: &HeaderMap) -> Result<Option<(u64, bool)>, Invalid> {
     let mut length = None;
     let mut lines = 0;
     let mut plain = true;
@@ -588,13 +589,13 @@ fn content_length_line(headers: &HeaderMap) -> Result<Option<(u64, bool)>, Inval
 // Header lines
 
 /// Header lines recorded without a heap allocation (see [`Span::record`]).
-pub const STACK_SPANS: usize = 64;
+const STACK_SPANS: usize = 64;
 
 /// Where a header line sits in its head: the name's and the value's offsets and lengths. Heads
 /// are parsed in place, then split off their read buffer; the header map is built from the
 /// split-off bytes, its values sharing them.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Span {
+struct Span {
     name_at: u32,
     name_len: u32,
     value_at: u32,
@@ -603,7 +604,7 @@ pub struct Span {
 
 impl Span {
     /// The places of `headers` (parsed from `head`), in `stack` when they fit.
-    pub fn record<'s>(
+    fn record<'s>(
         headers: &[httparse::Header<'_>],
         head: &[u8],
         stack: &'s mut [Span; STACK_SPANS],
@@ -628,15 +629,15 @@ impl Span {
     }
 }
 
-/// What happens to header names with `_` on reading.
+/// Which side a head comes from: a request's header lines are held to more rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Names {
-    /// Dropped (requests): backends behind CGI-style adapters read `X_Tenant_ID` and
-    /// `X-Tenant-ID` as the same variable, so such a name could stand in for a header the
-    /// gateway owns. nginx drops them too (`underscores_in_headers off`).
-    DropUnderscore,
-    /// Kept (responses).
-    Keep,
+enum Side {
+    /// From a client: names with `_` are dropped (backends behind CGI-style adapters read
+    /// `X_Tenant_ID` and `X-Tenant-ID` as the same variable, so such a name could stand in for
+    /// a header the gateway owns; nginx drops them too), and `Host` must be a valid authority.
+    Request,
+    /// From a backend: lines kept as they are.
+    Response,
 }
 
 /// The header map of a head split off its buffer, with room for `extra` more lines, and which
@@ -644,11 +645,11 @@ pub enum Names {
 ///
 /// Not inlined: one copy serves request and response heads.
 #[inline(never)]
-pub fn header_map(
+fn header_map(
     head: &Bytes,
     spans: &[Span],
     extra: usize,
-    names: Names,
+    side: Side,
 ) -> Result<(HeaderMap, Seen), Invalid> {
     let mut headers = spare_map();
     headers.reserve(spans.len() + extra);
@@ -659,13 +660,13 @@ pub fn header_map(
         let value = &head[value_at..value_at + s.value_len as usize];
         let name = match known_name(wire) {
             Some((name, bit)) => {
-                if bit == Seen::HOST && names == Names::DropUnderscore && !valid_host(value) {
+                if bit == Seen::HOST && side == Side::Request && !valid_host(value) {
                     return Err(Invalid("invalid Host"));
                 }
                 seen.add(bit);
                 name
             }
-            None if names == Names::DropUnderscore && wire.contains(&b'_') => {
+            None if side == Side::Request && wire.contains(&b'_') => {
                 tracing::debug!(name = %String::from_utf8_lossy(wire), "dropped a request header whose name has '_'");
                 continue;
             }
@@ -735,7 +736,7 @@ impl Seen {
         self.0 & names.0 != 0
     }
 
-    /// What a header map has, for maps that did not come from [`header_map`] (hyper's).
+    /// What a header map has, for maps that did not come from the gateway's own parser (hyper's).
     pub fn of(headers: &HeaderMap) -> Seen {
         let mut seen = Seen::default();
         for (name, _) in headers {

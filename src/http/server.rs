@@ -399,7 +399,6 @@ impl Connection {
     ) -> std::io::Result<bool> {
         let (parts, body) = resp.into_parts();
         let mut body = pin!(body);
-        let bodiless = req.is_head || !codec::status_has_body(parts.status);
         // The length is the body's own (a backend's `Content-Length` framed it); the response's
         // `Content-Length` header is written from it, never passed through.
         let framing = if !codec::status_has_body(parts.status) {
@@ -413,6 +412,7 @@ impl Connection {
         } else {
             ResponseFraming::UntilClose
         };
+        let bodiless = matches!(framing, ResponseFraming::Bodiless | ResponseFraming::Head);
         let keep_alive =
             req.keep_alive && framing != ResponseFraming::UntilClose && !closing.is_cancelled();
         self.out.clear();

@@ -42,7 +42,7 @@ use crate::pipeline::response::ProxyBody;
 use crate::tenants::slots::SlotGuard;
 use crate::tenants::tenant::Tenant;
 
-pub use crate::http::codec::is_hop_by_hop;
+use crate::http::codec::is_hop_by_hop;
 
 /// `X-Tenant-ID`: the resolved tenant key.
 pub const X_TENANT_ID: HeaderName = HeaderName::from_static("x-tenant-id");
