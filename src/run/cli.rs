@@ -210,6 +210,14 @@ fn run(path: &Path, format: LogFormat) -> ExitCode {
     };
     config.workers = connection_threads();
     let _guard = logging::init(format);
+    if !config.ignored_env.is_empty() {
+        tracing::warn!(
+            variables = %config.ignored_env.join(", "),
+            "ignoring environment variables that name no config section \
+             (overrides are TENANTGATE_<SECTION>_<KEY>; Kubernetes sets TENANTGATE_PORT and the \
+             like for a Service named tenantgate)"
+        );
+    }
     runtime().block_on(async {
         let running = match crate::run::server::start(config).await {
             Ok(r) => r,

@@ -309,6 +309,9 @@ pub struct Config {
     /// 1 serves them on the caller's runtime. Not a file key: `tenantgate run` sets it from
     /// `TOKIO_WORKER_THREADS`, else the number of cores.
     pub workers: usize,
+    /// `TENANTGATE_*` environment variables that name no config section, ignored (`run` warns
+    /// once).
+    pub ignored_env: Vec<String>,
 }
 
 impl Config {
@@ -341,10 +344,10 @@ impl Config {
             message,
         };
         let toml_error = |e: toml::de::Error| e.to_string().trim_end().replace('\n', "\n  ");
-        let overrides: Vec<(String, String)> = env
+        let (overrides, mut ignored_env): (Vec<(String, String)>, Vec<(String, String)>) = env
             .into_iter()
             .filter(|(name, _)| name.starts_with(ENV_PREFIX))
-            .collect();
+            .partition(|(name, _)| names_a_section(name));
         let raw: RawConfig = if overrides.is_empty() {
             // Straight from the text, so errors keep their line and column.
             toml::from_str(text).map_err(|e| fail(toml_error(e)))?
@@ -358,8 +361,26 @@ impl Config {
                 ))
             })?
         };
-        raw.validate().map_err(fail)
+        let mut config = raw.validate().map_err(fail)?;
+        ignored_env.sort();
+        config.ignored_env = ignored_env.into_iter().map(|(name, _)| name).collect();
+        Ok(config)
     }
+}
+
+/// The sections of the config file, as `TENANTGATE_<SECTION>_<KEY>` names them.
+const SECTIONS: [&str; 10] = [
+    "server", "upstream", "store", "cache", "admin", "tenancy", "cors", "tls", "tracing", "inject",
+];
+
+/// Whether `TENANTGATE_<SECTION>_…` names a config section. Variables that do not are someone
+/// else's (Kubernetes sets `TENANTGATE_PORT`, `TENANTGATE_SERVICE_HOST`, … in every pod of a
+/// namespace with a Service named `tenantgate`) and are ignored; a known section with an
+/// unknown key is still an error.
+fn names_a_section(name: &str) -> bool {
+    let rest = &name[ENV_PREFIX.len()..];
+    rest.split_once('_')
+        .is_some_and(|(section, _)| SECTIONS.iter().any(|s| section.eq_ignore_ascii_case(s)))
 }
 
 /// Writes `TENANTGATE_<SECTION>_<KEY>=value` into the parsed file; returns the variables' names.
@@ -368,9 +389,7 @@ fn apply_env(table: &mut toml::Table, vars: Vec<(String, String)>) -> Result<Str
     for (name, value) in vars {
         let lower = name[ENV_PREFIX.len()..].to_ascii_lowercase();
         let Some((section, key)) = lower.split_once('_') else {
-            return Err(format!(
-                "environment variable {name}: expected {ENV_PREFIX}<SECTION>_<KEY>"
-            ));
+            continue; // not a section: filtered out by `names_a_section`
         };
         let value = format!("v = {value}")
             .parse::<toml::Table>()
@@ -534,6 +553,7 @@ impl RawConfig {
         Ok(Config {
             path: None,
             workers: 1,
+            ignored_env: Vec::new(),
             listen,
             max_connections,
             shutdown_grace: Duration::from_secs(s.shutdown_grace_secs),
@@ -766,12 +786,40 @@ mod env_overrides {
                 && err.to_string().contains("lisen"),
             "{err}"
         );
-        let err = Config::parse_with_env("", "g.toml", env(&[("TENANTGATE_NOSECTION", "x")]))
+        // A known section with an unknown key stays an error (a typo must not pass silently).
+        let err = Config::parse_with_env("", "g.toml", env(&[("TENANTGATE_STORE_URL", "x")]))
             .unwrap_err();
-        assert!(err.to_string().contains("TENANTGATE_NOSECTION"), "{err}");
+        assert!(err.to_string().contains("TENANTGATE_STORE_URL"), "{err}");
         let err = Config::parse_with_env("", "g.toml", env(&[("TENANTGATE_CACHE_TTL_SECS", "0")]))
             .unwrap_err();
         assert!(err.to_string().contains("[cache] ttl_secs"), "{err}");
+    }
+
+    #[test]
+    fn variables_of_no_config_section_are_ignored_and_reported() {
+        // What Kubernetes sets in every pod of a namespace with a Service named `tenantgate`.
+        let vars = env(&[
+            ("TENANTGATE_PORT", "tcp://10.0.0.1:8080"),
+            ("TENANTGATE_SERVICE_HOST", "10.0.0.1"),
+            ("TENANTGATE_PORT_8080_TCP_ADDR", "10.0.0.1"),
+            ("TENANTGATE_BIN", "/usr/local/bin/tenantgate"),
+            ("TENANTGATE_CACHE_TTL_SECS", "7"),
+        ]);
+        let c = Config::parse_with_env("", "g.toml", vars).unwrap();
+        assert_eq!(
+            c.cache.ttl,
+            Duration::from_secs(7),
+            "known keys still apply"
+        );
+        assert_eq!(
+            c.ignored_env,
+            [
+                "TENANTGATE_BIN",
+                "TENANTGATE_PORT",
+                "TENANTGATE_PORT_8080_TCP_ADDR",
+                "TENANTGATE_SERVICE_HOST"
+            ]
+        );
     }
 }
 
