@@ -87,3 +87,225 @@ async fn kubernetes_service_variables_do_not_stop_the_gateway_but_typos_do() {
         "only the culprit is named: {stderr}"
     );
 }
+
+/// An RFC 3339 instant `secs` seconds from now, whole seconds (at least `secs - 1` ahead).
+fn from_now(secs: u64) -> (String, std::time::SystemTime) {
+    let at = std::time::SystemTime::now() + std::time::Duration::from_secs(secs);
+    let text = tenantgate::tenants::tenant::format_instant(at);
+    (
+        text.clone(),
+        tenantgate::tenants::tenant::parse_instant(&text).unwrap(),
+    )
+}
+
+/// A retired key works until its `until` with `Deprecation` and `Sunset` on every response
+/// (errors too), reaches the backend as the tenant's current key, shares the tenant's slots,
+/// and from `until` on is unknown — even while the cache still holds it.
+#[tokio::test]
+async fn a_retired_key_works_until_its_sunset_then_is_unknown() {
+    let (until, until_at) = from_now(3);
+    let mut a = tenant("tnt_a", &[A], 5);
+    a["retiredKeys"] =
+        json!([{"key": "tnt_a_2025", "until": until, "since": "2026-12-01T00:00:00Z"}]);
+    let gw = Gateway::start(&[a, tenant("tnt_b", &[A], 5)], "").await;
+    let c = client();
+
+    let r = as_tenant(&c, &gw.url("/x"), "tnt_a_2025", A).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.seen("x-tenant-id"),
+        ["tnt_a"],
+        "the backend sees the current key"
+    );
+    assert_eq!(r.header("deprecation"), Some("@1796083200"));
+    assert_eq!(
+        r.header("sunset").unwrap(),
+        httpdate::fmt_http_date(until_at)
+    );
+    let exposed: Vec<&str> = r
+        .headers
+        .get_all("access-control-expose-headers")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert!(exposed.contains(&"Deprecation, Sunset"), "{exposed:?}");
+    let wrong_origin = as_tenant(&c, &gw.url("/x"), "tnt_a_2025", "https://evil.example").await;
+    assert_eq!(wrong_origin.error_code(), "origin_not_allowed");
+    assert!(
+        wrong_origin.header("sunset").is_some(),
+        "refusals carry it too"
+    );
+
+    let current = as_tenant(&c, &gw.url("/x"), "tnt_a", A).await;
+    assert_eq!(current.status, 200);
+    assert_eq!(current.header("deprecation"), None);
+    assert_eq!(current.header("sunset"), None);
+    let other = as_tenant(&c, &gw.url("/x"), "tnt_b", A).await;
+    assert_eq!(other.header("sunset"), None);
+
+    // One tenant, one set of slots, whichever key a request names.
+    let slow = |key: &'static str| {
+        let c = c.clone();
+        let url = gw.url("/slow?ms=1500");
+        tokio::spawn(async move { as_tenant(&c, &url, key, A).await.status })
+    };
+    let held: Vec<_> = (0..5)
+        .map(|i| slow(if i % 2 == 0 { "tnt_a" } else { "tnt_a_2025" }))
+        .collect();
+    eventually(5, || async { gw.in_flight("tnt_a").await == 5 }).await;
+    assert_eq!(
+        as_tenant(&c, &gw.url("/x"), "tnt_a_2025", A)
+            .await
+            .error_code(),
+        "tenant_concurrency_exceeded"
+    );
+    for h in held {
+        assert_eq!(h.await.unwrap(), 200);
+    }
+
+    // Past `until` (the cache's 30 s TTL has not run out): unknown.
+    let wait = until_at
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    tokio::time::sleep(wait + std::time::Duration::from_millis(50)).await;
+    let r = as_tenant(&c, &gw.url("/x"), "tnt_a_2025", A).await;
+    assert_eq!(r.error_code(), "tenant_unknown");
+    assert_eq!(r.header("sunset"), None);
+    assert_eq!(as_tenant(&c, &gw.url("/x"), "tnt_a", A).await.status, 200);
+}
+
+/// `tenants rotate` on the file store: the new key is printed and works at once (the gateway
+/// polls the file), the old one keeps working with `Sunset` at the end of the grace period;
+/// clashes are refused naming both tenants, by `put`, `import` and `rotate` alike.
+#[tokio::test]
+async fn tenants_rotate_and_key_clashes_on_the_file_store() {
+    let gw = Gateway::start(&[tenant("tnt_a", &[A], 5), tenant("tnt_b", &[A], 5)], "").await;
+    let cfg = gw.dir.path().join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[store]\nkind = \"file\"\npath = {:?}\n",
+            gw.tenants_path.display().to_string()
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let c = client();
+    assert_eq!(as_tenant(&c, &gw.url("/x"), "tnt_a", A).await.status, 200);
+
+    let (code, out, err) = tenantgate(
+        &[
+            "tenants", "rotate", "tnt_a", "--grace", "1h", "--config", cfg,
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    let new_key = out.trim().to_string();
+    assert!(
+        new_key.starts_with("tnt_") && new_key.len() == 28,
+        "{new_key:?}"
+    );
+    assert!(err.contains("tnt_a keeps working until"), "{err}");
+    eventually(5, || async {
+        as_tenant(&c, &gw.url("/x"), &new_key, A).await.status == 200
+    })
+    .await;
+    let fresh = as_tenant(&c, &gw.url("/x"), &new_key, A).await;
+    assert_eq!(fresh.seen("x-tenant-id"), [new_key.as_str()]);
+    assert_eq!(fresh.header("sunset"), None);
+    let old = as_tenant(&c, &gw.url("/x"), "tnt_a", A).await;
+    assert_eq!(old.status, 200);
+    assert_eq!(old.seen("x-tenant-id"), [new_key.as_str()]);
+    let sunset = httpdate::parse_http_date(old.header("sunset").unwrap()).unwrap();
+    let ahead = sunset.duration_since(std::time::SystemTime::now()).unwrap();
+    assert!(
+        ahead > std::time::Duration::from_secs(3590)
+            && ahead <= std::time::Duration::from_secs(3600),
+        "{ahead:?}"
+    );
+    assert!(old.header("deprecation").unwrap().starts_with('@'));
+
+    // Rotating again with a chosen key keeps both former keys retired.
+    let (code, out, err) = tenantgate(
+        &[
+            "tenants",
+            "rotate",
+            &new_key,
+            "--new-key",
+            "tnt_a_v3",
+            "--config",
+            cfg,
+        ],
+        None,
+    );
+    assert_eq!((code, out.trim()), (0, "tnt_a_v3"), "{err}");
+    let (_, doc, _) = tenantgate(&["tenants", "get", "tnt_a_v3", "--config", cfg], None);
+    let doc: serde_json::Value = serde_json::from_str(&doc).unwrap();
+    let retired: Vec<&str> = doc["retiredKeys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(retired, ["tnt_a", new_key.as_str()]);
+
+    // Clashes, each naming both tenants; nothing written.
+    let before = std::fs::read_to_string(&gw.tenants_path).unwrap();
+    let (code, _, err) = tenantgate(
+        &[
+            "tenants",
+            "rotate",
+            "tnt_b",
+            "--new-key",
+            "tnt_a",
+            "--config",
+            cfg,
+        ],
+        None,
+    );
+    assert_eq!(code, 65, "{err}");
+    assert!(
+        err.contains("\"tnt_a\"")
+            && err.contains("tenant \"tnt_a_v3\"")
+            && err.contains("rotating \"tnt_b\""),
+        "{err}"
+    );
+    let mut b = tenant("tnt_b", &[A], 5);
+    b["retiredKeys"] = json!([{"key": "tnt_a_v3", "until": "2030-01-01T00:00:00Z"}]);
+    let (code, _, err) = tenantgate(&["tenants", "put", "--config", cfg], Some(&b.to_string()));
+    assert_eq!(code, 65, "{err}");
+    assert!(
+        err.contains("apiKey of tenant \"tnt_a_v3\"")
+            && err.contains("retired key of tenant \"tnt_b\""),
+        "{err}"
+    );
+    let mut c2 = tenant("tnt_c", &[A], 5);
+    c2["retiredKeys"] = json!([{"key": "tnt_z", "until": "2030-01-01T00:00:00Z"}]);
+    let (code, _, err) = tenantgate(
+        &["tenants", "import", "--config", cfg],
+        Some(&json!([c2, tenant("tnt_z", &[A], 1)]).to_string()),
+    );
+    assert_eq!(code, 65, "{err}");
+    assert!(
+        err.contains("retired key of tenant \"tnt_c\"")
+            && err.contains("apiKey of tenant \"tnt_z\""),
+        "{err}"
+    );
+    let (code, _, err) = tenantgate(
+        &[
+            "tenants",
+            "rotate",
+            "tnt_b",
+            "--new-key",
+            "bad key",
+            "--config",
+            cfg,
+        ],
+        None,
+    );
+    assert_eq!(code, 65, "{err}");
+    assert!(err.contains("--new-key"), "{err}");
+    let (code, _, _) = tenantgate(&["tenants", "rotate", "tnt_nobody", "--config", cfg], None);
+    assert_eq!(code, 1);
+    assert_eq!(std::fs::read_to_string(&gw.tenants_path).unwrap(), before);
+}

@@ -636,3 +636,143 @@ fn the_tenants_commands_manage_documents_in_mongodb() {
     assert_eq!(run(&["delete", "tnt_a"], None).0, 0);
     assert_eq!(run(&["get", "tnt_a"], None).0, 1);
 }
+
+/// Key rotation on MongoDB: a retired key stored with a BSON date (as `mongosh` writes one)
+/// works until then with `Sunset`, then is unknown; `tenants rotate` rewrites the document in
+/// place; a key another tenant holds is refused naming both tenants.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retired_keys_and_rotation_on_mongodb() {
+    let uri = shared_uri();
+    let coll = collection("rotation");
+    let docs = tenants(&uri, &coll).await;
+    let until = std::time::SystemTime::now() + Duration::from_secs(3);
+    let until = mongodb::bson::DateTime::from_millis(
+        (until
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64)
+            / 1000
+            * 1000,
+    );
+    let mut a = bson(&tenant("tnt_a", &[ORIGIN], 5));
+    a.insert(
+        "retiredKeys",
+        vec![doc! {"key": "tnt_a_old", "until": until}],
+    );
+    docs.insert_one(a).await.unwrap();
+    docs.insert_one(bson(&tenant("tnt_b", &[ORIGIN], 5)))
+        .await
+        .unwrap();
+    let gw = MongoGateway::start(&uri, &coll, "[cache]\nttl_secs = 1\n").await;
+    gw.ready().await;
+    let c = client();
+    let url = gw.url("/echo");
+
+    let old = as_tenant(&c, &url, "tnt_a_old", ORIGIN).await;
+    assert_eq!(old.status, 200);
+    assert_eq!(old.seen("x-tenant-id"), ["tnt_a"]);
+    assert_eq!(
+        httpdate::parse_http_date(old.header("sunset").unwrap()).unwrap(),
+        until.to_system_time()
+    );
+    assert_eq!(old.header("deprecation"), Some("@0"));
+    tokio::time::sleep(
+        until
+            .to_system_time()
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default()
+            + Duration::from_millis(50),
+    )
+    .await;
+    assert_eq!(
+        as_tenant(&c, &url, "tnt_a_old", ORIGIN).await.error_code(),
+        "tenant_unknown"
+    );
+
+    // `tenants rotate`: the same document, a new key, the old one retired for the grace period.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = mongo_config(dir.path(), &uri, &coll);
+    let (code, out, err) = tenantgate(
+        &[
+            "tenants",
+            "rotate",
+            "tnt_a",
+            "--new-key",
+            "tnt_a_2027",
+            "--grace",
+            "2h",
+            "--config",
+            &cfg,
+        ],
+        None,
+    );
+    assert_eq!((code, out.trim()), (0, "tnt_a_2027"), "{err}");
+    assert_eq!(
+        docs.count_documents(doc! {}).await.unwrap(),
+        2,
+        "rewritten in place"
+    );
+    let (_, out, _) = tenantgate(&["tenants", "get", "tnt_a_2027", "--config", &cfg], None);
+    let stored: Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        stored.get("tenantKeys").is_none(),
+        "the gateway's own field stays out of view"
+    );
+    let retired: Vec<&str> = stored["retiredKeys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(retired, ["tnt_a_old", "tnt_a"]);
+    assert_eq!(
+        as_tenant(&c, &url, "tnt_a_2027", ORIGIN).await.status,
+        200,
+        "a new key is a cache miss: found at once"
+    );
+    // The old key was cached as the current one: within the TTL it becomes a retired key.
+    eventually(5, || async {
+        as_tenant(&c, &url, "tnt_a", ORIGIN)
+            .await
+            .header("sunset")
+            .is_some()
+    })
+    .await;
+    let r = as_tenant(&c, &url, "tnt_a", ORIGIN).await;
+    assert_eq!(
+        (r.status.as_u16(), r.seen("x-tenant-id")),
+        (200, vec!["tnt_a_2027".to_string()])
+    );
+
+    // Clashes, naming both tenants; nothing written.
+    let mut b = tenant("tnt_b", &[ORIGIN], 7);
+    b["retiredKeys"] = serde_json::json!([{"key": "tnt_a", "until": "2030-01-01T00:00:00Z"}]);
+    let (code, _, err) = tenantgate(&["tenants", "put", "--config", &cfg], Some(&b.to_string()));
+    assert_eq!(code, 65, "{err}");
+    assert!(
+        err.contains("retired key of tenant \"tnt_a_2027\"")
+            && err.contains("retired key of tenant \"tnt_b\""),
+        "{err}"
+    );
+    let (code, _, err) = tenantgate(
+        &[
+            "tenants",
+            "rotate",
+            "tnt_b",
+            "--new-key",
+            "tnt_a_2027",
+            "--config",
+            &cfg,
+        ],
+        None,
+    );
+    assert_eq!(code, 65, "{err}");
+    assert!(
+        err.contains("rotating \"tnt_b\"") && err.contains("duplicate apiKey \"tnt_a_2027\""),
+        "{err}"
+    );
+    let (_, out, _) = tenantgate(&["tenants", "get", "tnt_b", "--config", &cfg], None);
+    let b_now: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(b_now["maxConcurrentConnections"], 5, "unchanged");
+    assert!(b_now.get("retiredKeys").is_none());
+}

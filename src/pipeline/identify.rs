@@ -12,7 +12,7 @@ use http::{HeaderMap, HeaderName};
 use crate::pipeline::error::GatewayError;
 use crate::tenants::directory::{Directory, Resolved, TenantEntry};
 use crate::tenants::store::StoreError;
-use crate::tenants::tenant::is_valid_key;
+use crate::tenants::tenant::{is_valid_key, RetiredKey};
 
 /// Prefix of the `Sec-WebSocket-Protocol` entry that carries the tenant key: browsers cannot set
 /// headers on a WebSocket, so `new WebSocket(url, ["tenant.<key>", "chat.v1"])` names the tenant.
@@ -108,6 +108,8 @@ pub async fn resolve(
     key: &str,
 ) -> Result<Arc<TenantEntry>, GatewayError> {
     match directory.resolve(key).await {
+        // A retired key past its `until` is unknown from that instant, cached or not.
+        Ok(Resolved::Tenant(entry)) if entry.expired() => Err(GatewayError::TenantUnknown),
         Ok(Resolved::Tenant(entry)) if entry.tenant.active => Ok(entry),
         Ok(Resolved::Tenant(_)) => Err(GatewayError::TenantInactive),
         Ok(Resolved::Misconfigured) => Err(GatewayError::TenantMisconfigured),
@@ -116,6 +118,26 @@ pub async fn resolve(
             log_store_error(key, &e);
             Err(GatewayError::StoreUnavailable)
         }
+    }
+}
+
+/// `Deprecation` (RFC 9745): the request used a retired key.
+pub const DEPRECATION: HeaderName = HeaderName::from_static("deprecation");
+/// `Sunset` (RFC 8594): when that retired key stops working.
+pub const SUNSET: HeaderName = HeaderName::from_static("sunset");
+
+/// Marks the response to a request made with a retired key, so frontends still shipping it
+/// (and their monitoring) notice before it stops working.
+#[cold]
+pub fn mark_retired(headers: &mut HeaderMap, retired: &RetiredKey) {
+    headers.insert(DEPRECATION, retired.deprecation.clone());
+    headers.insert(SUNSET, retired.sunset.clone());
+    // Browser code reads them only when exposed (a second list line adds to any configured).
+    if headers.contains_key(http::header::ACCESS_CONTROL_ALLOW_ORIGIN) {
+        headers.append(
+            http::header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            http::HeaderValue::from_static("Deprecation, Sunset"),
+        );
     }
 }
 

@@ -149,6 +149,9 @@ impl Gateway {
         if let Some(origin) = ctx.allowed_origin.take() {
             cors::decorate(resp.headers_mut(), origin, &policy.cors);
         }
+        if let Some(retired) = ctx.entry.as_ref().and_then(|e| e.retired.as_ref()) {
+            identify::mark_retired(resp.headers_mut(), retired);
+        }
         resp.headers_mut()
             .insert(X_REQUEST_ID, ctx.request_id.clone());
 

@@ -26,7 +26,7 @@ use crate::telemetry::logging::{self, LogFormat};
 use crate::tenants::store::file::{FileDocuments, FileStore};
 use crate::tenants::store::mongodb::MongoStore;
 use crate::tenants::store::{StoreError, TenantDocuments, TenantStore};
-use crate::tenants::tenant::TenantRecord;
+use crate::tenants::tenant::{format_instant, TenantRecord};
 
 pub const EXIT_CONFIG: u8 = 64;
 pub const EXIT_DATA: u8 = 65;
@@ -109,6 +109,19 @@ enum TenantsAction {
     Disable { key: String },
     /// Remove a tenant.
     Delete { key: String },
+    /// Rotate a tenant's key in one step: KEY becomes a retired key, accepted (its responses
+    /// carry `Deprecation` and `Sunset`) for the grace period, and the new key becomes the
+    /// apiKey. Prints the new key on standard output.
+    Rotate {
+        /// The tenant's current apiKey.
+        key: String,
+        /// The new key (1-128 characters of [A-Za-z0-9._-]); generated when not given.
+        #[arg(long)]
+        new_key: Option<String>,
+        /// How long the old key keeps working: 30d, 12h, 90m, …
+        #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
+        grace: std::time::Duration,
+    },
 }
 
 /// Entry point of the binary.
@@ -469,8 +482,76 @@ async fn tenants_action(docs: &dyn TenantDocuments, action: TenantsAction) -> Re
             }
             println!("deleted {key}");
         }
+        TenantsAction::Rotate {
+            key,
+            new_key,
+            grace,
+        } => {
+            let doc = docs
+                .get(&key)
+                .await?
+                .ok_or_else(|| Failure::NotFound(key.clone()))?;
+            let new_key = new_key.unwrap_or_else(generate_key);
+            let until = std::time::SystemTime::now() + grace;
+            let rotated = rotate(doc, &new_key, until).map_err(Failure::Input)?;
+            let replaced = docs.replace(&key, rotated).await.map_err(|e| match e {
+                StoreError::Invalid(why) => {
+                    StoreError::Invalid(format!("rotating {key:?} to {new_key:?}: {why}"))
+                }
+                other => other,
+            })?;
+            if !replaced {
+                return Err(Failure::NotFound(key));
+            }
+            eprintln!(
+                "rotated: {new_key} is the apiKey; {key} keeps working until {}",
+                format_instant(until)
+            );
+            println!("{new_key}");
+        }
     }
     Ok(())
+}
+
+/// A new tenant key: `tnt_` and 24 random lowercase letters and digits. Keys are public
+/// identifiers, not secrets; they only need to be unguessable enough not to collide.
+fn generate_key() -> String {
+    let mut rng = fastrand::Rng::new();
+    let mut key = String::from("tnt_");
+    key.extend((0..24).map(|_| rng.alphanumeric().to_ascii_lowercase()));
+    key
+}
+
+/// The document with `new_key` as its apiKey and the old key retired until `until` (since now).
+/// A retired key of the tenant's own that becomes its key again leaves `retiredKeys`.
+fn rotate(
+    mut doc: serde_json::Value,
+    new_key: &str,
+    until: std::time::SystemTime,
+) -> Result<serde_json::Value, String> {
+    let old = doc["apiKey"].as_str().unwrap_or_default().to_string();
+    if !crate::tenants::tenant::is_valid_key(new_key.as_bytes()) {
+        return Err(format!(
+            "--new-key {new_key:?} is not 1-128 characters of [A-Za-z0-9._-]"
+        ));
+    }
+    if new_key == old {
+        return Err(format!("--new-key {new_key:?} is the tenant's key already"));
+    }
+    let mut retired = match doc.get("retiredKeys") {
+        Some(serde_json::Value::Array(list)) => list.clone(),
+        None | Some(serde_json::Value::Null) => Vec::new(),
+        Some(_) => return Err(format!("tenant {old:?}: retiredKeys is not an array")),
+    };
+    retired.retain(|r| r.get("key").and_then(|k| k.as_str()) != Some(new_key));
+    retired.push(serde_json::json!({
+        "key": old,
+        "until": format_instant(until),
+        "since": format_instant(std::time::SystemTime::now()),
+    }));
+    doc["apiKey"] = new_key.into();
+    doc["retiredKeys"] = retired.into();
+    Ok(doc)
 }
 
 async fn set_active(docs: &dyn TenantDocuments, key: String, active: bool) -> Result<(), Failure> {

@@ -344,7 +344,7 @@ impl Config {
             message,
         };
         let toml_error = |e: toml::de::Error| e.to_string().trim_end().replace('\n', "\n  ");
-        let (overrides, mut ignored_env): (Vec<(String, String)>, Vec<(String, String)>) = env
+        let (overrides, mut ignored_env): (Vars, Vars) = env
             .into_iter()
             .filter(|(name, _)| name.starts_with(ENV_PREFIX))
             .partition(|(name, _)| names_a_section(name));
@@ -382,6 +382,9 @@ fn names_a_section(name: &str) -> bool {
     rest.split_once('_')
         .is_some_and(|(section, _)| SECTIONS.iter().any(|s| section.eq_ignore_ascii_case(s)))
 }
+
+/// Environment variables, name and value.
+type Vars = Vec<(String, String)>;
 
 /// Writes `TENANTGATE_<SECTION>_<KEY>=value` into the parsed file; returns the variables' names.
 fn apply_env(table: &mut toml::Table, vars: Vec<(String, String)>) -> Result<String, String> {

@@ -28,7 +28,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use moka::sync::Cache;
@@ -38,7 +38,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use crate::tenants::counter::PerThreadCounter;
 use crate::tenants::slots::{SlotRegistry, Slots};
 use crate::tenants::store::{Invalidation, StoreError, TenantStore};
-use crate::tenants::tenant::{Tenant, TenantRecord};
+use crate::tenants::tenant::{RetiredKey, Tenant, TenantRecord};
 
 /// Cache settings (`[cache]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +57,19 @@ pub struct CacheSettings {
 pub struct TenantEntry {
     pub tenant: Arc<Tenant>,
     pub slots: Arc<Slots>,
+    /// Set when the key looked up is one of the tenant's `retiredKeys`: it works until
+    /// `until` (checked on every request, whatever the cache holds), and its responses carry
+    /// `Deprecation` and `Sunset`.
+    pub retired: Option<RetiredKey>,
+}
+
+impl TenantEntry {
+    /// Whether the key this entry was found by has passed its `until`.
+    pub fn expired(&self) -> bool {
+        self.retired
+            .as_ref()
+            .is_some_and(|r| SystemTime::now() >= r.until)
+    }
 }
 
 /// The answer for one key.
@@ -396,10 +409,7 @@ impl Directory {
         let value = match record {
             None => Resolved::Unknown,
             Some(TenantRecord::Misconfigured { .. }) => Resolved::Misconfigured,
-            Some(TenantRecord::Valid(tenant)) => Resolved::Tenant(Arc::new(TenantEntry {
-                slots: self.slots.counter(&tenant.key),
-                tenant,
-            })),
+            Some(TenantRecord::Valid(tenant)) => self.entry(key, tenant),
         };
         if self.generation.load(Ordering::Acquire) == generation {
             self.tenants.insert(
@@ -412,6 +422,24 @@ impl Directory {
             );
         }
         Ok(value)
+    }
+
+    /// The entry for a tenant found by `key`: its current key, or one of its retired keys
+    /// still within its `until` (past it, or not the tenant's at all: unknown).
+    fn entry(&self, key: &str, tenant: Arc<Tenant>) -> Resolved {
+        let retired = if *tenant.key == *key {
+            None
+        } else {
+            match tenant.retired_keys.iter().find(|r| &*r.key == key) {
+                Some(r) if SystemTime::now() < r.until => Some(r.clone()),
+                _ => return Resolved::Unknown,
+            }
+        };
+        Resolved::Tenant(Arc::new(TenantEntry {
+            slots: self.slots.counter(&tenant.key),
+            tenant,
+            retired,
+        }))
     }
 
     /// Runs one store query, counting it, its duration and its failure.

@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use http::HeaderValue;
 use serde::{Deserialize, Serialize};
@@ -37,6 +38,37 @@ pub struct TenantDocument {
     pub max_concurrent_connections: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<String>,
+    /// Keys this tenant had before, still accepted until their `until` (key rotation).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired_keys: Vec<RetiredKeyDocument>,
+    /// This tenant's own limits, each overriding the gateway's setting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitsDocument>,
+}
+
+/// One entry of `retiredKeys`: a former key and when it stops working (RFC 3339; MongoDB dates
+/// arrive as RFC 3339 too). `since`, written by `tenantgate tenants rotate`, is when it was
+/// retired (the `Deprecation` date); without it the key counts as deprecated since the epoch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RetiredKeyDocument {
+    pub key: String,
+    pub until: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+}
+
+/// `limits`: per-tenant overrides of `[server] max_body_bytes`, `[upstream] response_timeout_ms`
+/// and `[server] upgrade_idle_timeout_secs`. Unknown fields here are refused (a misspelt limit
+/// must not silently not apply).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LimitsDocument {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade_idle_timeout_secs: Option<u64>,
 }
 
 /// `providerConfig`: what the backend needs to reach this tenant's provider.
@@ -86,6 +118,33 @@ pub struct Tenant {
     pub max_concurrent: u32,
     /// This tenant's own backend, when it has one.
     pub upstream: Option<Upstream>,
+    /// Former keys still accepted for a while (`retiredKeys`).
+    pub retired_keys: Box<[RetiredKey]>,
+    /// `limits`: what is `None` falls back to the gateway's setting.
+    pub limits: Limits,
+    /// The document as stored (`[inject] headers` read fields from it; the audit log compares
+    /// versions). Holds the secret too: never logged.
+    pub document: Arc<serde_json::Value>,
+}
+
+/// A retired key of a tenant, with the headers its responses carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetiredKey {
+    pub key: Arc<str>,
+    /// From this instant on the key is unknown.
+    pub until: SystemTime,
+    /// `Sunset: <HTTP-date of until>` (RFC 8594).
+    pub sunset: HeaderValue,
+    /// `Deprecation: @<unix seconds of since>` (RFC 9745).
+    pub deprecation: HeaderValue,
+}
+
+/// A tenant's own limits (`limits`); `None`: the gateway's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub max_body_bytes: Option<u64>,
+    pub response_timeout: Option<Duration>,
+    pub upgrade_idle_timeout: Option<Duration>,
 }
 
 impl fmt::Debug for Tenant {
@@ -102,7 +161,9 @@ impl fmt::Debug for Tenant {
             .field("active", &self.active)
             .field("max_concurrent", &self.max_concurrent)
             .field("upstream", &self.upstream)
-            .finish()
+            .field("retired_keys", &self.retired_keys)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
     }
 }
 
@@ -137,8 +198,9 @@ impl TenantRecord {
             Some(_) => return Err("apiKey is not a string".into()),
             None => return Err("apiKey is missing".into()),
         };
-        let record = match serde_path_to_error::deserialize::<_, TenantDocument>(doc) {
-            Ok(doc) => TenantRecord::from_document(doc),
+        let document = Arc::new(doc);
+        let record = match serde_path_to_error::deserialize::<_, TenantDocument>(&*document) {
+            Ok(doc) => validate(doc, document.clone()).map(|t| TenantRecord::Valid(Arc::new(t))),
             // Name the field: "maxConcurrentConnections: invalid value: integer `-3`, …".
             Err(e) if e.path().to_string() == "." => Err(e.inner().to_string()),
             Err(e) => Err(format!("{}: {}", e.path(), e.inner())),
@@ -151,12 +213,14 @@ impl TenantRecord {
 
     /// Validates a typed document; `Err` names the field that is wrong.
     pub fn from_document(doc: TenantDocument) -> Result<TenantRecord, String> {
-        Ok(TenantRecord::Valid(Arc::new(validate(doc)?)))
+        let document = Arc::new(serde_json::to_value(&doc).map_err(|e| e.to_string())?);
+        Ok(TenantRecord::Valid(Arc::new(validate(doc, document)?)))
     }
 }
 
-/// Checks every field of a document; the error names the field.
-pub fn validate(doc: TenantDocument) -> Result<Tenant, String> {
+/// Checks every field of a document (`document` is the same, as stored); the error names the
+/// field.
+pub fn validate(doc: TenantDocument, document: Arc<serde_json::Value>) -> Result<Tenant, String> {
     if !is_valid_key(doc.api_key.as_bytes()) {
         return Err(format!(
             "apiKey {:?} is not 1-{MAX_KEY_LEN} characters of [A-Za-z0-9._-]",
@@ -189,6 +253,8 @@ pub fn validate(doc: TenantDocument) -> Result<Tenant, String> {
         Some(u) => Some(Upstream::parse(u).map_err(|e| format!("upstream: {e}"))?),
         None => None,
     };
+    let retired_keys = retired_keys(&doc.api_key, &doc.retired_keys)?;
+    let limits = limits(doc.limits.unwrap_or_default())?;
     Ok(Tenant {
         key_header: HeaderValue::from_str(&doc.api_key)
             .map_err(|_| "apiKey is not a header value")?,
@@ -200,6 +266,80 @@ pub fn validate(doc: TenantDocument) -> Result<Tenant, String> {
         active: doc.is_active,
         max_concurrent: max as u32,
         upstream,
+        retired_keys,
+        limits,
+        document,
+    })
+}
+
+/// `retiredKeys`: valid keys, none equal to `apiKey` or to another, with RFC 3339 instants.
+fn retired_keys(api_key: &str, docs: &[RetiredKeyDocument]) -> Result<Box<[RetiredKey]>, String> {
+    let mut out: Vec<RetiredKey> = Vec::with_capacity(docs.len());
+    for (i, d) in docs.iter().enumerate() {
+        let field = format!("retiredKeys[{i}]");
+        if !is_valid_key(d.key.as_bytes()) {
+            return Err(format!(
+                "{field}.key {:?} is not 1-{MAX_KEY_LEN} characters of [A-Za-z0-9._-]",
+                d.key
+            ));
+        }
+        if d.key == api_key || out.iter().any(|r| *r.key == *d.key) {
+            return Err(format!(
+                "{field}.key {:?} appears twice in the document",
+                d.key
+            ));
+        }
+        let until = parse_instant(&d.until).map_err(|e| format!("{field}.until: {e}"))?;
+        let since = match &d.since {
+            Some(s) => parse_instant(s).map_err(|e| format!("{field}.since: {e}"))?,
+            None => SystemTime::UNIX_EPOCH,
+        };
+        let unix = since
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        out.push(RetiredKey {
+            key: Arc::from(d.key.as_str()),
+            until,
+            sunset: HeaderValue::from_str(&httpdate::fmt_http_date(until))
+                .map_err(|_| format!("{field}.until: not representable as an HTTP date"))?,
+            deprecation: HeaderValue::from_str(&format!("@{unix}"))
+                .map_err(|_| format!("{field}.since: not representable"))?,
+        });
+    }
+    Ok(out.into_boxed_slice())
+}
+
+/// An RFC 3339 instant (`2027-01-31T00:00:00Z`, offsets allowed), between 1970 and 9999.
+pub fn parse_instant(text: &str) -> Result<SystemTime, String> {
+    let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("{text:?} is not an RFC 3339 date-time ({e})"))?;
+    if t.year() < 1970 {
+        return Err(format!("{text:?} is before 1970"));
+    }
+    Ok(t.into())
+}
+
+/// An instant as RFC 3339 in UTC, whole seconds (`2027-01-31T00:00:00Z`).
+pub fn format_instant(at: SystemTime) -> String {
+    let t = time::OffsetDateTime::from(at)
+        .replace_nanosecond(0)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
+}
+
+/// `limits`: each a positive integer.
+fn limits(doc: LimitsDocument) -> Result<Limits, String> {
+    let positive = |field: &str, v: Option<u64>| match v {
+        Some(0) => Err(format!("limits.{field} must be greater than 0")),
+        other => Ok(other),
+    };
+    Ok(Limits {
+        max_body_bytes: positive("maxBodyBytes", doc.max_body_bytes)?,
+        response_timeout: positive("responseTimeoutMs", doc.response_timeout_ms)?
+            .map(Duration::from_millis),
+        upgrade_idle_timeout: positive("upgradeIdleTimeoutSecs", doc.upgrade_idle_timeout_secs)?
+            .map(Duration::from_secs),
     })
 }
 
@@ -219,6 +359,8 @@ mod tests {
             "isActive": true,
             "maxConcurrentConnections": 100,
             "upstream": "http://chat-eu.internal:3000",
+            "retiredKeys": [{"key": "tnt_client_a_2025", "until": "2027-01-31T00:00:00Z"}],
+            "limits": {"maxBodyBytes": 1024},
             "someFieldFromTheFuture": 1
         })
     }
@@ -275,6 +417,30 @@ mod tests {
                 "providerConfig.resources.region",
             ),
             ("/upstream", json!("ftp://x"), "upstream"),
+            ("/limits", json!({"maxBodyBytes": 0}), "limits.maxBodyBytes"),
+            (
+                "/limits",
+                json!({"responseTimeoutMs": -1}),
+                "limits.responseTimeoutMs",
+            ),
+            ("/limits", json!({"maxBodyByte": 10}), "maxBodyByte"),
+            (
+                "/retiredKeys/0/until",
+                json!("next week"),
+                "retiredKeys[0].until",
+            ),
+            (
+                "/retiredKeys/0/until",
+                json!("2027-01-31"),
+                "retiredKeys[0].until",
+            ),
+            ("/retiredKeys/0/key", json!("bad key"), "retiredKeys[0].key"),
+            (
+                "/retiredKeys/0/key",
+                json!("tnt_client_a"),
+                "retiredKeys[0].key",
+            ),
+            ("/retiredKeys", json!("tnt_old"), "retiredKeys"),
         ];
         for (pointer, value, needle) in cases {
             let mut d = doc();
@@ -293,6 +459,46 @@ mod tests {
             panic!()
         };
         assert!(reason.contains("isActive"), "{reason}");
+    }
+
+    #[test]
+    fn retired_keys_and_limits_are_read_with_their_headers() {
+        let mut d = doc();
+        d["retiredKeys"] = json!([
+            {"key": "old1", "until": "2027-01-31T00:00:00Z", "since": "2026-12-01T12:00:00+01:00"},
+            {"key": "old2", "until": "2027-02-01T10:30:00+02:00"}
+        ]);
+        d["limits"] =
+            json!({"maxBodyBytes": 10, "responseTimeoutMs": 250, "upgradeIdleTimeoutSecs": 2});
+        let TenantRecord::Valid(t) = TenantRecord::from_json(d).unwrap() else {
+            panic!()
+        };
+        let [old1, old2] = &*t.retired_keys else {
+            panic!("{:?}", t.retired_keys)
+        };
+        assert_eq!(&*old1.key, "old1");
+        assert_eq!(old1.sunset, "Sun, 31 Jan 2027 00:00:00 GMT");
+        assert_eq!(old1.deprecation, "@1796122800", "since, as Unix seconds");
+        assert_eq!(
+            old2.sunset, "Mon, 01 Feb 2027 08:30:00 GMT",
+            "offsets are honoured"
+        );
+        assert_eq!(
+            old2.deprecation, "@0",
+            "no since: deprecated since the epoch"
+        );
+        assert_eq!(format_instant(old2.until), "2027-02-01T08:30:00Z");
+        assert_eq!(t.limits.max_body_bytes, Some(10));
+        assert_eq!(t.limits.response_timeout, Some(Duration::from_millis(250)));
+        assert_eq!(t.limits.upgrade_idle_timeout, Some(Duration::from_secs(2)));
+        let mut d = doc();
+        d.as_object_mut().unwrap().remove("limits");
+        d.as_object_mut().unwrap().remove("retiredKeys");
+        let TenantRecord::Valid(t) = TenantRecord::from_json(d).unwrap() else {
+            panic!()
+        };
+        assert_eq!(t.limits, Limits::default());
+        assert!(t.retired_keys.is_empty());
     }
 
     #[test]

@@ -16,7 +16,10 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::{validate_for_write, Invalidation, StoreError, TenantDocuments, TenantStore};
+use super::{
+    check_unique_keys, claimed_keys, validate_for_write, Invalidation, KeyRole, StoreError,
+    TenantDocuments, TenantStore,
+};
 use crate::tenants::tenant::TenantRecord;
 
 /// The parsed content of the file at one moment.
@@ -147,9 +150,14 @@ fn diff(old: &Snapshot, new: &Snapshot) -> Vec<Arc<str>> {
 /// whole file.
 fn load(path: &Path) -> Result<Snapshot, String> {
     let docs = read_documents(path)?;
+    check_unique_keys(&docs)?;
     let mut snapshot = Snapshot::default();
-    let mut first_seen: HashMap<Arc<str>, usize> = HashMap::new();
     for (i, doc) in docs.into_iter().enumerate() {
+        let retired: Vec<Arc<str>> = claimed_keys(&doc)
+            .into_iter()
+            .filter(|(_, role)| *role == KeyRole::Retired)
+            .map(|(k, _)| Arc::from(k))
+            .collect();
         let record = match TenantRecord::from_json(doc) {
             Ok(r) => r,
             Err(reason) => {
@@ -158,10 +166,9 @@ fn load(path: &Path) -> Result<Snapshot, String> {
             }
         };
         let key = record.key().clone();
-        if let Some(j) = first_seen.insert(key.clone(), i) {
-            return Err(format!(
-                "duplicate apiKey {key:?} (array elements {j} and {i})"
-            ));
+        // A retired key finds its tenant too (the directory tells the two apart).
+        for old in retired {
+            snapshot.tenants.insert(old, record.clone());
         }
         match &record {
             TenantRecord::Valid(t) if t.active => snapshot.origins.extend(t.origins.index_keys()),
@@ -286,8 +293,21 @@ impl TenantDocuments for FileDocuments {
                 None => docs.push(doc.clone()),
             }
         }
+        check_unique_keys(&docs).map_err(StoreError::Invalid)?;
         self.write(&docs)?;
         Ok(new.len())
+    }
+
+    async fn replace(&self, key: &str, doc: serde_json::Value) -> Result<bool, StoreError> {
+        validate_for_write(&doc)?;
+        let mut docs = self.read()?;
+        let Some(slot) = docs.iter_mut().find(|d| key_of(d) == Some(key)) else {
+            return Ok(false);
+        };
+        *slot = doc;
+        check_unique_keys(&docs).map_err(StoreError::Invalid)?;
+        self.write(&docs)?;
+        Ok(true)
     }
 
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
@@ -363,6 +383,16 @@ mod tests {
         );
         let err = load(&path).unwrap_err();
         assert!(err.contains("duplicate apiKey \"tnt_a\""), "{err}");
+        let mut b = doc("tnt_b", "https://b.com", true);
+        b["retiredKeys"] = json!([{"key": "tnt_a", "until": "2030-01-01T00:00:00Z"}]);
+        write(&path, &[doc("tnt_a", "https://a.com", true), b]);
+        let err = load(&path).unwrap_err();
+        assert!(
+            err.contains("\"tnt_a\"")
+                && err.contains("apiKey of tenant \"tnt_a\"")
+                && err.contains("retired key of tenant \"tnt_b\""),
+            "{err}"
+        );
         std::fs::write(&path, "[{").unwrap();
         assert!(load(&path).unwrap_err().contains("not a JSON array"));
         let store = FileStore::open(dir.path().join("missing.json"), Duration::from_secs(60));

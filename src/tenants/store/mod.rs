@@ -76,6 +76,76 @@ pub trait TenantDocuments: Send + Sync {
     async fn upsert(&self, docs: Vec<serde_json::Value>) -> Result<usize, StoreError>;
     /// Removes the document of `key`; false when there was none.
     async fn delete(&self, key: &str) -> Result<bool, StoreError>;
+    /// Replaces the document whose `apiKey` is `key` by `doc` (which may have another
+    /// `apiKey`: a key rotation), after validating it; false when there was none.
+    async fn replace(&self, key: &str, doc: serde_json::Value) -> Result<bool, StoreError>;
+}
+
+/// The keys a document claims: its `apiKey` and every `retiredKeys[].key` (what is not a
+/// string is left to validation).
+pub fn claimed_keys(doc: &serde_json::Value) -> Vec<(&str, KeyRole)> {
+    let mut keys: Vec<(&str, KeyRole)> = Vec::new();
+    if let Some(k) = doc.get("apiKey").and_then(|k| k.as_str()) {
+        keys.push((k, KeyRole::Current));
+    }
+    let retired = doc.get("retiredKeys").and_then(|r| r.as_array());
+    for entry in retired.into_iter().flatten() {
+        if let Some(k) = entry.get("key").and_then(|k| k.as_str()) {
+            keys.push((k, KeyRole::Retired));
+        }
+    }
+    keys
+}
+
+/// How a document holds a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRole {
+    Current,
+    Retired,
+}
+
+impl std::fmt::Display for KeyRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KeyRole::Current => "apiKey",
+            KeyRole::Retired => "retired key",
+        })
+    }
+}
+
+/// Keys are unique across every `apiKey` and `retiredKeys[].key` of every tenant: the first
+/// key two documents claim, named with both tenants.
+pub fn check_unique_keys<'a>(
+    docs: impl IntoIterator<Item = &'a serde_json::Value>,
+) -> Result<(), String> {
+    // Key → (document, its tenant, how it holds the key). Repeats within one document are
+    // validation's business (that tenant is misconfigured), not a clash between tenants.
+    let mut owners: std::collections::HashMap<&str, (usize, &str, KeyRole)> =
+        std::collections::HashMap::new();
+    for (i, doc) in docs.into_iter().enumerate() {
+        let tenant = doc.get("apiKey").and_then(|k| k.as_str()).unwrap_or("?");
+        for (key, role) in claimed_keys(doc) {
+            match owners.insert(key, (i, tenant, role)) {
+                Some((j, other, other_role)) if j != i => {
+                    return Err(clash(key, (other, other_role), (tenant, role)));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The refusal of a key two tenants claim.
+pub fn clash(key: &str, first: (&str, KeyRole), second: (&str, KeyRole)) -> String {
+    if first.1 == KeyRole::Current && second.1 == KeyRole::Current {
+        return format!("duplicate apiKey {key:?}: two tenant documents have it");
+    }
+    format!(
+        "key {key:?} belongs to two tenants: the {} of tenant {:?} and the {} of tenant {:?} \
+         (keys are unique across apiKey and retiredKeys)",
+        first.1, first.0, second.1, second.0
+    )
 }
 
 /// Validates a document for writing: it must be a fully valid tenant, not merely parseable.

@@ -29,7 +29,10 @@ use mongodb::options::{ClientOptions, ConnectionString, FullDocumentType, HostIn
 use mongodb::{Client, Collection, IndexModel};
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::{validate_for_write, Invalidation, StoreError, TenantDocuments, TenantStore};
+use super::{
+    check_unique_keys, claimed_keys, clash, validate_for_write, Invalidation, StoreError,
+    TenantDocuments, TenantStore,
+};
 use crate::tenants::origin::AllowedOrigins;
 use crate::tenants::tenant::TenantRecord;
 
@@ -205,6 +208,44 @@ impl MongoStore {
         &self.commands
     }
 
+    /// Refuses `doc` when another tenant (one whose `apiKey` is not among `replaced`, the
+    /// documents being written) already holds one of its keys, naming both. The unique
+    /// `tenantKeys` index stops the race between two writers; this names the tenants.
+    async fn check_no_clash(
+        &self,
+        doc: &serde_json::Value,
+        replaced: &[&str],
+    ) -> Result<(), StoreError> {
+        let claimed = claimed_keys(doc);
+        let keys: Vec<&str> = claimed.iter().map(|(k, _)| *k).collect();
+        let filter = doc! {
+            "$or": [{"apiKey": {"$in": &keys}}, {"retiredKeys": {"$elemMatch": {"key": {"$in": &keys}}}}],
+            "apiKey": {"$nin": replaced},
+        };
+        let mut found = self
+            .collection
+            .find(filter)
+            .projection(doc! {"_id": 0, "apiKey": 1, "retiredKeys": 1})
+            .limit(4)
+            .await
+            .map_err(|e| self.error(e))?;
+        let tenant = doc.get("apiKey").and_then(|k| k.as_str()).unwrap_or("?");
+        while let Some(other) = found.try_next().await.map_err(|e| self.error(e))? {
+            let other = to_json(Bson::Document(other));
+            let owner = other.get("apiKey").and_then(|k| k.as_str()).unwrap_or("?");
+            for (key, role) in claimed_keys(&other) {
+                if let Some((_, mine)) = claimed.iter().find(|(k, _)| *k == key) {
+                    return Err(StoreError::Invalid(clash(
+                        key,
+                        (owner, role),
+                        (tenant, *mine),
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn error(&self, e: mongodb::error::Error) -> StoreError {
         self.settings.unavailable(e)
     }
@@ -236,12 +277,34 @@ async fn create_indexes(collection: Collection<Document>, describe: String) {
                     .build(),
             )
             .build(),
+        // Lookups by a retired key.
+        IndexModel::builder()
+            .keys(doc! {"retiredKeys.key": 1})
+            .options(
+                IndexOptions::builder()
+                    .name("retiredKeys_key".to_string())
+                    .build(),
+            )
+            .build(),
+        // Keys are unique across `apiKey` and `retiredKeys.key` of every tenant: documents the
+        // gateway writes list all their keys in `tenantKeys`, a unique multikey index. Partial,
+        // so documents written by other tools (without the field) are not all "null".
+        IndexModel::builder()
+            .keys(doc! {TENANT_KEYS: 1})
+            .options(
+                IndexOptions::builder()
+                    .unique(true)
+                    .partial_filter_expression(doc! {TENANT_KEYS: {"$exists": true}})
+                    .name("tenantKeys_unique".to_string())
+                    .build(),
+            )
+            .build(),
     ];
     let mut wait = Duration::from_millis(500);
     loop {
         match collection.create_indexes(indexes.clone()).await {
             Ok(_) => {
-                tracing::info!(store = %describe, "indexes ready: unique apiKey_unique {{apiKey: 1}}, allowedOrigins {{allowedOrigins: 1}}");
+                tracing::info!(store = %describe, "indexes ready: unique apiKey_unique {{apiKey: 1}}, allowedOrigins {{allowedOrigins: 1}}, retiredKeys_key {{retiredKeys.key: 1}}, unique tenantKeys_unique {{tenantKeys: 1}}");
                 return;
             }
             Err(e) if matches!(*e.kind, ErrorKind::Command(_)) => {
@@ -257,12 +320,27 @@ async fn create_indexes(collection: Collection<Document>, describe: String) {
     }
 }
 
-/// A BSON value as the JSON the tenant document parser reads; integral doubles become integers.
+/// The field the gateway keeps every key of a document in (`apiKey` and each retired key), for
+/// the unique index; not part of the tenant document (stripped when read).
+const TENANT_KEYS: &str = "tenantKeys";
+
+/// The document that holds `key`, as its `apiKey` or as one of its `retiredKeys` (`$elemMatch`:
+/// matches on every server, see `MONGODB_IN_TESTS.md`; uses the `retiredKeys.key` index).
+fn holding(key: &str) -> Document {
+    doc! {"$or": [{"apiKey": key}, {"retiredKeys": {"$elemMatch": {"key": key}}}]}
+}
+
+/// A BSON value as the JSON the tenant document parser reads; integral doubles become integers,
+/// dates RFC 3339 strings (`retiredKeys[].until` may be stored either way).
 fn to_json(value: Bson) -> serde_json::Value {
     match value {
         Bson::Double(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => {
             serde_json::Value::from(f as i64)
         }
+        Bson::DateTime(d) => match d.try_to_rfc3339_string() {
+            Ok(s) => serde_json::Value::String(s),
+            Err(_) => Bson::DateTime(d).into_relaxed_extjson(),
+        },
         Bson::Document(d) => {
             serde_json::Value::Object(d.into_iter().map(|(k, v)| (k, to_json(v))).collect())
         }
@@ -271,9 +349,10 @@ fn to_json(value: Bson) -> serde_json::Value {
     }
 }
 
-/// A stored document without its `_id`, as JSON.
+/// A stored document without its `_id` (and the gateway's `tenantKeys`), as JSON.
 fn document_json(mut doc: Document) -> serde_json::Value {
     doc.remove("_id");
+    doc.remove(TENANT_KEYS);
     to_json(Bson::Document(doc))
 }
 
@@ -291,7 +370,14 @@ fn to_bson(mut doc: serde_json::Value) -> Result<Document, StoreError> {
             doc["allowedOrigins"] = origins.index_keys().collect();
         }
     }
-    mongodb::bson::to_document(&doc).map_err(|e| StoreError::Invalid(e.to_string()))
+    let keys: Vec<String> = claimed_keys(&doc)
+        .into_iter()
+        .map(|(k, _)| k.to_string())
+        .collect();
+    let mut doc =
+        mongodb::bson::to_document(&doc).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    doc.insert(TENANT_KEYS, keys);
+    Ok(doc)
 }
 
 #[async_trait]
@@ -303,7 +389,7 @@ impl TenantStore for MongoStore {
     async fn find(&self, key: &str) -> Result<Option<TenantRecord>, StoreError> {
         let Some(mut doc) = self
             .collection
-            .find_one(doc! {"apiKey": key})
+            .find_one(holding(key))
             .await
             .map_err(|e| self.error(e))?
         else {
@@ -312,6 +398,7 @@ impl TenantStore for MongoStore {
         if let Some(id) = doc.remove("_id") {
             self.keys_by_id.remember(&id, key);
         }
+        doc.remove(TENANT_KEYS);
         let record =
             TenantRecord::from_json(to_json(Bson::Document(doc))).unwrap_or_else(|reason| {
                 TenantRecord::Misconfigured {
@@ -635,6 +722,14 @@ impl TenantDocuments for MongoDocuments {
 
     async fn upsert(&self, docs: Vec<serde_json::Value>) -> Result<usize, StoreError> {
         let store = &self.0;
+        check_unique_keys(&docs).map_err(StoreError::Invalid)?;
+        let written: Vec<&str> = docs
+            .iter()
+            .filter_map(|d| d.get("apiKey").and_then(|k| k.as_str()))
+            .collect();
+        for doc in &docs {
+            store.check_no_clash(doc, &written).await?;
+        }
         let mut writes = Vec::with_capacity(docs.len());
         for doc in docs {
             let key = validate_for_write(&doc)?;
@@ -649,6 +744,18 @@ impl TenantDocuments for MongoDocuments {
                 .map_err(|e| store.error(e))?;
         }
         Ok(writes.len())
+    }
+
+    async fn replace(&self, key: &str, doc: serde_json::Value) -> Result<bool, StoreError> {
+        let store = &self.0;
+        validate_for_write(&doc)?;
+        store.check_no_clash(&doc, &[key]).await?;
+        let result = store
+            .collection
+            .replace_one(doc! {"apiKey": key}, to_bson(doc)?)
+            .await
+            .map_err(|e| store.error(e))?;
+        Ok(result.matched_count > 0)
     }
 
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
