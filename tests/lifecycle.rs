@@ -309,3 +309,72 @@ async fn tenants_rotate_and_key_clashes_on_the_file_store() {
     assert_eq!(code, 1);
     assert_eq!(std::fs::read_to_string(&gw.tenants_path).unwrap(), before);
 }
+
+/// `limits.maxBodyBytes` and `limits.responseTimeoutMs` apply to their tenant only: lower or
+/// higher than the gateway's, declared or streamed; tenants without them keep the gateway's.
+#[tokio::test]
+async fn per_tenant_body_limits_and_response_timeouts() {
+    use http_body_util::BodyExt;
+    let mut small = tenant("tnt_small", &[A], 5);
+    small["limits"] = json!({"maxBodyBytes": 1000, "responseTimeoutMs": 300});
+    let mut big = tenant("tnt_big", &[A], 5);
+    big["limits"] = json!({"maxBodyBytes": 4 << 20});
+    let gw = Gateway::start(
+        &[small, big, tenant("tnt_plain", &[A], 5)],
+        "[server]\nmax_body_bytes = 1048576\n",
+    )
+    .await;
+    let status = |key: &'static str, body: Vec<u8>| {
+        let req = tenant_request(
+            "POST",
+            &gw.url("/upload"),
+            key,
+            A,
+            http_body_util::Full::new(bytes::Bytes::from(body)),
+        );
+        async move {
+            let resp = client_for().request(req).await.unwrap();
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    let (code, body) = status("tnt_small", vec![1; 2000]).await;
+    assert_eq!(code, 413, "{body}");
+    assert!(body.contains("body_too_large"), "{body}");
+    assert_eq!(status("tnt_plain", vec![1; 2000]).await.0, 200);
+    assert_eq!(status("tnt_plain", vec![1; 2 << 20]).await.0, 413);
+    assert_eq!(status("tnt_big", vec![1; 2 << 20]).await.0, 200);
+    assert_eq!(status("tnt_big", vec![1; 5 << 20]).await.0, 413);
+    // Streamed (chunked, no declared length): counted as it goes.
+    let streamed = tenant_request(
+        "POST",
+        &gw.url("/upload"),
+        "tnt_small",
+        A,
+        streamed_body(4, 512),
+    );
+    let resp = client_for().request(streamed).await.unwrap();
+    assert_eq!(resp.status(), 413);
+
+    // Response timeout: 300 ms for tnt_small, the gateway's 5 s for the others.
+    let r = get(
+        &gw.url("/slow?ms=1000"),
+        &[("x-tenant-id", "tnt_small"), ("origin", A)],
+    )
+    .await;
+    assert_eq!(r.error_code(), "upstream_timeout");
+    assert_eq!(r.status, 504);
+    let r = get(
+        &gw.url("/slow?ms=1000"),
+        &[("x-tenant-id", "tnt_plain"), ("origin", A)],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let r = get(
+        &gw.url("/slow?ms=100"),
+        &[("x-tenant-id", "tnt_small"), ("origin", A)],
+    )
+    .await;
+    assert_eq!(r.status, 200, "within its own timeout");
+}

@@ -258,6 +258,33 @@ async fn idle_websockets_are_closed_and_free_their_slot() {
     );
 }
 
+/// `limits.upgradeIdleTimeoutSecs` closes that tenant's idle sockets at its own time; another
+/// tenant's idle socket keeps the gateway's (300 s here).
+#[tokio::test]
+async fn a_tenant_s_own_idle_timeout_closes_only_its_sockets() {
+    let (backend, _) = ws_backend().await;
+    let mut quick = tenant("tnt_a", &[A], 5);
+    quick["upstream"] = serde_json::json!(format!("http://{backend}"));
+    quick["limits"] = serde_json::json!({"upgradeIdleTimeoutSecs": 1});
+    let mut patient = tenant("tnt_b", &[A], 5);
+    patient["upstream"] = serde_json::json!(format!("http://{backend}"));
+    let gw = Gateway::start(&[quick, patient], "").await;
+    let (mut a, _) = open(&gw, A, "tenant.tnt_a, chat.v1").await.unwrap();
+    let (mut b, _) = open(&gw, A, "tenant.tnt_b, chat.v1").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    eventually(3, || async { gw.in_flight("tnt_a").await == 0 }).await;
+    assert!(
+        !matches!(a.next().await, Some(Ok(Message::Text(_)))),
+        "tnt_a's idle socket was closed at its own 1 s"
+    );
+    assert_eq!(gw.in_flight("tnt_b").await, 1);
+    b.send(Message::text("still here")).await.unwrap();
+    assert_eq!(
+        b.next().await.unwrap().unwrap(),
+        Message::text("still here")
+    );
+}
+
 #[tokio::test]
 async fn shutdown_finishes_requests_closes_websockets_and_refuses_new_connections() {
     let (backend, _) = ws_backend().await;

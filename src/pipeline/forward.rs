@@ -154,11 +154,13 @@ impl Forwarder {
         // One clock read for both the response timeout and the upstream latency.
         let started = tokio::time::Instant::now();
         let sent = self.pool.send(upstream.target(), outgoing);
+        let response_timeout = tenant
+            .limits
+            .response_timeout
+            .unwrap_or(settings.response_timeout);
         let mut resp = answered(
             upstream,
-            timer
-                .within(started + settings.response_timeout, sent)
-                .await,
+            timer.within(started + response_timeout, sent).await,
         )?;
         self.upstream_response.observe(started.elapsed());
         strip_hop_by_hop(resp.headers_mut());
@@ -184,9 +186,13 @@ impl Forwarder {
         strip_tenant_subprotocol(req.headers_mut());
 
         let sent = self.pool.send_upgrade(upstream.target(), req);
+        let response_timeout = tenant
+            .limits
+            .response_timeout
+            .unwrap_or(settings.response_timeout);
         let mut resp = answered(
             upstream,
-            tokio::time::timeout(settings.response_timeout, sent)
+            tokio::time::timeout(response_timeout, sent)
                 .await
                 .map_err(|_| TimedOut),
         )?;
@@ -196,7 +202,10 @@ impl Forwarder {
         }
         let upstream_side = hyper::upgrade::on(&mut resp);
         let tenant_key = tenant.key.clone();
-        let idle_timeout = settings.upgrade_idle_timeout;
+        let idle_timeout = tenant
+            .limits
+            .upgrade_idle_timeout
+            .unwrap_or(settings.upgrade_idle_timeout);
         let closing = self.closing.clone();
         self.tunnels.spawn(async move {
             let _slot = slot.into_socket(); // one of the tenant's slots while the tunnel is open
@@ -254,9 +263,10 @@ impl Forwarder {
     ) -> Result<(&'a Upstream, Outgoing), GatewayError> {
         let (parts, body) = req.into_parts();
         let framing = body_framing(&parts.method, &body);
-        check_declared_length(framing, settings)?;
+        let max_body = max_body(tenant, settings);
+        check_declared_length(framing, max_body)?;
         let upstream = upstream_for(tenant, settings);
-        let body = RequestBody::new(body, settings.max_body);
+        let body = RequestBody::new(body, max_body);
         let body = (!http_body::Body::is_end_stream(&body)).then_some(body);
         let mut head = Vec::with_capacity(1024);
         codec::request_line(&mut head, &parts.method, &codec::origin_form(&parts.uri));
@@ -290,7 +300,8 @@ impl Forwarder {
         settings: &'a ForwardSettings,
     ) -> Result<(&'a Upstream, Request<RequestBody>), GatewayError> {
         let (mut parts, body) = req.into_parts();
-        check_declared_length(body_framing(&parts.method, &body), settings)?;
+        let max_body = max_body(tenant, settings);
+        check_declared_length(body_framing(&parts.method, &body), max_body)?;
         let upstream = upstream_for(tenant, settings);
         rewrite_request_headers(
             &parts.uri,
@@ -304,7 +315,7 @@ impl Forwarder {
             .unwrap_or_else(|_| Uri::from_static("/"));
         parts.version = Version::HTTP_11;
         parts.headers.insert(header::HOST, upstream.host().clone());
-        let body = RequestBody::new(body, settings.max_body);
+        let body = RequestBody::new(body, max_body);
         Ok((upstream, Request::from_parts(parts, body)))
     }
 }
@@ -609,12 +620,15 @@ fn body_framing(method: &Method, body: &Inbound) -> BodyFraming {
     }
 }
 
-/// A declared request body over `[server] max_body_bytes` is refused before anything is sent.
-fn check_declared_length(
-    framing: BodyFraming,
-    settings: &ForwardSettings,
-) -> Result<(), GatewayError> {
-    match (framing, settings.max_body) {
+/// The largest request body forwarded for this tenant: its `limits.maxBodyBytes`, else
+/// `[server] max_body_bytes` (`None`: no limit).
+fn max_body(tenant: &Tenant, settings: &ForwardSettings) -> Option<u64> {
+    tenant.limits.max_body_bytes.or(settings.max_body)
+}
+
+/// A declared request body over the limit is refused before anything is sent.
+fn check_declared_length(framing: BodyFraming, max_body: Option<u64>) -> Result<(), GatewayError> {
+    match (framing, max_body) {
         (BodyFraming::Length(len), Some(max)) if len > max => Err(GatewayError::BodyTooLarge),
         _ => Ok(()),
     }
