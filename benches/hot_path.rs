@@ -21,8 +21,19 @@ fn tenant(i: usize) -> serde_json::Value {
         "allowedOrigins": [format!("https://app.tnt-{i:06}.example"), format!("https://*.tnt-{i:06}.example")],
         "providerConfig": {"resources": {"endpoint": format!("https://res-{i:06}.communication.azure.com"), "region": "westeurope"}},
         "isActive": true,
-        "maxConcurrentConnections": 100
+        "maxConcurrentConnections": 100,
+        "plan": "gold",
+        "seats": 250,
+        "beta": true,
+        "billing": {"account": format!("acct-{i:06}"), "costCenter": "cc-42"}
     })
+}
+
+/// The forwarding settings of a config with this `[inject]` section.
+fn forward_settings(inject: &str) -> tenantgate::pipeline::forward::ForwardSettings {
+    tenantgate::run::config::Config::parse(inject, "bench")
+        .unwrap()
+        .forward
 }
 
 fn origin_matching(c: &mut Criterion) {
@@ -116,12 +127,33 @@ fn header_rewrite(c: &mut Criterion) {
         traceparent: Some(&trace),
         tenant_header: &tenant_header,
     };
+    let plain = forward_settings("");
+    let five = forward_settings(
+        "[inject]\nheaders = { \"X-Tenant-Plan\" = \"plan\", \"X-Tenant-Seats\" = \"seats\", \
+         \"X-Tenant-Beta\" = \"beta\", \"X-Tenant-Account\" = \"billing.account\", \
+         \"X-Tenant-Cost-Center\" = \"billing.costCenter\" }",
+    );
+    c.bench_function(
+        "forwarded request head as bytes, five [inject] headers (8 client headers)",
+        |b| {
+            let mut head = Vec::with_capacity(1024);
+            b.iter(|| {
+                head.clear();
+                codec::request_line(&mut head, &http::Method::GET, "/api/messages");
+                forwarded_headers(&uri, black_box(&request), &t, &fwd, &five, |n, v| {
+                    codec::header_line(&mut head, n, v)
+                });
+                codec::end_request_head(&mut head, codec::BodyFraming::None);
+                black_box(head.len())
+            })
+        },
+    );
     c.bench_function("forwarded request head as bytes (8 client headers)", |b| {
         let mut head = Vec::with_capacity(1024);
         b.iter(|| {
             head.clear();
             codec::request_line(&mut head, &http::Method::GET, "/api/messages");
-            forwarded_headers(&uri, black_box(&request), &t, &fwd, false, |n, v| {
+            forwarded_headers(&uri, black_box(&request), &t, &fwd, &plain, |n, v| {
                 codec::header_line(&mut head, n, v)
             });
             codec::end_request_head(&mut head, codec::BodyFraming::None);
@@ -144,7 +176,7 @@ fn header_rewrite(c: &mut Criterion) {
                         traceparent: Some(&trace),
                         tenant_header: &tenant_header,
                     },
-                    false,
+                    &plain,
                 );
                 black_box(h)
             })

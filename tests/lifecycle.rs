@@ -378,3 +378,122 @@ async fn per_tenant_body_limits_and_response_timeouts() {
     .await;
     assert_eq!(r.status, 200, "within its own timeout");
 }
+
+/// `[inject] headers` end to end: strings, numbers, booleans and nested fields reach the
+/// backend; a tenant without the field gets no header; client-sent copies of every configured
+/// name are stripped; an edit of the document changes the header; a reload changes the list;
+/// an invalid entry is refused at start-up (exit 64) and on reload (422), naming it.
+#[tokio::test]
+async fn document_fields_injected_as_headers_and_the_list_checked_at_load_and_reload() {
+    let backend = Backend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = dir.path().join("tenants.json");
+    let mut a = tenant("tnt_a", &[A], 5);
+    a["plan"] = json!("gold");
+    a["seats"] = json!(250);
+    a["beta"] = json!(true);
+    a["providerConfig"]["database"] = json!("chat_a");
+    let b = tenant("tnt_b", &[A], 5); // none of those fields
+    write_json(&tenants, &json!([a.clone(), b]));
+    let base = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{}\"\n\
+         [store]\nkind = \"file\"\npath = {:?}\npoll_interval_ms = 50\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        backend.url(),
+        tenants.display().to_string()
+    );
+    let inject =
+        "[inject]\nheaders = { \"X-Tenant-Plan\" = \"plan\", \"X-Tenant-Seats\" = \"seats\", \
+                  \"X-Tenant-Beta\" = \"beta\", \"X-Tenant-Db\" = \"providerConfig.database\" }\n";
+    let cfg = write_config(dir.path(), &format!("{base}{inject}"));
+    let config = tenantgate::run::config::Config::load(&cfg).unwrap();
+    let running = tenantgate::run::server::start(config).await.unwrap();
+    let url = format!("http://{}/echo", running.addr);
+    let reload = format!("http://{}/reload", running.admin_addr.unwrap());
+    let c = client();
+    let forged = [
+        ("origin", A),
+        ("X-Tenant-Plan", "platinum"),
+        ("x-tenant-seats", "99999"),
+        ("X-Tenant-Db", "other_tenant_db"),
+    ];
+    let request = |key: &'static str| {
+        let c = c.clone();
+        let url = url.clone();
+        async move {
+            let mut headers = vec![("x-tenant-id", key)];
+            headers.extend_from_slice(&forged);
+            send(&c, "GET", &url, &headers).await
+        }
+    };
+
+    let r = request("tnt_a").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.seen("x-tenant-plan"), ["gold"]);
+    assert_eq!(r.seen("x-tenant-seats"), ["250"]);
+    assert_eq!(r.seen("x-tenant-beta"), ["true"]);
+    assert_eq!(r.seen("x-tenant-db"), ["chat_a"]);
+    let r = request("tnt_b").await;
+    assert_eq!(r.status, 200);
+    for name in [
+        "x-tenant-plan",
+        "x-tenant-seats",
+        "x-tenant-beta",
+        "x-tenant-db",
+    ] {
+        assert!(
+            r.seen(name).is_empty(),
+            "{name}: the forged copy is gone, nothing injected"
+        );
+    }
+
+    // An edit of the document: the next requests carry the new value.
+    let mut edited = a.clone();
+    edited["plan"] = json!("silver");
+    write_json(&tenants, &json!([edited, tenant("tnt_b", &[A], 5)]));
+    eventually(5, || async {
+        request("tnt_a").await.seen("x-tenant-plan") == ["silver"]
+    })
+    .await;
+
+    // A reload with another list: applied to the next requests.
+    std::fs::write(
+        &cfg,
+        format!("{base}[inject]\nheaders = {{ \"X-Plan-Only\" = \"plan\" }}\n"),
+    )
+    .unwrap();
+    let r = send(&c, "POST", &reload, &[]).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = request("tnt_a").await;
+    assert_eq!(r.seen("x-plan-only"), ["silver"]);
+    assert_eq!(
+        r.seen("x-tenant-plan"),
+        ["platinum"],
+        "no longer the gateway's: the client's header passes like any other"
+    );
+
+    // Invalid lists: refused on reload naming the entry (the running list stays) …
+    for (entry, needle) in [
+        ("\"X-Forwarded-Host\" = \"plan\"", "X-Forwarded-Host"),
+        ("\"X-Db\" = \"providerConfig..database\"", "X-Db"),
+        (
+            "\"X-Secret\" = \"providerConfig.connectionString\"",
+            "inject_connection_string",
+        ),
+    ] {
+        std::fs::write(&cfg, format!("{base}[inject]\nheaders = {{ {entry} }}\n")).unwrap();
+        let r = send(&c, "POST", &reload, &[]).await;
+        assert_eq!(r.status, 422, "{entry}");
+        let message = r.json()["error"]["message"].as_str().unwrap().to_string();
+        assert!(
+            message.contains("[inject] headers") && message.contains(needle),
+            "{message}"
+        );
+        assert_eq!(request("tnt_a").await.seen("x-plan-only"), ["silver"]);
+        // … and at start-up, exit 64.
+        let (code, _, err) = tenantgate(&["check", "--config", cfg.to_str().unwrap()], None);
+        assert_eq!(code, 64, "{err}");
+        assert!(err.contains(needle), "{err}");
+    }
+    running.shutdown();
+    running.wait().await;
+}

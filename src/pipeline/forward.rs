@@ -75,6 +75,141 @@ pub fn is_injected(name: &HeaderName) -> bool {
 
 pub use crate::http::upstream::Upstream;
 
+/// `[inject] headers`: more headers for the backend, each from a field of the tenant document
+/// (strings, numbers and booleans; a missing field sends no header). Client-sent copies of
+/// every configured name are removed, like those of the built-in injected headers.
+#[derive(Debug, Default)]
+pub struct Injections {
+    /// Which version of the list this is (each config load makes a new one): tenants keep
+    /// their rendered values per version ([`crate::tenants::tenant::Rendered`]).
+    id: u64,
+    list: Box<[Injection]>,
+}
+
+/// One configured header and the dotted document path its value comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Injection {
+    pub name: HeaderName,
+    pub path: Box<[Box<str>]>,
+}
+
+impl PartialEq for Injections {
+    fn eq(&self, other: &Self) -> bool {
+        self.list == other.list
+    }
+}
+
+impl Injections {
+    /// Checks `[inject] headers` (header name → dotted path); the error names the entry.
+    /// Refused: names that are not header names, that the gateway owns (framing, hop-by-hop,
+    /// `Host`, the tenant header, the built-in injected and forwarded headers) or that appear
+    /// twice; paths that are not dotted field names; and a path under
+    /// `providerConfig.connectionString` unless `inject_secret`.
+    pub fn parse<'a>(
+        entries: impl IntoIterator<Item = (&'a str, &'a str)>,
+        inject_secret: bool,
+        tenant_header: &HeaderName,
+    ) -> Result<Injections, String> {
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let mut list: Vec<Injection> = Vec::new();
+        for (name, path) in entries {
+            let at = format!("[inject] headers.{name:?}");
+            let header = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("{at}: not a header name"))?;
+            let owned = is_hop_by_hop(&header)
+                || is_injected(&header)
+                || header == *tenant_header
+                || [
+                    header::HOST,
+                    header::CONTENT_LENGTH,
+                    X_FORWARDED_FOR,
+                    crate::telemetry::trace::TRACEPARENT,
+                ]
+                .contains(&header);
+            if owned {
+                return Err(format!("{at}: the gateway sets this header itself"));
+            }
+            if list.iter().any(|i| i.name == header) {
+                return Err(format!("{at}: the header is configured twice"));
+            }
+            let segments: Box<[Box<str>]> = path.split('.').map(Box::from).collect();
+            let plain = |s: &str| {
+                !s.is_empty()
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            };
+            if !segments.iter().all(|s| plain(s)) {
+                return Err(format!(
+                    "{at}: {path:?} is not a dotted path of document fields (like \"providerConfig.resources.region\")"
+                ));
+            }
+            if !inject_secret
+                && segments.starts_with(&["providerConfig".into(), "connectionString".into()])
+            {
+                return Err(format!(
+                    "{at}: {path:?} is the tenant's secret connection string; set [tenancy] inject_connection_string = true to send it"
+                ));
+            }
+            list.push(Injection {
+                name: header,
+                path: segments,
+            });
+        }
+        Ok(Injections {
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            list: list.into_boxed_slice(),
+        })
+    }
+
+    /// Whether `name` is one of the configured headers.
+    fn contains(&self, name: &HeaderName) -> bool {
+        self.list.iter().any(|i| i.name == name)
+    }
+
+    /// Calls `emit` for each configured header the tenant's document has a value for.
+    fn emit(&self, tenant: &Tenant, mut emit: impl FnMut(&HeaderName, &HeaderValue)) {
+        if self.list.is_empty() {
+            return;
+        }
+        let rendered = tenant
+            .rendered
+            .get_or_render(self.id, || self.render(tenant));
+        if let Some(values) = rendered.as_ref() {
+            for (injection, value) in self.list.iter().zip(values.1.iter()) {
+                if let Some(value) = value {
+                    emit(&injection.name, value);
+                }
+            }
+        }
+    }
+
+    /// The tenant's value for each configured header: strings as they are, numbers and
+    /// booleans as JSON writes them; a missing field (or `null`) gives none. An object, an
+    /// array or a string a header cannot carry gives none either, with a warning.
+    #[cold]
+    fn render(&self, tenant: &Tenant) -> Box<[Option<HeaderValue>]> {
+        use serde_json::Value;
+        self.list
+            .iter()
+            .map(|i| {
+                let text = match tenant.field(i.path.iter().map(|s| &**s))? {
+                    Value::Null => return None,
+                    Value::String(s) => s.clone(),
+                    Value::Number(n) => n.to_string(),
+                    Value::Bool(b) => b.to_string(),
+                    Value::Array(_) | Value::Object(_) => {
+                        tracing::warn!(tenant = %tenant.key, header = %i.name, path = %i.path.join("."), "not injected: the field is an array or object, not a string, number or boolean");
+                        return None;
+                    }
+                };
+                HeaderValue::from_str(&text)
+                    .inspect_err(|_| tracing::warn!(tenant = %tenant.key, header = %i.name, path = %i.path.join("."), "not injected: the value has characters a header cannot carry"))
+                    .ok()
+            })
+            .collect()
+    }
+}
+
 /// Settings of the upstream side.
 #[derive(Debug, Clone)]
 pub struct ForwardSettings {
@@ -93,6 +228,8 @@ pub struct ForwardSettings {
     /// An upgraded connection (WebSocket) with no bytes in either direction for this long is
     /// closed, so a vanished peer cannot hold its tenant's slot forever.
     pub upgrade_idle_timeout: Duration,
+    /// `[inject] headers`.
+    pub inject: Arc<Injections>,
 }
 
 /// Facts about the client connection and request that the forwarded request reports.
@@ -276,7 +413,7 @@ impl Forwarder {
             &parts.headers,
             tenant,
             fwd,
-            settings.inject_connection_string,
+            settings,
             |name, value| codec::header_line(&mut head, name, value),
         );
         codec::end_request_head(&mut head, framing);
@@ -303,13 +440,7 @@ impl Forwarder {
         let max_body = max_body(tenant, settings);
         check_declared_length(body_framing(&parts.method, &body), max_body)?;
         let upstream = upstream_for(tenant, settings);
-        rewrite_request_headers(
-            &parts.uri,
-            &mut parts.headers,
-            tenant,
-            fwd,
-            settings.inject_connection_string,
-        );
+        rewrite_request_headers(&parts.uri, &mut parts.headers, tenant, fwd, settings);
         parts.uri = codec::origin_form(&parts.uri)
             .parse()
             .unwrap_or_else(|_| Uri::from_static("/"));
@@ -655,7 +786,7 @@ pub fn forwarded_headers(
     headers: &HeaderMap,
     tenant: &Tenant,
     fwd: &Forwarded<'_>,
-    inject_secret: bool,
+    settings: &ForwardSettings,
     mut emit: impl FnMut(&HeaderName, &HeaderValue),
 ) {
     let named = connection_named(headers);
@@ -678,6 +809,7 @@ pub fn forwarded_headers(
             // never copied.
         } else if !(is_hop_by_hop(name)
             || is_injected(name)
+            || settings.inject.contains(name)
             || (named.contains(name) && name != fwd.tenant_header))
         {
             emit(name, value);
@@ -686,11 +818,12 @@ pub fn forwarded_headers(
     emit(&X_TENANT_ID, &tenant.key_header);
     emit(&X_PROVIDER_ENDPOINT, &tenant.endpoint);
     emit(&X_PROVIDER_REGION, &tenant.region);
-    if inject_secret {
+    if settings.inject_connection_string {
         if let Some(cs) = &tenant.connection_string {
             emit(&X_PROVIDER_CONNECTION_STRING, cs);
         }
     }
+    settings.inject.emit(tenant, &mut emit);
     match forwarded_for {
         Some(mut joined) => {
             joined.extend_from_slice(b", ");
@@ -720,10 +853,10 @@ pub fn rewrite_request_headers(
     headers: &mut HeaderMap,
     tenant: &Tenant,
     fwd: &Forwarded<'_>,
-    inject_secret: bool,
+    settings: &ForwardSettings,
 ) {
     let mut rewritten = HeaderMap::with_capacity(headers.len() + 10);
-    forwarded_headers(uri, headers, tenant, fwd, inject_secret, |name, value| {
+    forwarded_headers(uri, headers, tenant, fwd, settings, |name, value| {
         rewritten.append(name.clone(), value.clone());
     });
     *headers = rewritten;
@@ -764,6 +897,107 @@ mod tests {
             error_chain(&Outer(Connect(refused()))),
             "request failed: cannot connect to 127.0.0.1:1: refused"
         );
+    }
+
+    /// Forwarding settings with `inject_connection_string = secret` and `[inject] headers`
+    /// given as `name=path,name=path`.
+    fn settings(secret: bool, inject: &str) -> ForwardSettings {
+        let entries = inject
+            .split(',')
+            .filter(|e| !e.is_empty())
+            .map(|e| e.split_once('=').unwrap());
+        ForwardSettings {
+            default_upstream: Upstream::parse("http://127.0.0.1:3000").unwrap(),
+            connect_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_secs(1),
+            pool_idle_timeout: Duration::from_secs(1),
+            pool_max_idle_per_host: 1,
+            ca_file: None,
+            inject_connection_string: secret,
+            max_body: None,
+            upgrade_idle_timeout: Duration::from_secs(1),
+            inject: Arc::new(Injections::parse(entries, secret, &X_TENANT_ID).unwrap()),
+        }
+    }
+
+    #[test]
+    fn injections_render_document_fields_and_drop_client_copies() {
+        let doc = serde_json::json!({
+            "apiKey": "tnt_a", "allowedOrigins": ["https://a.com"], "isActive": true,
+            "maxConcurrentConnections": 5, "plan": "gold", "seats": 12, "ratio": 0.5,
+            "beta": false, "nothing": null, "tags": ["x"], "bad": "a\nb",
+            "providerConfig": {"connectionString": "secret-cs", "database": "db_a",
+                               "resources": {"endpoint": "https://ep", "region": "eu"}}
+        });
+        let TenantRecord::Valid(t) = TenantRecord::from_json(doc).unwrap() else {
+            panic!()
+        };
+        let s = settings(
+            false,
+            "X-Plan=plan,X-Seats=seats,X-Ratio=ratio,X-Beta=beta,X-Db=providerConfig.database,\
+             X-Missing=nope.deeper,X-Null=nothing,X-Tags=tags,X-Bad=bad",
+        );
+        let id = HeaderValue::from_static("r");
+        let mut h = headers(&[
+            ("x-plan", "forged"),
+            ("X-Missing", "forged"),
+            ("x-other", "kept"),
+        ]);
+        for _ in 0..2 {
+            // The second time from the values the tenant keeps.
+            let mut copy = h.clone();
+            rewrite_request_headers(&Uri::from_static("/"), &mut copy, &t, &forwarded(&id), &s);
+            assert_eq!(copy.get_all("x-plan").iter().collect::<Vec<_>>(), ["gold"]);
+            assert_eq!(copy["x-seats"], "12");
+            assert_eq!(copy["x-ratio"], "0.5");
+            assert_eq!(copy["x-beta"], "false");
+            assert_eq!(copy["x-db"], "db_a");
+            assert_eq!(copy["x-other"], "kept");
+            for absent in ["x-missing", "x-null", "x-tags", "x-bad"] {
+                assert!(!copy.contains_key(absent), "{absent}: {copy:?}");
+            }
+        }
+        // A new list (a reload) is rendered anew for the same tenant.
+        let s2 = settings(false, "X-Plan=seats");
+        rewrite_request_headers(&Uri::from_static("/"), &mut h, &t, &forwarded(&id), &s2);
+        assert_eq!(h["x-plan"], "12");
+    }
+
+    #[test]
+    fn injection_lists_are_checked() {
+        let parse = |name: &str, path: &str, secret: bool| {
+            Injections::parse(
+                [(name, path)],
+                secret,
+                &HeaderName::from_static("x-api-key"),
+            )
+        };
+        assert!(parse("X-Plan", "plan", false).is_ok());
+        assert!(parse("X-Cs", "providerConfig.connectionString", true).is_ok());
+        for (name, path, needle) in [
+            ("X Plan", "plan", "not a header name"),
+            ("X-Tenant-ID", "plan", "sets this header itself"),
+            ("X-Forwarded-For", "plan", "sets this header itself"),
+            ("Connection", "plan", "sets this header itself"),
+            ("Host", "plan", "sets this header itself"),
+            ("X-Api-Key", "plan", "sets this header itself"),
+            ("X-Plan", "", "dotted path"),
+            ("X-Plan", "a..b", "dotted path"),
+            ("X-Plan", "a.b c", "dotted path"),
+            (
+                "X-Cs",
+                "providerConfig.connectionString",
+                "inject_connection_string",
+            ),
+        ] {
+            let err = parse(name, path, false).unwrap_err();
+            assert!(
+                err.contains(needle) && err.contains(name),
+                "{name} {path}: {err}"
+            );
+        }
+        let twice = Injections::parse([("X-A", "a"), ("x-a", "b")], false, &X_TENANT_ID);
+        assert!(twice.unwrap_err().contains("twice"));
     }
 
     fn forwarded<'a>(id: &'a HeaderValue) -> Forwarded<'a> {
@@ -837,7 +1071,7 @@ mod tests {
             &mut h,
             &tenant(),
             &forwarded(&id),
-            false,
+            &settings(false, ""),
         );
         assert_eq!(
             h.get_all("traceparent").iter().collect::<Vec<_>>(),
@@ -923,7 +1157,7 @@ mod tests {
             &mut h,
             &tenant(),
             &forwarded(&id),
-            true,
+            &settings(true, ""),
         );
         assert_eq!(h["x-tenant-provider-connection-string"], "secret-cs");
         assert_eq!(h["x-forwarded-for"], "10.0.0.7");

@@ -258,6 +258,14 @@ impl Default for RawTracing {
     }
 }
 
+/// `[inject]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawInject {
+    /// Header name → dotted path in the tenant document, e.g. `"X-Tenant-Plan" = "plan"`.
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
 /// The file as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -271,6 +279,7 @@ pub struct RawConfig {
     pub cors: RawCors,
     pub tls: RawTls,
     pub tracing: RawTracing,
+    pub inject: RawInject,
 }
 
 /// Which store holds the tenants.
@@ -440,6 +449,21 @@ impl RawConfig {
         let listen = addr("[server] listen", &s.listen)?;
         let max_connections =
             positive("[server] max_connections", s.max_connections as u64)? as usize;
+        let tenant_header =
+            HeaderName::from_bytes(self.tenancy.header.as_bytes()).map_err(|_| {
+                format!(
+                    "[tenancy] header: {:?} is not a header name",
+                    self.tenancy.header
+                )
+            })?;
+        let inject = crate::pipeline::forward::Injections::parse(
+            self.inject
+                .headers
+                .iter()
+                .map(|(name, path)| (name.as_str(), path.as_str())),
+            self.tenancy.inject_connection_string,
+            &tenant_header,
+        )?;
         let u = &self.upstream;
         let default_upstream =
             Upstream::parse(&u.url).map_err(|e| format!("[upstream] url: {e}"))?;
@@ -462,6 +486,7 @@ impl RawConfig {
                 "[server] upgrade_idle_timeout_secs",
                 s.upgrade_idle_timeout_secs,
             )?),
+            inject: std::sync::Arc::new(inject),
         };
         let st = &self.store;
         let store = match st.kind.as_str() {
@@ -517,13 +542,6 @@ impl RawConfig {
             "" => None,
             v => Some(addr("[admin] listen", v)?),
         };
-        let tenant_header =
-            HeaderName::from_bytes(self.tenancy.header.as_bytes()).map_err(|_| {
-                format!(
-                    "[tenancy] header: {:?} is not a header name",
-                    self.tenancy.header
-                )
-            })?;
         let mut allow_headers = self.cors.allow_headers.clone();
         if !allow_headers
             .iter()

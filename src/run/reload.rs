@@ -9,8 +9,8 @@ use crate::run::config::Config;
 /// that only take effect at start-up must be unchanged, else nothing changes and the answer
 /// names them. What a reload changes: `[tenancy]`, `[cors]`, `[server] max_header_bytes` (the
 /// request rules) and `[upstream] url`, `response_timeout_ms`, `[server] max_body_bytes`,
-/// `upgrade_idle_timeout_secs`, `inject_connection_string` (the backend side). The tenants
-/// themselves reload on their own (file polling, change streams, TTL).
+/// `upgrade_idle_timeout_secs`, `inject_connection_string`, `[inject] headers` (the backend
+/// side). The tenants themselves reload on their own (file polling, change streams, TTL).
 pub struct Reloader {
     current: std::sync::Mutex<Config>,
     gateway: Arc<Gateway>,

@@ -125,7 +125,62 @@ pub struct Tenant {
     /// The document as stored (`[inject] headers` read fields from it; the audit log compares
     /// versions). Holds the secret too: never logged.
     pub document: Arc<serde_json::Value>,
+    /// This tenant's `[inject] headers` values, rendered once per version of that list.
+    pub rendered: Rendered,
 }
+
+impl Tenant {
+    /// The value at a dotted path of the document (`providerConfig.resources.region`), if any.
+    pub fn field<'a>(
+        &'a self,
+        path: impl IntoIterator<Item = &'a str>,
+    ) -> Option<&'a serde_json::Value> {
+        path.into_iter()
+            .try_fold(&*self.document, |v, segment| v.get(segment))
+    }
+}
+
+/// Header values rendered from a tenant's document for one version (`id`) of a list of
+/// injections; kept with the tenant so requests do not render them again. A cache, not part
+/// of what the tenant is: two tenants compare equal whatever it holds.
+#[derive(Default)]
+pub struct Rendered(arc_swap::ArcSwapOption<RenderedValues>);
+
+/// The version of the list the values were rendered for, and one value per configured header.
+pub type RenderedValues = (u64, Box<[Option<HeaderValue>]>);
+
+impl Rendered {
+    /// The values rendered for list `id`, rendering them now (and keeping them) when the kept
+    /// ones are for another version or there are none. Reading kept values takes no lock and
+    /// writes no shared memory.
+    pub fn get_or_render(
+        &self,
+        id: u64,
+        render: impl FnOnce() -> Box<[Option<HeaderValue>]>,
+    ) -> arc_swap::Guard<Option<Arc<RenderedValues>>> {
+        let kept = self.0.load();
+        if kept.as_ref().is_some_and(|k| k.0 == id) {
+            return kept;
+        }
+        drop(kept);
+        self.0.store(Some(Arc::new((id, render()))));
+        self.0.load()
+    }
+}
+
+impl Clone for Rendered {
+    fn clone(&self) -> Self {
+        Rendered(arc_swap::ArcSwapOption::new(self.0.load_full()))
+    }
+}
+
+impl PartialEq for Rendered {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Rendered {}
 
 /// A retired key of a tenant, with the headers its responses carry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -269,6 +324,7 @@ pub fn validate(doc: TenantDocument, document: Arc<serde_json::Value>) -> Result
         retired_keys,
         limits,
         document,
+        rendered: Rendered::default(),
     })
 }
 
