@@ -497,3 +497,87 @@ async fn document_fields_injected_as_headers_and_the_list_checked_at_load_and_re
     running.shutdown();
     running.wait().await;
 }
+
+/// The audit log on the file store: an edit of the file logs one `tenantgate::audit` line per
+/// changed tenant the gateway has seen — at once, without another request — naming the fields
+/// with old and new values; the connection string is `<redacted>` and never printed.
+#[tokio::test]
+async fn file_edits_are_audited_once_with_secrets_redacted() {
+    let backend = Backend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = dir.path().join("tenants.json");
+    let mut a = tenant("tnt_a", &[A], 5);
+    a["retiredKeys"] = json!([{"key": "tnt_a_old", "until": "2030-01-01T00:00:00Z"}]);
+    write_json(&tenants, &json!([a.clone(), tenant("tnt_b", &[A], 5)]));
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{}\"\n\
+             [store]\nkind = \"file\"\npath = {:?}\npoll_interval_ms = 50\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+            backend.url(),
+            tenants.display().to_string()
+        ),
+    );
+    let (mut child, rx, mut seen, addr) = run_binary_json(&cfg);
+    let url = format!("http://{addr}/x");
+    // Seen through both of its keys; tnt_b is never looked up.
+    for key in ["tnt_a", "tnt_a_old"] {
+        assert_eq!(
+            get(&url, &[("x-tenant-id", key), ("origin", A)])
+                .await
+                .status,
+            200
+        );
+    }
+
+    let mut edited = a.clone();
+    edited["maxConcurrentConnections"] = json!(50);
+    edited["isActive"] = json!(false);
+    edited["providerConfig"]["connectionString"] =
+        json!("endpoint=https://x/;accesskey=NEW-SECRET");
+    let mut b = tenant("tnt_b", &[A], 5);
+    b["maxConcurrentConnections"] = json!(7);
+    write_json(&tenants, &json!([edited, b]));
+    let line = wait_line(&rx, &mut seen, "tenant document changed");
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["target"], "tenantgate::audit");
+    assert_eq!(v["tenant"], "tnt_a");
+    assert_eq!(v["change"], "updated");
+    assert_eq!(
+        v["fields"],
+        "isActive, maxConcurrentConnections, providerConfig.connectionString"
+    );
+    let changes = v["changes"].as_str().unwrap();
+    assert!(changes.contains("isActive: true → false"), "{changes}");
+    assert!(
+        changes.contains("maxConcurrentConnections: 5 → 50"),
+        "{changes}"
+    );
+    assert!(
+        changes.contains("providerConfig.connectionString: <redacted> → <redacted>"),
+        "{changes}"
+    );
+
+    // The change is in effect, and was logged once (not again for the retired key, nor for
+    // tnt_b, which this gateway never saw).
+    assert_eq!(
+        get(&url, &[("x-tenant-id", "tnt_a"), ("origin", A)])
+            .await
+            .error_code(),
+        "tenant_inactive"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let _ = child.wait();
+    while let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(2)) {
+        seen.push(line);
+    }
+    let audits: Vec<&String> = seen
+        .iter()
+        .filter(|l| l.contains("tenantgate::audit"))
+        .collect();
+    assert_eq!(audits.len(), 1, "{audits:#?}");
+    for line in &seen {
+        assert!(!line.contains("SECRET"), "a secret was printed: {line}");
+    }
+}

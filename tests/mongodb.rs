@@ -776,3 +776,77 @@ async fn retired_keys_and_rotation_on_mongodb() {
     assert_eq!(b_now["maxConcurrentConnections"], 5, "unchanged");
     assert!(b_now.get("retiredKeys").is_none());
 }
+
+/// Injection and audit on MongoDB, through the binary: fields stored as BSON (a double as
+/// `mongosh` writes numbers, a boolean, a nested string) reach the backend as headers; an edit
+/// in the database found by a TTL refresh (this server has no change streams) logs one audit
+/// line with the secret redacted, and the new value is injected from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_fields_and_audited_edits_on_mongodb() {
+    let uri = shared_uri();
+    let coll = collection("inject_audit");
+    let docs = tenants(&uri, &coll).await;
+    let mut a = bson(&tenant("tnt_a", &[ORIGIN], 5));
+    a.insert("seats", 250.0_f64);
+    a.insert("beta", true);
+    a.insert("plan", "gold");
+    a.get_document_mut("providerConfig")
+        .unwrap()
+        .insert("database", "chat_a");
+    docs.insert_one(a).await.unwrap();
+    let backend = Backend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{}\"\n\
+             [store]\nkind = \"mongodb\"\nuri = {uri:?}\ncollection = {coll:?}\nwatch_changes = false\n\
+             [cache]\nttl_secs = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [inject]\nheaders = {{ \"X-Plan\" = \"plan\", \"X-Seats\" = \"seats\", \"X-Beta\" = \"beta\", \"X-Db\" = \"providerConfig.database\" }}\n",
+            backend.url()
+        ),
+    )
+    .unwrap();
+    let (mut child, rx, mut seen, addr) = run_binary_json(&cfg);
+    let url = format!("http://{addr}/echo");
+    let c = client();
+    let ask = || as_tenant(&c, &url, "tnt_a", ORIGIN);
+    eventually(20, || async { ask().await.status == 200 }).await;
+    let r = ask().await;
+    assert_eq!(r.seen("x-plan"), ["gold"]);
+    assert_eq!(
+        r.seen("x-seats"),
+        ["250"],
+        "an integral double is an integer"
+    );
+    assert_eq!(r.seen("x-beta"), ["true"]);
+    assert_eq!(r.seen("x-db"), ["chat_a"]);
+
+    docs.update_one(
+        doc! {"apiKey": "tnt_a"},
+        doc! {"$set": {"plan": "silver", "providerConfig.connectionString": "endpoint=x;accesskey=NEW-SECRET"}},
+    )
+    .await
+    .unwrap();
+    eventually(10, || async { ask().await.seen("x-plan") == ["silver"] }).await;
+    let line = wait_line(&rx, &mut seen, "tenant document changed");
+    let v: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["target"], "tenantgate::audit");
+    assert_eq!(v["fields"], "plan, providerConfig.connectionString");
+    let changes = v["changes"].as_str().unwrap();
+    assert!(changes.contains("plan: \"gold\" → \"silver\""), "{changes}");
+    assert!(changes.contains("<redacted> → <redacted>"), "{changes}");
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let _ = child.wait();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(2)) {
+        seen.push(line);
+    }
+    assert_eq!(
+        seen.iter()
+            .filter(|l| l.contains("tenantgate::audit"))
+            .count(),
+        1
+    );
+    assert!(!seen.iter().any(|l| l.contains("SECRET")));
+}

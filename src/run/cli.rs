@@ -331,7 +331,7 @@ fn check(path: &Path) -> ExitCode {
             match TenantRecord::from_json(doc) {
                 Ok(TenantRecord::Valid(t)) if t.active => active += 1,
                 Ok(TenantRecord::Valid(_)) => inactive += 1,
-                Ok(TenantRecord::Misconfigured { key, reason }) => {
+                Ok(TenantRecord::Misconfigured { key, reason, .. }) => {
                     invalid.push(format!("{key}: {reason}"))
                 }
                 Err(reason) => invalid.push(format!("(skipped document) {reason}")),

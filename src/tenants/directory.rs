@@ -35,6 +35,7 @@ use moka::sync::Cache;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
+use crate::tenants::audit::AuditTrail;
 use crate::tenants::counter::PerThreadCounter;
 use crate::tenants::slots::{SlotRegistry, Slots};
 use crate::tenants::store::{Invalidation, StoreError, TenantStore};
@@ -123,6 +124,8 @@ pub struct Directory {
     /// Bumped by every invalidation; a fetch writes back only if it is unchanged.
     generation: AtomicU64,
     misses: MissBudget,
+    /// The last document each key resolved to, for the audit log of changes.
+    audit: AuditTrail,
     /// What the cache did (read by `telemetry::metrics` when scraped).
     pub stats: CacheStats,
 }
@@ -238,6 +241,7 @@ impl Directory {
             slots: SlotRegistry::default(),
             generation: AtomicU64::new(0),
             misses: MissBudget::new(settings.miss_lookups_per_sec),
+            audit: AuditTrail::new(settings.max_entries.min(1 << 20) as usize),
             stats: CacheStats::default(),
             store: store.clone(),
             settings,
@@ -259,18 +263,25 @@ impl Directory {
         &self.store
     }
 
-    /// Drops cached answers at once (store change notifications; tests feed it directly).
-    pub fn invalidate(&self, change: Invalidation) {
+    /// Drops cached answers at once (store change notifications; tests feed it directly). A
+    /// key looked up before is fetched again right away, so its change reaches the audit log
+    /// (and the cache) without waiting for its next request.
+    pub fn invalidate(self: &Arc<Self>, change: Invalidation) {
         // Before: a store query already running does not write back its answer. After: a
         // thread that read the old entry just before it went keeps no copy of it ([`Recent`]).
         self.generation.fetch_add(1, Ordering::AcqRel);
-        match change {
-            Invalidation::Tenant(key) => self.tenants.invalidate(&key),
+        match &change {
+            Invalidation::Tenant(key) => self.tenants.invalidate(key),
             Invalidation::All => self.tenants.invalidate_all(),
         }
         self.generation.fetch_add(1, Ordering::AcqRel);
         // Any tenant change may add or remove an origin: the origin answers are few and cheap.
         self.origins.invalidate_all();
+        if let Invalidation::Tenant(key) = change {
+            if self.audit.knows(&key) {
+                self.refresh_in_background(&key);
+            }
+        }
     }
 
     /// Resolves a (well-formed) tenant key.
@@ -406,6 +417,8 @@ impl Directory {
                 }
             })
             .await?;
+        self.audit
+            .observe(key, record.as_ref().map(|r| r.document().clone()));
         let value = match record {
             None => Resolved::Unknown,
             Some(TenantRecord::Misconfigured { .. }) => Resolved::Misconfigured,
@@ -701,8 +714,29 @@ mod tests {
             .recent_hit("tnt_a", dir.generation.load(Ordering::Acquire))
             .is_some());
         store.active.store(false, Ordering::SeqCst);
+        let before = store.finds.load(Ordering::SeqCst);
         dir.invalidate(Invalidation::Tenant(Arc::from("tnt_a")));
+        // A key seen before is fetched again at once (for the audit log), without a request.
+        for _ in 0..100 {
+            if store.finds.load(Ordering::SeqCst) > before {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(store.finds.load(Ordering::SeqCst), before + 1);
         assert!(!active(&dir.resolve("tnt_a").await.unwrap()));
+        assert_eq!(
+            store.finds.load(Ordering::SeqCst),
+            before + 1,
+            "the refresh filled the cache"
+        );
+        dir.invalidate(Invalidation::Tenant(Arc::from("tnt_never_seen")));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(
+            store.finds.load(Ordering::SeqCst),
+            before + 1,
+            "keys never looked up are not fetched"
+        );
         store.delay_ms.store(1000, Ordering::SeqCst);
         assert!(matches!(
             dir.resolve("tnt_slow").await,

@@ -1,8 +1,10 @@
 //! Where tenants come from and what the gateway keeps of each: the document and its
 //! validation ([`tenant`], [`origin`]), the stores ([`store`]: the JSON file and MongoDB), the
-//! cache in front of them ([`directory`]) and each tenant's concurrency slots ([`slots`]).
+//! cache in front of them ([`directory`]), the audit log of document changes ([`audit`]) and
+//! each tenant's concurrency slots ([`slots`]).
 //! Depends on nothing of the request path but [`crate::http`] (a tenant's own backend URL).
 
+pub mod audit;
 pub mod counter;
 pub mod directory;
 pub mod origin;

@@ -226,7 +226,12 @@ impl fmt::Debug for Tenant {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TenantRecord {
     Valid(Arc<Tenant>),
-    Misconfigured { key: Arc<str>, reason: Arc<str> },
+    Misconfigured {
+        key: Arc<str>,
+        reason: Arc<str>,
+        /// The document as stored (for the audit log).
+        document: Arc<serde_json::Value>,
+    },
 }
 
 impl TenantRecord {
@@ -235,6 +240,14 @@ impl TenantRecord {
         match self {
             TenantRecord::Valid(t) => &t.key,
             TenantRecord::Misconfigured { key, .. } => key,
+        }
+    }
+
+    /// The document as stored.
+    pub fn document(&self) -> &Arc<serde_json::Value> {
+        match self {
+            TenantRecord::Valid(t) => &t.document,
+            TenantRecord::Misconfigured { document, .. } => document,
         }
     }
 
@@ -263,6 +276,7 @@ impl TenantRecord {
         Ok(record.unwrap_or_else(|reason| TenantRecord::Misconfigured {
             key,
             reason: reason.into(),
+            document,
         }))
     }
 
@@ -502,7 +516,7 @@ mod tests {
             let mut d = doc();
             *d.pointer_mut(pointer).unwrap() = value;
             match TenantRecord::from_json(d).unwrap() {
-                TenantRecord::Misconfigured { key, reason } => {
+                TenantRecord::Misconfigured { key, reason, .. } => {
                     assert_eq!(&*key, "tnt_client_a");
                     assert!(reason.contains(needle), "{pointer}: {reason}");
                 }

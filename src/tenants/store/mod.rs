@@ -152,7 +152,7 @@ pub fn clash(key: &str, first: (&str, KeyRole), second: (&str, KeyRole)) -> Stri
 pub fn validate_for_write(doc: &serde_json::Value) -> Result<Arc<str>, StoreError> {
     match TenantRecord::from_json(doc.clone()) {
         Ok(TenantRecord::Valid(t)) => Ok(t.key.clone()),
-        Ok(TenantRecord::Misconfigured { key, reason }) => {
+        Ok(TenantRecord::Misconfigured { key, reason, .. }) => {
             Err(StoreError::Invalid(format!("tenant {key:?}: {reason}")))
         }
         Err(reason) => Err(StoreError::Invalid(reason)),

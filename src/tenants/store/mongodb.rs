@@ -399,13 +399,14 @@ impl TenantStore for MongoStore {
             self.keys_by_id.remember(&id, key);
         }
         doc.remove(TENANT_KEYS);
-        let record =
-            TenantRecord::from_json(to_json(Bson::Document(doc))).unwrap_or_else(|reason| {
-                TenantRecord::Misconfigured {
-                    key: Arc::from(key),
-                    reason: Arc::from(reason),
-                }
-            });
+        let json = to_json(Bson::Document(doc));
+        let record = TenantRecord::from_json(json.clone()).unwrap_or_else(|reason| {
+            TenantRecord::Misconfigured {
+                key: Arc::from(key),
+                reason: Arc::from(reason),
+                document: Arc::new(json),
+            }
+        });
         if let TenantRecord::Misconfigured { reason, .. } = &record {
             tracing::error!(tenant = key, store = %self.describe(), %reason, "tenant document is invalid; its requests get 503 tenant_misconfigured");
         }
