@@ -581,3 +581,40 @@ async fn file_edits_are_audited_once_with_secrets_redacted() {
         assert!(!line.contains("SECRET"), "a secret was printed: {line}");
     }
 }
+
+/// `tenantgate demo` shows rotation: its printed commands include a request with a retired
+/// key, which answers 200 with `Deprecation` and `Sunset` (and the backend sees the tenant's
+/// current key and its injected plan).
+#[tokio::test]
+async fn the_demo_prints_a_request_with_a_retired_key_that_shows_the_sunset() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tenantgate"))
+        .args(["demo", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = lines_of(&mut child);
+    let mut seen = Vec::new();
+    let line = wait_line(&rx, &mut seen, tenantgate::run::demo::DEMO_RETIRED_KEY);
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no URL in {line:?}"))
+        .to_string();
+    assert!(line.contains("curl"), "{line}");
+    let r = get(
+        &url,
+        &[
+            ("x-tenant-id", tenantgate::run::demo::DEMO_RETIRED_KEY),
+            ("origin", "https://app.client-a.com"),
+        ],
+    )
+    .await;
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let _ = child.wait();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("deprecation"), Some("@1796083200"));
+    let sunset = httpdate::parse_http_date(r.header("sunset").unwrap()).unwrap();
+    assert!(sunset > std::time::SystemTime::now() + std::time::Duration::from_secs(29 * 86_400));
+    assert_eq!(r.seen("x-tenant-id"), ["tnt_client_a"]);
+    assert_eq!(r.seen("x-tenant-plan"), ["enterprise"]);
+}

@@ -292,10 +292,25 @@ pub async fn serve_page(listener: TcpListener, mut gateway: SocketAddr, listed: 
     }
 }
 
+/// A retired key of the example tenants (`tnt_client_a` was rotated away from it).
+pub const DEMO_RETIRED_KEY: &str = "tnt_client_a_2025";
+
 /// The example tenants plus the browser demo's tenant, which lists `allowed_origin` only.
+/// Retired keys keep working for 30 more days from the demo's start (the example file's
+/// dates would run out one day).
 fn demo_tenants(allowed_origin: &str) -> String {
     let mut tenants: Vec<serde_json::Value> =
         serde_json::from_str(EXAMPLE_TENANTS).unwrap_or_default();
+    let sunset = crate::tenants::tenant::format_instant(
+        std::time::SystemTime::now() + std::time::Duration::from_secs(30 * 86_400),
+    );
+    for retired in tenants
+        .iter_mut()
+        .filter_map(|t| t.get_mut("retiredKeys").and_then(|r| r.as_array_mut()))
+        .flatten()
+    {
+        retired["until"] = sunset.clone().into();
+    }
     tenants.push(serde_json::json!({
         "apiKey": BROWSER_TENANT,
         "allowedOrigins": [allowed_origin],
@@ -363,7 +378,8 @@ pub async fn run(listen: SocketAddr) -> ExitCode {
     };
     let toml = format!(
         "[server]\nlisten = \"{listen}\"\n[upstream]\nurl = \"http://{backend_addr}\"\n\
-         [store]\nkind = \"file\"\npath = {:?}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+         [store]\nkind = \"file\"\npath = {:?}\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [inject]\nheaders = {{ \"X-Tenant-Plan\" = \"plan\" }}\n",
         tenants.display().to_string()
     );
     let config = match Config::parse(&toml, "demo config") {
@@ -418,8 +434,12 @@ tenantgate demo is running
 
 Try these:
 
-# allowed: the backend sees X-Tenant-Provider-Endpoint / -Region; the response has CORS headers
+# allowed: the backend sees X-Tenant-Provider-Endpoint / -Region and X-Tenant-Plan (from the
+# document's "plan", by [inject] headers); the response has CORS headers
   curl -si http://{gw}/api/messages {a} -H 'Origin: https://app.client-a.com'
+
+# a retired key (tnt_client_a was rotated): still works, with Deprecation and Sunset headers
+  curl -si http://{gw}/api/messages -H 'X-Tenant-ID: {DEMO_RETIRED_KEY}' -H 'Origin: https://app.client-a.com'
 
 # wrong origin for this tenant -> 403 origin_not_allowed
   curl -si http://{gw}/api/messages {a} -H 'Origin: https://evil.example'
