@@ -744,6 +744,17 @@ async fn retired_keys_and_rotation_on_mongodb() {
         (200, vec!["tnt_a_2027".to_string()])
     );
 
+    // The gateway made the unique index that stops a second writer racing the check. (Its
+    // effect is not tested here: this server's unique index on an array field refuses any
+    // second document holding an array there, a difference from MongoDB noted in the README.)
+    eventually(10, || async {
+        docs.list_index_names()
+            .await
+            .unwrap()
+            .contains(&"tenantKeys_unique".to_string())
+    })
+    .await;
+
     // Clashes, naming both tenants; nothing written.
     let mut b = tenant("tnt_b", &[ORIGIN], 7);
     b["retiredKeys"] = serde_json::json!([{"key": "tnt_a", "until": "2030-01-01T00:00:00Z"}]);
@@ -790,6 +801,7 @@ async fn injected_fields_and_audited_edits_on_mongodb() {
     a.insert("seats", 250.0_f64);
     a.insert("beta", true);
     a.insert("plan", "gold");
+    a.insert("limits", doc! {"maxBodyBytes": 100.0_f64}); // a double, as mongosh writes it
     a.get_document_mut("providerConfig")
         .unwrap()
         .insert("database", "chat_a");
@@ -822,6 +834,19 @@ async fn injected_fields_and_audited_edits_on_mongodb() {
     );
     assert_eq!(r.seen("x-beta"), ["true"]);
     assert_eq!(r.seen("x-db"), ["chat_a"]);
+    // The tenant's own body limit, from a document in the database.
+    let post = |size: usize| {
+        let req = tenant_request(
+            "POST",
+            &url,
+            "tnt_a",
+            ORIGIN,
+            http_body_util::Full::new(bytes::Bytes::from(vec![b'x'; size])),
+        );
+        async move { client_for().request(req).await.unwrap().status().as_u16() }
+    };
+    assert_eq!(post(100).await, 200);
+    assert_eq!(post(101).await, 413);
 
     docs.update_one(
         doc! {"apiKey": "tnt_a"},

@@ -388,8 +388,8 @@ const SECTIONS: [&str; 10] = [
 /// unknown key is still an error.
 fn names_a_section(name: &str) -> bool {
     let rest = &name[ENV_PREFIX.len()..];
-    rest.split_once('_')
-        .is_some_and(|(section, _)| SECTIONS.iter().any(|s| section.eq_ignore_ascii_case(s)))
+    let section = rest.split_once('_').map_or(rest, |(section, _)| section);
+    SECTIONS.iter().any(|s| section.eq_ignore_ascii_case(s))
 }
 
 /// Environment variables, name and value.
@@ -401,7 +401,9 @@ fn apply_env(table: &mut toml::Table, vars: Vec<(String, String)>) -> Result<Str
     for (name, value) in vars {
         let lower = name[ENV_PREFIX.len()..].to_ascii_lowercase();
         let Some((section, key)) = lower.split_once('_') else {
-            continue; // not a section: filtered out by `names_a_section`
+            return Err(format!(
+                "environment variable {name}: expected {ENV_PREFIX}<SECTION>_<KEY>"
+            ));
         };
         let value = format!("v = {value}")
             .parse::<toml::Table>()
@@ -811,6 +813,9 @@ mod env_overrides {
         let err = Config::parse_with_env("", "g.toml", env(&[("TENANTGATE_STORE_URL", "x")]))
             .unwrap_err();
         assert!(err.to_string().contains("TENANTGATE_STORE_URL"), "{err}");
+        let err =
+            Config::parse_with_env("", "g.toml", env(&[("TENANTGATE_SERVER", "x")])).unwrap_err();
+        assert!(err.to_string().contains("TENANTGATE_SERVER"), "{err}");
         let err = Config::parse_with_env("", "g.toml", env(&[("TENANTGATE_CACHE_TTL_SECS", "0")]))
             .unwrap_err();
         assert!(err.to_string().contains("[cache] ttl_secs"), "{err}");

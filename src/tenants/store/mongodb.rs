@@ -247,6 +247,15 @@ impl MongoStore {
     }
 
     fn error(&self, e: mongodb::error::Error) -> StoreError {
+        // E11000 on a write: a unique index (apiKey_unique, tenantKeys_unique) refused a key
+        // another document holds — a concurrent writer got there between check and write.
+        if matches!(&*e.kind, ErrorKind::Write(mongodb::error::WriteFailure::WriteError(w)) if w.code == 11000)
+        {
+            return StoreError::Invalid(format!(
+                "a key of this document is already held by another tenant (unique index: {})",
+                redact(&self.settings.uri, &e.to_string())
+            ));
+        }
         self.settings.unavailable(e)
     }
 
