@@ -248,6 +248,13 @@ async fn tenants_rotate_and_key_clashes_on_the_file_store() {
         .map(|r| r["key"].as_str().unwrap())
         .collect();
     assert_eq!(retired, ["tnt_a", new_key.as_str()]);
+    let (_, list, _) = tenantgate(&["tenants", "list", "--config", cfg], None);
+    let line = list.lines().find(|l| l.starts_with("tnt_a_v3")).unwrap();
+    assert!(
+        line.contains("retired=tnt_a(until ")
+            && line.contains(&format!("retired={new_key}(until ")),
+        "{line}"
+    );
 
     // Clashes, each naming both tenants; nothing written.
     let before = std::fs::read_to_string(&gw.tenants_path).unwrap();

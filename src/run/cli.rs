@@ -434,12 +434,22 @@ async fn tenants_action(docs: &dyn TenantDocuments, action: TenantsAction) -> Re
                     .unwrap_or("?")
                     .to_string();
                 let line = match TenantRecord::from_json(doc) {
-                    Ok(TenantRecord::Valid(t)) => format!(
-                        "{key}\t{}\tmax={}\torigins={}",
-                        if t.active { "active" } else { "inactive" },
-                        t.max_concurrent,
-                        t.origins.index_keys().collect::<Vec<_>>().join(",")
-                    ),
+                    Ok(TenantRecord::Valid(t)) => {
+                        let mut line = format!(
+                            "{key}\t{}\tmax={}\torigins={}",
+                            if t.active { "active" } else { "inactive" },
+                            t.max_concurrent,
+                            t.origins.index_keys().collect::<Vec<_>>().join(",")
+                        );
+                        for r in t.retired_keys.iter() {
+                            line.push_str(&format!(
+                                "\tretired={}(until {})",
+                                r.key,
+                                format_instant(r.until)
+                            ));
+                        }
+                        line
+                    }
                     Ok(TenantRecord::Misconfigured { reason, .. }) => {
                         format!("{key}\tinvalid\t{reason}")
                     }
