@@ -34,7 +34,10 @@
 //! Where tenants come from: [`tenants::tenant`] (the document and its validation),
 //! [`tenants::store`] (the store trait, the JSON file store and the MongoDB store),
 //! [`tenants::directory`] (the cache in front of every store: TTL, negative TTL, coalesced
-//! misses, stale-while-revalidate, invalidation, miss budget).
+//! misses, stale-while-revalidate, invalidation, miss budget), [`tenants::audit`] (one log line
+//! per observed document change). A tenant's lifecycle — retired keys, its own limits, fields
+//! injected as headers — is read in [`tenants::tenant`] and applied by the stages: retired keys
+//! in [`pipeline::identify`], limits and `[inject] headers` in [`pipeline::forward`].
 #![forbid(unsafe_code)]
 
 pub mod http;

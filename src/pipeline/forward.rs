@@ -4,15 +4,17 @@
 //! Header rules, in the order they apply to a request:
 //! 1. **remove** hop-by-hop headers ([`is_hop_by_hop`], RFC 9110 §7.6.1) and every header that
 //!    `Connection` names;
-//! 2. **remove** any client-sent copy of a header the gateway injects ([`is_injected`]), so nothing
-//!    can be spoofed;
-//! 3. **set** `X-Tenant-ID`, `X-Tenant-Provider-Endpoint`, `X-Tenant-Provider-Region`, and
-//!    `X-Tenant-Provider-Connection-String` only when the operator opted in;
+//! 2. **remove** any client-sent copy of a header the gateway injects ([`is_injected`], and the
+//!    names of `[inject] headers`), so nothing can be spoofed;
+//! 3. **set** `X-Tenant-ID`, `X-Tenant-Provider-Endpoint`, `X-Tenant-Provider-Region`,
+//!    `X-Tenant-Provider-Connection-String` only when the operator opted in, and the
+//!    `[inject] headers` the tenant's document has values for ([`Injections`]);
 //! 4. **append** the peer address to `X-Forwarded-For`; **set** `X-Forwarded-Proto`,
 //!    `X-Forwarded-Host` and `X-Request-Id`;
 //! 5. `Host` becomes the backend's authority (the client's host travels in `X-Forwarded-Host`).
 //!
-//! Responses lose their hop-by-hop headers the same way.
+//! Responses lose their hop-by-hop headers the same way. A tenant's `limits` replace the body
+//! limit, the response timeout and the upgrade idle timeout for its requests.
 //!
 //! Protocol upgrades (WebSocket) keep `Upgrade` and `Connection: upgrade`, lose the
 //! `tenant.<key>` entry of `Sec-WebSocket-Protocol`, travel on a connection of their own, and

@@ -1,11 +1,16 @@
 //! The MongoDB store: one document per tenant in a collection (official driver).
 //!
-//! - Lookups: `find_one({apiKey})` for a key; `{allowedOrigins: {$in: candidates}, isActive:
-//!   true}` for a preflight origin (`$in` matches array fields on every server, see
+//! - Lookups: `find_one({$or: [{apiKey}, {retiredKeys: {$elemMatch: {key}}}]})` for a key (a
+//!   current or a retired one); `{allowedOrigins: {$in: candidates}, isActive: true}` for a
+//!   preflight origin (`$in` and `$elemMatch` match array fields on every server, see
 //!   `MONGODB_IN_TESTS.md`). The [`crate::tenants::directory`] cache sits in front of both.
 //! - Start-up: the client connects lazily, so a database that is down does not stop the gateway
-//!   (lookups fail with 503 until it is back). A background task creates the unique index on
-//!   `apiKey` and the index on `allowedOrigins`, retrying until the database answers.
+//!   (lookups fail with 503 until it is back). A background task creates the indexes (unique
+//!   `apiKey`, `allowedOrigins`, `retiredKeys.key`, unique partial `tenantKeys`), retrying until
+//!   the database answers.
+//! - Keys are unique across `apiKey` and `retiredKeys.key` of every document: writes check for a
+//!   clash (naming both tenants) and store every key of the document in `tenantKeys`, whose
+//!   unique index refuses a racing writer; `tenantKeys` is stripped when documents are read.
 //! - Changes: a change-stream watcher invalidates changed tenants at once and resumes after
 //!   errors; on deployments without change streams (standalone servers) it says so once and the
 //!   cache TTL applies. The watcher logic runs over the [`ChangeFeed`] seam so tests can feed it
