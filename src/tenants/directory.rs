@@ -699,6 +699,59 @@ mod tests {
         );
     }
 
+    /// A log sink for one test: what the audit log wrote.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A change a store reports (a change-stream event, a file reload) for a tenant this
+    /// gateway has looked up is audited at once, without another request for it.
+    #[tokio::test]
+    async fn a_reported_change_is_audited_without_a_request() {
+        let captured = Captured::default();
+        let sink = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || sink.clone())
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let store = Arc::new(FakeStore {
+            active: AtomicBool::new(true),
+            ..Default::default()
+        });
+        let dir = Directory::new(store.clone(), settings(60_000));
+        assert!(active(&dir.resolve("tnt_a").await.unwrap()));
+        store.active.store(false, Ordering::SeqCst);
+        dir.invalidate(Invalidation::Tenant(Arc::from("tnt_a")));
+        let log = || String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        for _ in 0..100 {
+            if log().contains("tenantgate::audit") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let log = log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("tenantgate::audit"))
+            .unwrap_or_else(|| panic!("no audit line: {log}"));
+        assert!(
+            line.contains("key=tnt_a")
+                && line.contains("change=\"updated\"")
+                && line.contains("isActive: true → false"),
+            "{line}"
+        );
+    }
+
     #[tokio::test]
     async fn invalidation_drops_the_entry_at_once_and_slow_stores_time_out() {
         let store = Arc::new(FakeStore {
