@@ -187,9 +187,16 @@ impl AuditTrail {
     }
 
     /// Records what a lookup of `key` found, logging the change when it differs from what the
-    /// previous lookup found. The first lookup of a key logs nothing (nothing to compare).
+    /// previous lookup found. The first lookup of a key logs nothing (nothing to compare), and
+    /// keys that never resolved to a document are not remembered; a tenant that was deleted
+    /// and comes back is logged as `created`.
     pub fn observe(&self, key: &Arc<str>, now: Seen) {
         let mut state = self.lock();
+        if now.is_none() && !state.seen.contains_key(key) {
+            // An unknown key never seen as a tenant: nothing to compare with later (and random
+            // keys must not fill this memory).
+            return;
+        }
         if state.seen.len() >= self.max_keys && !state.seen.contains_key(key) {
             state.seen.clear();
         }
@@ -238,6 +245,22 @@ impl AuditTrail {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_trail_remembers_tenants_not_random_keys() {
+        let trail = AuditTrail::new(100);
+        let key: Arc<str> = Arc::from("tnt_random");
+        trail.observe(&key, None);
+        assert!(
+            !trail.knows("tnt_random"),
+            "unknown keys are not remembered"
+        );
+        let key: Arc<str> = Arc::from("tnt_a");
+        trail.observe(&key, doc(json!({"apiKey": "tnt_a"})));
+        assert!(trail.knows("tnt_a"));
+        trail.observe(&key, None); // deleted: remembered as gone, so a return is "created"
+        assert!(trail.knows("tnt_a"));
+    }
 
     fn doc(v: Value) -> Seen {
         Some(Arc::new(v))
