@@ -29,7 +29,7 @@ one() { # seconds of load -> "requests instructions"
   local n; n=$(curl -s http://127.0.0.1:18080/__stats | sed -E 's/.*"requests":([0-9]+).*/\1/')
   kill "$gw"; wait "$gw" 2>/dev/null || true; kill "$up"; wait "$up" 2>/dev/null || true
   # Events in the order of the file's `events:` line: Ir, then with CACHE_SIM I1mr at 4, Bcm at 11, Bim at 13.
-  echo "$n $(cat "$out"/cg.* | awk '/^summary:/ { s += $2; m += $5; b += $12 + $14 } END { printf "%d %d %d\n", s, m, b }')"; rm -f "$out"/cg.*
+  echo "$n $(cat "$out"/cg.* | awk '/^summary:/ { s += $2; m += $5; b += $12 + $14 } END { printf "%.0f %.0f %.0f\n", s, m, b }')"; rm -f "$out"/cg.*
 }
 proxy=("${GATEWAY_BIN:-target/release/tenantgate}" run --config "$B/out/run/gateway.toml") port=18084
 if [ "${NGINX:-0}" = 1 ]; then
