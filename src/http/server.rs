@@ -60,6 +60,44 @@ const LINGER_BYTES: usize = 1024 * 1024;
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
+/// Read buffers of connections that wait for their next request, lent to the next connection
+/// that reads on this thread: an idle keep-alive connection holds no read buffer (nginx's way;
+/// most of what an idle connection costs was its buffer), and a busy one takes a warm buffer
+/// back without allocating or re-sharing a new one. At most [`SPARE_BUFFERS`] are kept.
+mod spare {
+    use bytes::BytesMut;
+    use std::cell::RefCell;
+
+    pub(super) const SPARE_BUFFERS: usize = 64;
+
+    thread_local! {
+        static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Gives an idle connection's (empty) buffer to the thread's spares.
+    pub(super) fn give(buf: &mut BytesMut) {
+        if buf.capacity() == 0 {
+            return;
+        }
+        let buf = std::mem::take(buf);
+        SPARE.with(|spare| {
+            let mut spare = spare.borrow_mut();
+            if spare.len() < SPARE_BUFFERS {
+                spare.push(buf);
+            }
+        });
+    }
+
+    /// A buffer for a connection that has none (after it went idle), when the thread has one.
+    pub(super) fn take(buf: &mut BytesMut) {
+        if buf.capacity() == 0 {
+            if let Some(spare) = SPARE.with(|spare| spare.borrow_mut().pop()) {
+                *buf = spare;
+            }
+        }
+    }
+}
+
 /// What the connection needs from the config.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -275,6 +313,7 @@ impl Connection {
                     return Poll::Ready(Err(Refusal::Answer(Unreadable::HeadTooLarge)));
                 }
             }
+            spare::take(&mut r.buf);
             make_room(&mut r.buf, READ_CHUNK);
             let r = &mut *r;
             match poll_read_buf(Pin::new(&mut r.io), cx, &mut r.buf) {
@@ -299,6 +338,7 @@ impl Connection {
                 watching,
             } = wait;
             if r.buf.is_empty() {
+                spare::give(&mut r.buf); // idle: the buffer goes back to the thread
                 if closing.is_cancelled() {
                     return Poll::Ready(Ok(None));
                 }
@@ -362,6 +402,7 @@ impl Connection {
     fn poll_client_gone(&self, cx: &mut Context<'_>) -> bool {
         let mut r = self.lock();
         while r.body == BodyState::DONE && r.buf.len() < self.limits.head_bytes {
+            spare::take(&mut r.buf);
             make_room(&mut r.buf, READ_CHUNK);
             let r = &mut *r;
             match poll_read_buf(Pin::new(&mut r.io), cx, &mut r.buf) {
@@ -647,5 +688,43 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::spare;
+    use bytes::BytesMut;
+
+    #[test]
+    fn idle_buffers_go_to_the_thread_and_come_back_to_the_next_reader() {
+        let mut idle = BytesMut::with_capacity(8192);
+        let ptr = idle.as_ptr();
+        spare::give(&mut idle);
+        assert_eq!(idle.capacity(), 0, "the idle connection holds nothing");
+        let mut next = BytesMut::new();
+        spare::take(&mut next);
+        assert_eq!(
+            (next.as_ptr(), next.capacity()),
+            (ptr, 8192),
+            "the same warm buffer"
+        );
+        // A reader that has a buffer keeps its own; the thread keeps at most SPARE_BUFFERS.
+        let mut own = BytesMut::with_capacity(16);
+        spare::take(&mut own);
+        assert_eq!(own.capacity(), 16);
+        for _ in 0..spare::SPARE_BUFFERS + 10 {
+            spare::give(&mut BytesMut::with_capacity(64));
+        }
+        let mut taken = 0;
+        loop {
+            let mut b = BytesMut::new();
+            spare::take(&mut b);
+            if b.capacity() == 0 {
+                break;
+            }
+            taken += 1;
+        }
+        assert_eq!(taken, spare::SPARE_BUFFERS);
     }
 }
