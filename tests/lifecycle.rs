@@ -12,12 +12,6 @@ use serde_json::json;
 
 const A: &str = "https://a.example";
 
-fn write_config(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
-    let path = dir.join("gateway.toml");
-    std::fs::write(&path, body).unwrap();
-    path
-}
-
 /// Kubernetes sets `TENANTGATE_PORT`, `TENANTGATE_SERVICE_HOST`, … in every pod of a namespace
 /// with a Service named `tenantgate`: the gateway starts and warns once. A typo in a known
 /// section still stops it with exit 64, naming the variable.
@@ -27,33 +21,14 @@ async fn kubernetes_service_variables_do_not_stop_the_gateway_but_typos_do() {
     let dir = tempfile::tempdir().unwrap();
     let tenants = dir.path().join("tenants.json");
     write_json(&tenants, &json!([tenant("tnt_a", &[A], 5)]));
-    let cfg = write_config(
-        dir.path(),
-        &format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{}\"\n\
-             [store]\nkind = \"file\"\npath = {:?}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
-            backend.url(),
-            tenants.display().to_string()
-        ),
+    let cfg = write_config(dir.path(), &file_config(&backend.url(), &tenants));
+    let (mut child, _rx, seen, addr) = run_binary_json_with_env(
+        &cfg,
+        &[
+            ("TENANTGATE_PORT", "tcp://10.0.0.1:8080"),
+            ("TENANTGATE_SERVICE_HOST", "10.0.0.1"),
+        ],
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tenantgate"))
-        .args([
-            "--log-format",
-            "json",
-            "run",
-            "--config",
-            cfg.to_str().unwrap(),
-        ])
-        .env("TENANTGATE_PORT", "tcp://10.0.0.1:8080")
-        .env("TENANTGATE_SERVICE_HOST", "10.0.0.1")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let rx = lines_of(&mut child);
-    let mut seen = Vec::new();
-    let listening: serde_json::Value =
-        serde_json::from_str(&wait_line(&rx, &mut seen, "tenantgate listening")).unwrap();
-    let addr = listening["addr"].as_str().unwrap().to_string();
     let r = get(
         &format!("http://{addr}/x"),
         &[("x-tenant-id", "tnt_a"), ("origin", A)],
@@ -402,12 +377,7 @@ async fn document_fields_injected_as_headers_and_the_list_checked_at_load_and_re
     a["providerConfig"]["database"] = json!("chat_a");
     let b = tenant("tnt_b", &[A], 5); // none of those fields
     write_json(&tenants, &json!([a.clone(), b]));
-    let base = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{}\"\n\
-         [store]\nkind = \"file\"\npath = {:?}\npoll_interval_ms = 50\n[admin]\nlisten = \"127.0.0.1:0\"\n",
-        backend.url(),
-        tenants.display().to_string()
-    );
+    let base = file_config(&backend.url(), &tenants);
     let inject =
         "[inject]\nheaders = { \"X-Tenant-Plan\" = \"plan\", \"X-Tenant-Seats\" = \"seats\", \
                   \"X-Tenant-Beta\" = \"beta\", \"X-Tenant-Db\" = \"providerConfig.database\" }\n";
@@ -516,15 +486,7 @@ async fn file_edits_are_audited_once_with_secrets_redacted() {
     let mut a = tenant("tnt_a", &[A], 5);
     a["retiredKeys"] = json!([{"key": "tnt_a_old", "until": "2030-01-01T00:00:00Z"}]);
     write_json(&tenants, &json!([a.clone(), tenant("tnt_b", &[A], 5)]));
-    let cfg = write_config(
-        dir.path(),
-        &format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{}\"\n\
-             [store]\nkind = \"file\"\npath = {:?}\npoll_interval_ms = 50\n[admin]\nlisten = \"127.0.0.1:0\"\n",
-            backend.url(),
-            tenants.display().to_string()
-        ),
-    );
+    let cfg = write_config(dir.path(), &file_config(&backend.url(), &tenants));
     let (mut child, rx, mut seen, addr) = run_binary_json(&cfg);
     let url = format!("http://{addr}/x");
     // Seen through both of its keys; tnt_b is never looked up.

@@ -123,12 +123,6 @@ async fn readiness_follows_the_store() {
     assert_eq!(get(&admin("/nope"), &[]).await.status, 404);
 }
 
-fn write_config(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
-    let path = dir.join("gateway.toml");
-    std::fs::write(&path, body).unwrap();
-    path
-}
-
 #[test]
 fn check_exit_codes() {
     let dir = tempfile::tempdir().unwrap();

@@ -293,14 +293,8 @@ impl Forwarder {
         // One clock read for both the response timeout and the upstream latency.
         let started = tokio::time::Instant::now();
         let sent = self.pool.send(upstream.target(), outgoing);
-        let response_timeout = tenant
-            .limits
-            .response_timeout
-            .unwrap_or(settings.response_timeout);
-        let mut resp = answered(
-            upstream,
-            timer.within(started + response_timeout, sent).await,
-        )?;
+        let deadline = started + response_timeout(tenant, &settings);
+        let mut resp = answered(upstream, timer.within(deadline, sent).await)?;
         self.upstream_response.observe(started.elapsed());
         strip_hop_by_hop(resp.headers_mut());
         Ok(resp)
@@ -325,13 +319,9 @@ impl Forwarder {
         strip_tenant_subprotocol(req.headers_mut());
 
         let sent = self.pool.send_upgrade(upstream.target(), req);
-        let response_timeout = tenant
-            .limits
-            .response_timeout
-            .unwrap_or(settings.response_timeout);
         let mut resp = answered(
             upstream,
-            tokio::time::timeout(response_timeout, sent)
+            tokio::time::timeout(response_timeout(tenant, &settings), sent)
                 .await
                 .map_err(|_| TimedOut),
         )?;
@@ -751,6 +741,15 @@ fn body_framing(method: &Method, body: &Inbound) -> BodyFraming {
         Some(n) => BodyFraming::Length(n),
         None => BodyFraming::Chunked,
     }
+}
+
+/// The longest wait for this tenant's backend to answer: its `limits.responseTimeoutMs`, else
+/// `[upstream] response_timeout_ms`.
+fn response_timeout(tenant: &Tenant, settings: &ForwardSettings) -> Duration {
+    tenant
+        .limits
+        .response_timeout
+        .unwrap_or(settings.response_timeout)
 }
 
 /// The largest request body forwarded for this tenant: its `limits.maxBodyBytes`, else

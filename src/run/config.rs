@@ -377,19 +377,17 @@ impl Config {
     }
 }
 
-/// The sections of the config file, as `TENANTGATE_<SECTION>_<KEY>` names them.
-const SECTIONS: [&str; 10] = [
-    "server", "upstream", "store", "cache", "admin", "tenancy", "cors", "tls", "tracing", "inject",
-];
-
 /// Whether `TENANTGATE_<SECTION>_…` names a config section. Variables that do not are someone
 /// else's (Kubernetes sets `TENANTGATE_PORT`, `TENANTGATE_SERVICE_HOST`, … in every pod of a
 /// namespace with a Service named `tenantgate`) and are ignored; a known section with an
 /// unknown key is still an error.
 fn names_a_section(name: &str) -> bool {
-    let rest = &name[ENV_PREFIX.len()..];
-    let section = rest.split_once('_').map_or(rest, |(section, _)| section);
-    SECTIONS.iter().any(|s| section.eq_ignore_ascii_case(s))
+    let rest = name[ENV_PREFIX.len()..].to_ascii_lowercase();
+    let section = rest
+        .split_once('_')
+        .map_or(rest.as_str(), |(section, _)| section);
+    // The file's sections are those `RawConfig` accepts (it refuses unknown ones).
+    toml::from_str::<RawConfig>(&format!("[{section}]")).is_ok()
 }
 
 /// Environment variables, name and value.

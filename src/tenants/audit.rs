@@ -19,13 +19,14 @@ pub type Seen = Option<Arc<Value>>;
 
 /// What differs between two versions of a document: `(dotted path, old, new)` for every leaf
 /// (a string, number, boolean, null or array, compared whole) that changed, in path order;
-/// objects are compared field by field, also when only one side has one.
+/// objects are compared field by field, also when only one side has one (or there is no
+/// document on one side: every field of the other is listed).
 pub fn changed_fields<'a>(
-    old: &'a Value,
-    new: &'a Value,
+    old: Option<&'a Value>,
+    new: Option<&'a Value>,
 ) -> Vec<(String, Option<&'a Value>, Option<&'a Value>)> {
     let mut out = Vec::new();
-    walk(String::new(), Some(old), Some(new), &mut out);
+    walk(String::new(), old, new, &mut out);
     out
 }
 
@@ -122,20 +123,14 @@ pub struct Change {
 
 /// Describes the transition from `old` to `new` for the audit line.
 pub fn describe(old: &Seen, new: &Seen) -> Option<Change> {
-    static EMPTY: Value = Value::Null;
-    let (kind, o, n) = match (old, new) {
+    let kind = match (old, new) {
         (None, None) => return None,
-        (None, Some(n)) => ("created", &EMPTY, &**n),
-        (Some(o), None) => ("deleted", &**o, &EMPTY),
+        (None, Some(_)) => "created",
+        (Some(_), None) => "deleted",
         (Some(o), Some(n)) if o == n => return None,
-        (Some(o), Some(n)) => ("updated", &**o, &**n),
+        (Some(_), Some(_)) => "updated",
     };
-    let empty = Value::Object(Default::default());
-    let (o, n) = (
-        if o.is_null() { &empty } else { o },
-        if n.is_null() { &empty } else { n },
-    );
-    let diff = changed_fields(o, n);
+    let diff = changed_fields(old.as_deref(), new.as_deref());
     let fields = diff
         .iter()
         .map(|(p, _, _)| p.as_str())

@@ -364,16 +364,39 @@ pub fn wait_line(
     }
 }
 
-/// Starts the real binary as `--log-format json run --config cfg` and waits for it to listen:
-/// the process, its stdout lines, the lines read so far, and the proxy address.
-pub fn run_binary_json(
-    cfg: &std::path::Path,
-) -> (
+/// Writes `body` as `gateway.toml` in `dir`.
+pub fn write_config(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, body).unwrap();
+    path
+}
+
+/// The config text of a gateway on ephemeral ports in front of `upstream`, with the tenants
+/// file `tenants` (polled every 50 ms).
+pub fn file_config(upstream: &str, tenants: &std::path::Path) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{upstream}\"\n\
+         [store]\nkind = \"file\"\npath = {:?}\npoll_interval_ms = 50\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n",
+        tenants.display().to_string()
+    )
+}
+
+/// The process, its stdout lines, the lines read so far, and the proxy address.
+pub type RunningBinary = (
     std::process::Child,
     std::sync::mpsc::Receiver<String>,
     Vec<String>,
     String,
-) {
+);
+
+/// Starts the real binary as `--log-format json run --config cfg` and waits for it to listen.
+pub fn run_binary_json(cfg: &std::path::Path) -> RunningBinary {
+    run_binary_json_with_env(cfg, &[])
+}
+
+/// [`run_binary_json`] with these environment variables set.
+pub fn run_binary_json_with_env(cfg: &std::path::Path, env: &[(&str, &str)]) -> RunningBinary {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tenantgate"))
         .args([
             "--log-format",
@@ -382,6 +405,7 @@ pub fn run_binary_json(
             "--config",
             cfg.to_str().unwrap(),
         ])
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
