@@ -323,3 +323,120 @@ async fn over_tls_connection_cannot_remove_the_content_length_either() {
     assert_eq!(&seen[0].body[..], smuggled.as_bytes());
     assert_eq!(seen[0].headers["content-length"], "68");
 }
+
+/// Reads one response with a `Content-Length` body off `stream`: (head, body).
+async fn read_response(stream: &mut TlsStream<TcpStream>) -> (String, String) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_string();
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(|n| n.parse::<usize>().unwrap())
+                })
+                .unwrap_or(0);
+            while got.len() < end + 4 + length {
+                let mut chunk = [0; 4096];
+                let n = stream.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "closed inside a body: {head}");
+                got.extend_from_slice(&chunk[..n]);
+            }
+            let body = String::from_utf8_lossy(&got[end + 4..end + 4 + length]).to_string();
+            return (head, body);
+        }
+        let mut chunk = [0; 4096];
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(
+            n > 0,
+            "closed before a response: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// HTTP/1.1 over TLS is served by the gateway's own server (hyper's takes HTTP/2 and upgrades):
+/// requests one after another on one connection, a streamed response whose chunks arrive as the
+/// backend sends them, an `Expect: 100-continue` upload, and a WebSocket handed over to hyper.
+#[tokio::test]
+async fn http1_over_tls_keeps_alive_streams_uploads_and_upgrades() {
+    use futures::{SinkExt, StreamExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+    let pki = Pki::new();
+    let (crt, key, _) = pki.leaf("gateway");
+    let gw = Gateway::start(&[tenant("tnt_a", &[A], 5)], &tls_section(&crt, &key)).await;
+    let addr = gw.running.addr;
+    let head = |path: &str, extra: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nX-Tenant-ID: tnt_a\r\nOrigin: {A}\r\n{extra}\r\n")
+    };
+
+    let mut s = pki.connect(addr, b"http/1.1").await;
+    for i in 0..3 {
+        s.write_all(head(&format!("/echo?n={i}"), "").as_bytes())
+            .await
+            .unwrap();
+        let (status, body) = read_response(&mut s).await;
+        assert!(status.starts_with("HTTP/1.1 200 OK"), "{status}");
+        let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(echo["headers"]["x-forwarded-proto"][0], "https");
+        assert_eq!(echo["path"], "/echo", "{echo}");
+    }
+
+    // A streamed response: the first chunk is read before the backend has sent the last.
+    let started = std::time::Instant::now();
+    s.write_all(head("/stream?chunks=3&interval_ms=400", "").as_bytes())
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut first_chunk_at = None;
+    while !got.ends_with(b"0\r\n\r\n") {
+        let mut chunk = [0; 4096];
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "{:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&chunk[..n]);
+        if first_chunk_at.is_none() && got.windows(7).any(|w| w == b"chunk 0") {
+            first_chunk_at = Some(started.elapsed());
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.contains("transfer-encoding: chunked") && text.contains("chunk 2"),
+        "{text}"
+    );
+    assert!(
+        first_chunk_at.unwrap() < Duration::from_millis(700),
+        "{first_chunk_at:?}"
+    );
+
+    // `Expect: 100-continue`: the interim answer comes through TLS before the body is sent.
+    let upload = format!(
+        "POST /upload HTTP/1.1\r\nHost: localhost\r\nX-Tenant-ID: tnt_a\r\nOrigin: {A}\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+    );
+    s.write_all(upload.as_bytes()).await.unwrap();
+    let mut interim = [0; 25];
+    s.read_exact(&mut interim).await.unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(b"hello").await.unwrap();
+    let (status, body) = read_response(&mut s).await;
+    assert!(status.starts_with("HTTP/1.1 200 OK"), "{status}");
+    assert_eq!(body, r#"{"received_bytes":5}"#);
+
+    // A WebSocket over TLS: the gateway's server hands the upgrade to hyper's.
+    let tls = pki.connect(addr, b"http/1.1").await;
+    let mut req = format!("wss://localhost:{}/ws", addr.port())
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert("origin", A.parse().unwrap());
+    req.headers_mut()
+        .insert("x-tenant-id", "tnt_a".parse().unwrap());
+    let (mut ws, resp) = tokio_tungstenite::client_async(req, tls).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    ws.send(Message::text("over tls")).await.unwrap();
+    let echoed = ws.next().await.unwrap().unwrap();
+    assert_eq!(echoed, Message::text("over tls"));
+}

@@ -11,10 +11,10 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
-use tokio::net::tcp::OwnedReadHalf;
 use tokio_util::io::poll_read_buf;
 
 use crate::http::codec::{self, decode, make_room, Decoded, Framing};
+use crate::http::stream::ReadHalf;
 
 /// What a streamed body can fail with.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
@@ -25,7 +25,7 @@ pub(super) const READ_CHUNK: usize = 8 * 1024;
 /// The connection's reading side: socket, buffered bytes, and where the current request's body
 /// stands. Locked by the connection between requests and by the body while it is read.
 pub(super) struct Reader {
-    pub(super) io: OwnedReadHalf,
+    pub(super) io: ReadHalf,
     pub(super) buf: BytesMut,
     pub(super) body: BodyState,
     pub(super) expect: Expect,

@@ -7,4 +7,5 @@ pub mod codec;
 pub mod inbound;
 pub mod pool;
 pub mod server;
+pub mod stream;
 pub mod upstream;

@@ -7,10 +7,15 @@
 //! protocol detection) was about a fifth of the gateway's user-space instructions per request
 //! (BENCHMARKS.md). This is the same work done once, in the connection's own task.
 //!
-//! What is served here: HTTP/1.0 and HTTP/1.1 requests on cleartext connections. Anything else
-//! goes to hyper's server together with the bytes read so far ([`Replay`]): HTTP/2 (prior
-//! knowledge, recognised by its preface) and protocol upgrades (WebSocket), both after the head
-//! passed the codec's rules. TLS connections go to hyper from the start (`run::server`).
+//! What is served here: HTTP/1.0 and HTTP/1.1 requests, in cleartext or over TLS
+//! ([`ClientStream`]; a TLS client that negotiated `h2` goes to hyper's server from the start,
+//! `run::server`). Anything else goes to hyper's server together with the bytes read so far
+//! ([`Replay`]): HTTP/2 with prior knowledge (recognised by its preface) and protocol upgrades
+//! (WebSocket), both after the head passed the codec's rules.
+//!
+//! What a connection holds while it waits for its next request: its task (about 700 bytes: the
+//! request being served is boxed and freed with its response), and no buffer — the read and
+//! write buffers go to the thread's spares (`spare`) and the next busy connection takes them.
 //!
 //! The message rules are the codec's ([`codec::parse_request_head`]), kept strict because the
 //! gateway stands in front of another parser: anything ambiguous is answered `400 bad_request`
@@ -37,7 +42,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::{Method, Request, Response, Version};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::tcp::OwnedWriteHalf;
+#[cfg(test)]
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_util::io::poll_read_buf;
@@ -48,6 +53,7 @@ use crate::http::codec::{
     ResponseFraming,
 };
 use crate::http::inbound::{BodyError, BodyState, ClientBody, Expect, Inbound, Reader, READ_CHUNK};
+use crate::http::stream::{ClientStream, WriteHalf};
 
 /// Most header lines accepted in a request head.
 const MAX_HEADERS: usize = 1_000;
@@ -60,10 +66,11 @@ const LINGER_BYTES: usize = 1024 * 1024;
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
-/// Read buffers of connections that wait for their next request, lent to the next connection
-/// that reads on this thread: an idle keep-alive connection holds no read buffer (nginx's way;
-/// most of what an idle connection costs was its buffer), and a busy one takes a warm buffer
-/// back without allocating or re-sharing a new one. At most [`SPARE_BUFFERS`] are kept.
+/// Buffers of connections that wait for their next request, lent to the next connection that
+/// reads or writes on this thread: an idle keep-alive connection holds no read or write buffer
+/// (nginx's way; most of what an idle connection cost was its buffers), and a busy one takes a
+/// warm buffer back without allocating a new one. At most [`SPARE_BUFFERS`] of each kind are
+/// kept.
 mod spare {
     use bytes::BytesMut;
     use std::cell::RefCell;
@@ -71,27 +78,58 @@ mod spare {
     pub(super) const SPARE_BUFFERS: usize = 64;
 
     thread_local! {
-        static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+        static READS: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+        static WRITES: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// A kind of buffer the thread keeps spares of.
+    pub(super) trait Buffer: Default + 'static {
+        fn capacity(&self) -> usize;
+        /// Runs `f` on the thread's spares of this kind.
+        fn spares<R>(f: impl FnOnce(&mut Vec<Self>) -> R) -> R;
+    }
+
+    impl Buffer for BytesMut {
+        fn capacity(&self) -> usize {
+            BytesMut::capacity(self)
+        }
+        fn spares<R>(f: impl FnOnce(&mut Vec<Self>) -> R) -> R {
+            READS.with(|spares| f(&mut spares.borrow_mut()))
+        }
+    }
+
+    impl Buffer for Vec<u8> {
+        fn capacity(&self) -> usize {
+            Vec::capacity(self)
+        }
+        fn spares<R>(f: impl FnOnce(&mut Vec<Self>) -> R) -> R {
+            WRITES.with(|spares| f(&mut spares.borrow_mut()))
+        }
     }
 
     /// Gives an idle connection's (empty) buffer to the thread's spares.
-    pub(super) fn give(buf: &mut BytesMut) {
+    pub(super) fn give<B: Buffer>(buf: &mut B) {
         if buf.capacity() == 0 {
             return;
         }
         let buf = std::mem::take(buf);
-        SPARE.with(|spare| {
-            let mut spare = spare.borrow_mut();
-            if spare.len() < SPARE_BUFFERS {
-                spare.push(buf);
+        B::spares(|spares| {
+            if spares.len() < SPARE_BUFFERS {
+                spares.push(buf);
             }
         });
     }
 
+    /// How many buffers of this kind the thread keeps.
+    #[cfg(test)]
+    pub(super) fn count<B: Buffer>() -> usize {
+        B::spares(|spares| spares.len())
+    }
+
     /// A buffer for a connection that has none (after it went idle), when the thread has one.
-    pub(super) fn take(buf: &mut BytesMut) {
+    pub(super) fn take<B: Buffer>(buf: &mut B) {
         if buf.capacity() == 0 {
-            if let Some(spare) = SPARE.with(|spare| spare.borrow_mut().pop()) {
+            if let Some(spare) = B::spares(|spares| spares.pop()) {
                 *buf = spare;
             }
         }
@@ -133,12 +171,12 @@ pub enum Unreadable {
 /// Serves the connection until it closes, or returns it (with what was read of it) when its
 /// next message is for hyper's server.
 pub async fn serve<H: Handler>(
-    stream: TcpStream,
+    stream: ClientStream,
     handler: &H,
     limits: Limits,
     closing: &CancellationToken,
-) -> Option<Replay<TcpStream>> {
-    let (read, write) = stream.into_split();
+) -> Option<Replay<ClientStream>> {
+    let (read, write) = stream.split();
     let mut conn = Connection {
         reader: Arc::new(Mutex::new(Reader {
             io: read,
@@ -147,16 +185,20 @@ pub async fn serve<H: Handler>(
             expect: Expect::No,
         })),
         write,
-        out: Vec::with_capacity(1024),
+        out: Vec::new(),
         limits,
     };
     let mut deadline = pin!(tokio::time::sleep(limits.header_read_timeout));
     let mut shutdown = pin!(closing.cancelled());
     let mut watching = false;
     let mut first = true;
-    loop {
+    let refused = loop {
         let mut due = None;
-        let head = poll_fn(|cx| {
+        // The request's own state (the pipeline's future, the response being written) is
+        // boxed: it exists while the request is in flight, and a connection that waits for its
+        // next request holds only what waiting needs (BENCHMARKS.md, "Cheap connections").
+        // (One expression, so that the parsed request is not kept across the exchange.)
+        let wait = poll_fn(|cx| {
             let wait = HeadWait {
                 deadline: deadline.as_mut(),
                 due: &mut due,
@@ -165,49 +207,44 @@ pub async fn serve<H: Handler>(
                 watching: &mut watching,
             };
             conn.poll_head(cx, wait, first)
-        })
-        .await;
-        let (req, head) = match head {
-            Ok(Some(next)) => next,
-            Ok(None) => return None,
-            Err(Refusal::Answer(err)) => {
-                let resp = handler.refuse(err);
-                let _ = conn.respond(resp, &Sent::refusal(), closing).await;
-                conn.linger().await;
-                return None;
-            }
-            Err(Refusal::Close) => return None,
+        });
+        let exchange = match wait.await {
+            Ok(Some((req, head))) => Box::pin(conn.exchange(handler, req, head, closing)),
+            Ok(None) | Err(Refusal::Close) => return None,
+            Err(Refusal::Answer(why)) => break why,
             Err(Refusal::Handoff(prefix)) => return conn.hand_off(prefix),
         };
         first = false;
-        let handling = pin!(handler.handle(req));
-        let Some(resp) = conn.run(handling, head.expect).await else {
-            tracing::debug!("client went away mid-request");
-            return None;
-        };
-        let sent = Sent {
-            keep_alive: head.keep_alive && conn.skip_unread_body(),
-            ..head
-        };
-        match conn.respond(resp, &sent, closing).await {
-            Ok(true) => continue,
-            Ok(false) => {
-                conn.linger().await;
+        match exchange.await {
+            Exchanged::Again => continue,
+            Exchanged::Linger => {
+                Box::pin(conn.linger()).await;
                 return None;
             }
-            Err(e) => {
-                tracing::debug!(error = %e, "response not delivered to the client");
-                return None;
-            }
+            Exchanged::Over => return None,
         }
-    }
+    };
+    // Answered outside the loop, where no request of the connection's is held.
+    Box::pin(conn.refuse(handler.refuse(refused), closing)).await;
+    None
+}
+
+/// How a request/response exchange left the connection.
+enum Exchanged {
+    /// Ready for the next request.
+    Again,
+    /// To be closed after lingering (request bytes may be left unread).
+    Linger,
+    /// Closed (the client went away, or the response could not be delivered).
+    Over,
 }
 
 /// One client connection: the reading side (shared with the request body), the writing side.
 struct Connection {
     reader: Arc<Mutex<Reader>>,
-    write: OwnedWriteHalf,
-    /// Response bytes waiting to be written; reused from response to response.
+    write: WriteHalf,
+    /// Response bytes waiting to be written: a buffer from the thread's spares while a response
+    /// is written, given back after it.
     out: Vec<u8>,
     limits: Limits,
 }
@@ -367,6 +404,43 @@ impl Connection {
         }
     }
 
+    /// Hands the request to the handler and writes its response.
+    async fn exchange<H: Handler>(
+        &mut self,
+        handler: &H,
+        req: Request<Inbound>,
+        head: Sent,
+        closing: &CancellationToken,
+    ) -> Exchanged {
+        let handling = pin!(handler.handle(req));
+        let Some(resp) = self.run(handling, head.expect).await else {
+            tracing::debug!("client went away mid-request");
+            return Exchanged::Over;
+        };
+        let sent = Sent {
+            keep_alive: head.keep_alive && self.skip_unread_body(),
+            ..head
+        };
+        match self.respond(resp, &sent, closing).await {
+            Ok(true) => Exchanged::Again,
+            Ok(false) => Exchanged::Linger,
+            Err(e) => {
+                tracing::debug!(error = %e, "response not delivered to the client");
+                Exchanged::Over
+            }
+        }
+    }
+
+    /// Answers bytes that could not be read as a request, then closes.
+    async fn refuse<B: Body<Data = Bytes, Error = BodyError> + Default>(
+        mut self,
+        resp: Response<B>,
+        closing: &CancellationToken,
+    ) {
+        let _ = self.respond(resp, &Sent::refusal(), closing).await;
+        self.linger().await;
+    }
+
     /// Runs the request's future to its response, answering `Expect: 100-continue` when the
     /// body is first read and watching for the client going away. `None`: it went away.
     async fn run<F, B>(&mut self, mut handling: Pin<&mut F>, expect: bool) -> Option<F::Output>
@@ -379,13 +453,18 @@ impl Connection {
                 return Poll::Ready(Some(resp));
             }
             if expect && self.lock().expect == Expect::Wanted {
-                match Pin::new(&mut self.write).poll_write(cx, &CONTINUE[continued..]) {
-                    Poll::Ready(Ok(n)) if n > 0 => continued += n,
-                    Poll::Ready(_) => return Poll::Ready(None),
-                    Poll::Pending => return Poll::Pending,
+                if continued < CONTINUE.len() {
+                    match Pin::new(&mut self.write).poll_write(cx, &CONTINUE[continued..]) {
+                        Poll::Ready(Ok(n)) if n > 0 => continued += n,
+                        Poll::Ready(_) => return Poll::Ready(None),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                    continue;
                 }
-                if continued == CONTINUE.len() {
-                    self.lock().expect = Expect::No;
+                match Pin::new(&mut self.write).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => self.lock().expect = Expect::No,
+                    Poll::Ready(Err(_)) => return Poll::Ready(None),
+                    Poll::Pending => return Poll::Pending,
                 }
                 continue; // the body reads on now
             }
@@ -456,7 +535,9 @@ impl Connection {
         let bodiless = matches!(framing, ResponseFraming::Bodiless | ResponseFraming::Head);
         let keep_alive =
             req.keep_alive && framing != ResponseFraming::UntilClose && !closing.is_cancelled();
+        spare::take(&mut self.out);
         self.out.clear();
+        self.out.reserve(1024);
         codec::write_response_head(
             &mut self.out,
             parts.status,
@@ -507,8 +588,10 @@ impl Connection {
                 }
                 continue;
             }
+            // Written: under TLS, what the session still holds goes out too.
+            let flushed = Pin::new(&mut self.write).poll_flush(cx)?;
             if finished {
-                return Poll::Ready(Ok(()));
+                return flushed.map(Ok);
             }
             // Waiting for the backend's next bytes.
             if self.poll_client_gone(cx) {
@@ -517,6 +600,9 @@ impl Connection {
             return Poll::Pending;
         })
         .await;
+        if result.is_ok() {
+            spare::give(&mut self.out); // written whole: empty
+        }
         result.map(|()| keep_alive)
     }
 
@@ -550,13 +636,13 @@ impl Connection {
     }
 
     /// The connection as one stream again, with the bytes read so far in front, for hyper.
-    fn hand_off(self, prefix: Bytes) -> Option<Replay<TcpStream>> {
+    fn hand_off(self, prefix: Bytes) -> Option<Replay<ClientStream>> {
         let Connection { reader, write, .. } = self;
         let reader = Arc::try_unwrap(reader).ok()?;
         let r = reader.into_inner().unwrap_or_else(|p| p.into_inner());
         let mut replay = BytesMut::from(&prefix[..]);
         replay.extend_from_slice(&r.buf);
-        let stream = r.io.reunite(write).ok()?;
+        let stream = ClientStream::reunite(r.io, write)?;
         Some(Replay {
             prefix: replay.freeze(),
             io: stream,
@@ -693,8 +779,75 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
 
 #[cfg(test)]
 mod tests {
-    use super::spare;
-    use bytes::BytesMut;
+    use super::*;
+    use http_body_util::{combinators::BoxBody, BodyExt, Full};
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    /// Answers every request with `hello`.
+    struct Hello;
+
+    impl Handler for Hello {
+        type Body = BoxBody<Bytes, BodyError>;
+
+        async fn handle(&self, _req: Request<Inbound>) -> Response<Self::Body> {
+            let body = Full::new(Bytes::from_static(b"hello")).map_err(|e| match e {});
+            Response::new(BoxBody::new(body))
+        }
+
+        fn refuse(&self, _why: Unreadable) -> Response<Self::Body> {
+            Response::new(BoxBody::default())
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_connection_waiting_for_its_next_request_holds_no_buffer() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let closing = CancellationToken::new();
+        let limits = Limits {
+            head_bytes: 16 * 1024,
+            header_read_timeout: Duration::from_secs(30),
+        };
+        let server = async {
+            let (stream, _) = listener.accept().await.unwrap();
+            serve(ClientStream::Plain(stream), &Hello, limits, &closing).await;
+        };
+        let client = async {
+            let mut client = TcpStream::connect(addr).await.unwrap();
+            for _ in 0..2 {
+                client
+                    .write_all(b"GET / HTTP/1.1\r\nHost: gw\r\n\r\n")
+                    .await
+                    .unwrap();
+                let mut answer = Vec::new();
+                while !answer.ends_with(b"hello") {
+                    let mut chunk = [0; 1024];
+                    let n = client.read(&mut chunk).await.unwrap();
+                    assert!(n > 0, "closed: {answer:?}");
+                    answer.extend_from_slice(&chunk[..n]);
+                }
+                assert!(answer.starts_with(b"HTTP/1.1 200 OK\r\n"), "{answer:?}");
+                // The server runs on this thread: once it waits for the next request, its read
+                // and write buffers are the thread's (and the next request takes them back).
+                for _ in 0..10 {
+                    tokio::task::yield_now().await;
+                }
+                assert_eq!(
+                    spare::count::<BytesMut>(),
+                    1,
+                    "the read buffer is given back"
+                );
+                assert_eq!(
+                    spare::count::<Vec<u8>>(),
+                    1,
+                    "the write buffer is given back"
+                );
+            }
+            drop(client);
+        };
+        tokio::join!(server, client);
+    }
 
     #[test]
     fn idle_buffers_go_to_the_thread_and_come_back_to_the_next_reader() {

@@ -1,7 +1,7 @@
 //! The listeners: accept loop with the gateway-wide connection cap, optional TLS ([`crate::run::tls`]),
 //! HTTP/1.1 and HTTP/2 on one port (ALPN over TLS, prior knowledge in cleartext), and graceful
-//! shutdown. Cleartext HTTP/1.x is served by [`crate::http::server`]; hyper's server takes TLS
-//! connections, HTTP/2 and protocol upgrades.
+//! shutdown. HTTP/1.x, in cleartext or over TLS, is served by [`crate::http::server`]; hyper's
+//! server takes HTTP/2 and protocol upgrades.
 //!
 //! [`start`] builds everything from a [`Config`] and returns a [`Running`] gateway whose
 //! addresses are known (tests bind `127.0.0.1:0`).
@@ -20,10 +20,12 @@ use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
+use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::http::stream::ClientStream;
 use crate::pipeline::forward::Forwarder;
 use crate::pipeline::proxy::{ClientConn, Gateway, Serving};
 use crate::run::config::{Config, StoreConfig};
@@ -110,13 +112,11 @@ pub async fn start_with_store(
     config: Config,
     store: Arc<dyn TenantStore>,
 ) -> Result<Running, StartError> {
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            what: "[server] listen",
-            addr: config.listen,
-            source,
-        })?;
+    let listener = listen(config.listen).map_err(|source| StartError::Bind {
+        what: "[server] listen",
+        addr: config.listen,
+        source,
+    })?;
     let addr = listener.local_addr().map_err(|source| StartError::Bind {
         what: "[server] listen",
         addr: config.listen,
@@ -187,6 +187,22 @@ pub async fn start_with_store(
     })
 }
 
+/// Connections the kernel queues for the proxy listener before `accept` (capped by
+/// `net.core.somaxconn`): an accept storm waits there rather than having its SYNs dropped and
+/// retried a second later (tokio's default is 1,024; nginx's bench config uses 4,096).
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 async fn wait_for(mut stopped: watch::Receiver<bool>) {
     let _ = stopped.wait_for(|s| *s).await;
 }
@@ -214,6 +230,7 @@ async fn serve(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(parser_limit as u32);
+    let builder = Arc::new(builder);
     // Every client connection, and the signal for them to finish their request and close.
     let connections = TaskTracker::new();
     let closing = CancellationToken::new();
@@ -264,21 +281,15 @@ async fn serve(
             limits,
         };
         let Some(workers) = &mut workers else {
-            tokio::spawn(connections.track_future(client.serve(stream)));
+            tokio::spawn(connections.track_future(client.serve(Accepted::Here(stream))));
             continue;
         };
         // Handed to the next connection thread: the socket leaves this runtime's poller and
         // joins that thread's.
         match stream.into_std() {
             Ok(stream) => {
-                workers.next().spawn(connections.track_future(async move {
-                    match TcpStream::from_std(stream) {
-                        Ok(stream) => client.serve(stream).await,
-                        Err(e) => {
-                            tracing::warn!(%peer, error = %e, "cannot hand over a connection")
-                        }
-                    }
-                }));
+                let serving = client.serve(Accepted::Moved(stream));
+                workers.next().spawn(connections.track_future(serving));
             }
             Err(e) => tracing::warn!(%peer, error = %e, "cannot hand over a connection"),
         }
@@ -308,11 +319,17 @@ async fn serve(
     let _ = flusher.await;
 }
 
+/// An accepted socket: on the runtime that serves it, or handed over from the accepting one.
+enum Accepted {
+    Here(TcpStream),
+    Moved(std::net::TcpStream),
+}
+
 /// One accepted client connection and what serving it needs.
 struct Client {
     peer: SocketAddr,
     tls: Option<TlsAcceptor>,
-    builder: auto::Builder<TokioExecutor>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
     gateway: Arc<Gateway>,
     /// Fires at shutdown: finish the request in flight, then close.
     closing: CancellationToken,
@@ -325,29 +342,72 @@ struct Client {
 impl Client {
     /// Serves the connection until it closes: TLS first when configured (its handshake bounded
     /// like a request head), then HTTP/1.1 or HTTP/2, each request through the gateway.
-    async fn serve(self, stream: TcpStream) {
-        let conn = ClientConn::new(self.peer, if self.tls.is_some() { &HTTPS } else { &HTTP });
-        match &self.tls {
-            None => {
-                let serving = Serving {
-                    gateway: &self.gateway,
-                    conn: &conn,
-                };
-                let handed_over =
-                    crate::http::server::serve(stream, &serving, self.limits, &self.closing).await;
-                if let Some(stream) = handed_over {
-                    self.serve_with_hyper(stream, conn).await;
-                }
-            }
-            Some(tls) => {
-                let timeout = self.limits.header_read_timeout;
-                match tokio::time::timeout(timeout, tls.accept(stream)).await {
-                    Ok(Ok(stream)) => self.serve_with_hyper(stream, conn).await,
-                    Ok(Err(e)) => {
-                        tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed")
+    ///
+    /// The task of a cleartext HTTP/1.1 connection is its state while it waits for a request and
+    /// little more: the TLS and hyper paths are boxed, so their (much larger) futures are
+    /// allocated only by the connections that take them (BENCHMARKS.md, "Cheap connections").
+    // An `async move` block rather than an `async fn`, whose future would keep a second copy of
+    // its arguments in every connection's task.
+    #[allow(clippy::manual_async_fn)]
+    fn serve(self, accepted: Accepted) -> impl Future<Output = ()> {
+        async move {
+            let stream = match accepted {
+                Accepted::Here(stream) => stream,
+                Accepted::Moved(stream) => match TcpStream::from_std(stream) {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        let peer = self.peer;
+                        return tracing::warn!(%peer, error = %e, "cannot hand over a connection");
                     }
-                    Err(_) => tracing::debug!(peer = %self.peer, "TLS handshake timed out"),
+                },
+            };
+            let (stream, conn) = match &self.tls {
+                None => (
+                    ClientStream::Plain(stream),
+                    ClientConn::new(self.peer, &HTTP),
+                ),
+                Some(tls) => {
+                    let handshake = Box::pin(self.handshake(tls, stream));
+                    let Some(stream) = handshake.await else {
+                        return;
+                    };
+                    let conn = ClientConn::new(self.peer, &HTTPS);
+                    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        let hyper = Box::pin(self.serve_with_hyper(stream, conn));
+                        return hyper.await;
+                    }
+                    (ClientStream::Tls(stream), conn)
                 }
+            };
+            let serving = Serving {
+                gateway: &self.gateway,
+                conn: &conn,
+            };
+            let served = crate::http::server::serve(stream, &serving, self.limits, &self.closing);
+            let Some(handed_over) = served.await else {
+                return;
+            };
+            let hyper = Box::pin(self.serve_with_hyper(handed_over, conn));
+            hyper.await
+        }
+    }
+
+    /// The TLS handshake, bounded like a request head.
+    async fn handshake(
+        &self,
+        tls: &TlsAcceptor,
+        stream: TcpStream,
+    ) -> Option<Box<TlsStream<TcpStream>>> {
+        let timeout = self.limits.header_read_timeout;
+        match tokio::time::timeout(timeout, tls.accept(stream)).await {
+            Ok(Ok(stream)) => Some(Box::new(stream)),
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(peer = %self.peer, "TLS handshake timed out");
+                None
             }
         }
     }
