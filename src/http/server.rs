@@ -209,7 +209,12 @@ pub async fn serve<H: Handler>(
             conn.poll_head(cx, wait, first)
         });
         let exchange = match wait.await {
-            Ok(Some((req, head))) => Box::pin(conn.exchange(handler, req, head, closing)),
+            Ok(Some((req, head))) => {
+                // Written into its allocation rather than moved there: `Box::pin` copied the
+                // future's ~3.8 KB (250 instructions per request, callgrind).
+                let slot = Box::new_uninit();
+                Box::into_pin(Box::write(slot, conn.exchange(handler, req, head, closing)))
+            }
             Ok(None) | Err(Refusal::Close) => return None,
             Err(Refusal::Answer(why)) => break why,
             Err(Refusal::Handoff(prefix)) => return conn.hand_off(prefix),
