@@ -579,6 +579,11 @@ where
 }
 
 /// Copies one direction, noting the time of every chunk in `last`, then shuts the writer down.
+///
+/// An open tunnel holds no buffer: bytes are read into the thread's scratch buffer and written on
+/// at once within the same poll; only what the writer does not take then (backpressure) is kept,
+/// in a buffer of its own until it is written. (Two 512-byte buffers per tunnel were a fifth of
+/// an idle WebSocket's cost: BENCHMARKS.md, "Cheap connections".)
 async fn pump<R, W>(
     mut from: R,
     mut to: W,
@@ -589,32 +594,77 @@ where
     R: tokio::io::AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin,
 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    // An idle socket holds only the small buffer: chat messages fit in it, and a read that
-    // fills it (a burst) switches to a large buffer until a read comes back short.
-    const BURST: usize = 16 * 1024;
-    let mut small = [0u8; 512];
-    let mut large: Vec<u8> = Vec::new();
-    loop {
-        let buf: &mut [u8] = if large.is_empty() {
-            &mut small
-        } else {
-            &mut large
-        };
-        let n = from.read(buf).await?;
-        if n == 0 {
-            return to.shutdown().await;
-        }
-        to.write_all(&buf[..n]).await?;
-        let full = n == buf.len();
-        if full && large.is_empty() {
-            large = vec![0; BURST];
-        } else if !full && !large.is_empty() {
-            large = Vec::new();
-        }
-        let now = started.elapsed().as_millis() as u64;
-        last.store(now, std::sync::atomic::Ordering::Relaxed);
+    use std::cell::RefCell;
+    use tokio::io::{AsyncWriteExt, ReadBuf};
+    const SCRATCH_BYTES: usize = 16 * 1024;
+    thread_local! {
+        static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH_BYTES].into_boxed_slice());
     }
+    /// What one read came to.
+    enum Read {
+        /// Bytes passed on (maybe partly left in `unwritten`).
+        Moved,
+        Waiting,
+        Ended,
+    }
+    let mut unwritten: Vec<u8> = Vec::new();
+    let mut at = 0;
+    std::future::poll_fn(|cx| loop {
+        while at < unwritten.len() {
+            match Pin::new(&mut to).poll_write(cx, &unwritten[at..]) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
+                }
+                Poll::Ready(Ok(n)) => at += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if !unwritten.is_empty() {
+            (unwritten, at) = (Vec::new(), 0);
+        }
+        let read = SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            let mut buf = ReadBuf::new(&mut scratch[..]);
+            match Pin::new(&mut from).poll_read(cx, &mut buf) {
+                Poll::Pending => return Ok(Read::Waiting),
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Ok(Read::Ended),
+                Poll::Ready(Ok(())) => {}
+            }
+            let data = buf.filled();
+            let mut written = 0;
+            while written < data.len() {
+                match Pin::new(&mut to).poll_write(cx, &data[written..]) {
+                    Poll::Ready(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+                    Poll::Ready(Ok(n)) => written += n,
+                    Poll::Ready(Err(e)) => return Err(e),
+                    Poll::Pending => {
+                        unwritten = data[written..].to_vec();
+                        break;
+                    }
+                }
+            }
+            Ok(Read::Moved)
+        });
+        match read {
+            Ok(Read::Moved) => {
+                let now = started.elapsed().as_millis() as u64;
+                last.store(now, std::sync::atomic::Ordering::Relaxed);
+            }
+            Ok(Read::Waiting) => {
+                // Waiting to read: what the writer still holds (a TLS session) goes out first.
+                if let Poll::Ready(Err(e)) = Pin::new(&mut to).poll_flush(cx) {
+                    return Poll::Ready(Err(e));
+                }
+                return Poll::Pending;
+            }
+            Ok(Read::Ended) => return Poll::Ready(Ok(())),
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+    })
+    .await?;
+    to.shutdown().await
 }
 
 /// Puts back the two hop-by-hop headers an upgrade needs on each hop (`Upgrade: <protocol>`,
@@ -1162,6 +1212,31 @@ mod tests {
         );
         assert_eq!(h["x-tenant-provider-connection-string"], "secret-cs");
         assert_eq!(h["x-forwarded-for"], "10.0.0.7");
+    }
+
+    /// One tunnel direction through a writer that takes 100 bytes at a time: the bytes the
+    /// writer refuses are kept and written later, in order, and the end is passed on.
+    #[tokio::test]
+    async fn a_tunnel_direction_copies_everything_through_a_slow_writer() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, from) = tokio::io::duplex(64 * 1024);
+        let (to, mut sink) = tokio::io::duplex(100);
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let last = std::sync::atomic::AtomicU64::new(0);
+        let copy = pump(from, to, tokio::time::Instant::now(), &last);
+        let feed = async {
+            client.write_all(&data).await.unwrap();
+            drop(client); // the end of this direction
+        };
+        let drain = async {
+            let mut got = Vec::new();
+            sink.read_to_end(&mut got).await.unwrap();
+            got
+        };
+        let (copied, (), got) = tokio::join!(copy, feed, drain);
+        copied.unwrap();
+        assert_eq!(got.len(), data.len());
+        assert!(got == data, "the bytes arrive in order");
     }
 
     #[tokio::test(start_paused = true)]
