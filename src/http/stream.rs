@@ -30,6 +30,17 @@ pub enum WriteHalf {
     Tls(tokio::io::WriteHalf<Box<TlsStream<TcpStream>>>),
 }
 
+/// Makes the call on whichever stream `$self` holds (the cleartext and TLS types share the
+/// method names of [`AsyncRead`] and [`AsyncWrite`]).
+macro_rules! dispatch {
+    ($ty:ident, $self:expr, $io:ident => $call:expr) => {
+        match $self {
+            $ty::Plain($io) => $call,
+            $ty::Tls($io) => $call,
+        }
+    };
+}
+
 impl ClientStream {
     pub fn split(self) -> (ReadHalf, WriteHalf) {
         match self {
@@ -64,22 +75,8 @@ impl AsyncRead for ReadHalf {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            ReadHalf::Plain(io) => Pin::new(io).poll_read(cx, buf),
-            ReadHalf::Tls(io) => Pin::new(io).poll_read(cx, buf),
-        }
+        dispatch!(ReadHalf, self.get_mut(), io => Pin::new(io).poll_read(cx, buf))
     }
-}
-
-/// Dispatches the writing calls to whichever stream `$self` holds (the two types share the
-/// method names of [`AsyncWrite`]).
-macro_rules! write_to {
-    ($ty:ident, $self:expr, $io:ident => $call:expr) => {
-        match $self {
-            $ty::Plain($io) => $call,
-            $ty::Tls($io) => $call,
-        }
-    };
 }
 
 impl AsyncWrite for WriteHalf {
@@ -88,15 +85,15 @@ impl AsyncWrite for WriteHalf {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        write_to!(WriteHalf, self.get_mut(), io => Pin::new(io).poll_write(cx, buf))
+        dispatch!(WriteHalf, self.get_mut(), io => Pin::new(io).poll_write(cx, buf))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        write_to!(WriteHalf, self.get_mut(), io => Pin::new(io).poll_flush(cx))
+        dispatch!(WriteHalf, self.get_mut(), io => Pin::new(io).poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        write_to!(WriteHalf, self.get_mut(), io => Pin::new(io).poll_shutdown(cx))
+        dispatch!(WriteHalf, self.get_mut(), io => Pin::new(io).poll_shutdown(cx))
     }
 }
 
@@ -106,10 +103,7 @@ impl AsyncRead for ClientStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Plain(io) => Pin::new(io).poll_read(cx, buf),
-            ClientStream::Tls(io) => Pin::new(io).poll_read(cx, buf),
-        }
+        dispatch!(ClientStream, self.get_mut(), io => Pin::new(io).poll_read(cx, buf))
     }
 }
 
@@ -119,7 +113,7 @@ impl AsyncWrite for ClientStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        write_to!(ClientStream, self.get_mut(), io => Pin::new(io).poll_write(cx, buf))
+        dispatch!(ClientStream, self.get_mut(), io => Pin::new(io).poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -127,18 +121,18 @@ impl AsyncWrite for ClientStream {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        write_to!(ClientStream, self.get_mut(), io => Pin::new(io).poll_write_vectored(cx, bufs))
+        dispatch!(ClientStream, self.get_mut(), io => Pin::new(io).poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
-        write_to!(ClientStream, self, io => io.is_write_vectored())
+        dispatch!(ClientStream, self, io => io.is_write_vectored())
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        write_to!(ClientStream, self.get_mut(), io => Pin::new(io).poll_flush(cx))
+        dispatch!(ClientStream, self.get_mut(), io => Pin::new(io).poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        write_to!(ClientStream, self.get_mut(), io => Pin::new(io).poll_shutdown(cx))
+        dispatch!(ClientStream, self.get_mut(), io => Pin::new(io).poll_shutdown(cx))
     }
 }
