@@ -298,7 +298,8 @@ async fn https_backends_by_default_and_per_tenant_verified_against_the_configure
 }
 
 /// The smuggling request the attack suite found (`Connection` naming `Content-Length`), over
-/// TLS, where hyper's server reads the request: the backend receives one request, its body whole.
+/// TLS (read by the gateway's own HTTP/1.1 server since issue 19, by hyper's before): the
+/// backend receives one request, its body whole.
 #[tokio::test]
 async fn over_tls_connection_cannot_remove_the_content_length_either() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
