@@ -42,8 +42,6 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::{Method, Request, Response, Version};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-#[cfg(test)]
-use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_util::io::poll_read_buf;
 use tokio_util::sync::CancellationToken;
@@ -194,10 +192,6 @@ pub async fn serve<H: Handler>(
     let mut first = true;
     let refused = loop {
         let mut due = None;
-        // The request's own state (the pipeline's future, the response being written) is
-        // boxed: it exists while the request is in flight, and a connection that waits for its
-        // next request holds only what waiting needs (BENCHMARKS.md, "Cheap connections").
-        // (One expression, so that the parsed request is not kept across the exchange.)
         let wait = poll_fn(|cx| {
             let wait = HeadWait {
                 deadline: deadline.as_mut(),
@@ -208,10 +202,15 @@ pub async fn serve<H: Handler>(
             };
             conn.poll_head(cx, wait, first)
         });
+        // The head is matched as it comes, never bound to a name: a bound request would be kept
+        // in this future across the exchange.
         let exchange = match wait.await {
             Ok(Some((req, head))) => {
-                // Written into its allocation rather than moved there: `Box::pin` copied the
-                // future's ~3.8 KB (250 instructions per request, callgrind).
+                // The request's own state (the pipeline's future, the response being written) is
+                // boxed: it exists while the request is in flight, and a connection that waits
+                // for its next request holds only what waiting needs (BENCHMARKS.md, "Cheap
+                // connections"). Written into its allocation rather than moved there: `Box::pin`
+                // copied the future's ~3.8 KB (250 instructions per request, callgrind).
                 let slot = Box::new_uninit();
                 Box::into_pin(Box::write(slot, conn.exchange(handler, req, head, closing)))
             }
@@ -790,7 +789,7 @@ mod tests {
     use super::*;
     use http_body_util::{combinators::BoxBody, BodyExt, Full};
     use tokio::io::AsyncReadExt;
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
 
     /// Answers every request with `hello`.
     struct Hello;

@@ -602,7 +602,7 @@ where
     }
     /// What one read came to.
     enum Read {
-        /// Bytes passed on (maybe partly left in `unwritten`).
+        /// Bytes passed on (what the writer did not take is in `unwritten`).
         Moved,
         Waiting,
         Ended,
@@ -610,17 +610,11 @@ where
     let mut unwritten: Vec<u8> = Vec::new();
     let mut at = 0;
     std::future::poll_fn(|cx| loop {
-        while at < unwritten.len() {
-            match Pin::new(&mut to).poll_write(cx, &unwritten[at..]) {
-                Poll::Ready(Ok(0)) => {
-                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
-                }
-                Poll::Ready(Ok(n)) => at += n,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
+        if at < unwritten.len() {
+            at += write_now(&mut to, cx, &unwritten[at..])?;
+            if at < unwritten.len() {
+                return Poll::Pending;
             }
-        }
-        if !unwritten.is_empty() {
             (unwritten, at) = (Vec::new(), 0);
         }
         let read = SCRATCH.with(|scratch| {
@@ -633,38 +627,45 @@ where
                 Poll::Ready(Ok(())) => {}
             }
             let data = buf.filled();
-            let mut written = 0;
-            while written < data.len() {
-                match Pin::new(&mut to).poll_write(cx, &data[written..]) {
-                    Poll::Ready(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
-                    Poll::Ready(Ok(n)) => written += n,
-                    Poll::Ready(Err(e)) => return Err(e),
-                    Poll::Pending => {
-                        unwritten = data[written..].to_vec();
-                        break;
-                    }
-                }
-            }
+            let taken = write_now(&mut to, cx, data)?;
+            unwritten = data[taken..].to_vec(); // no allocation when all was taken
             Ok(Read::Moved)
         });
-        match read {
-            Ok(Read::Moved) => {
+        match read? {
+            Read::Moved => {
                 let now = started.elapsed().as_millis() as u64;
                 last.store(now, std::sync::atomic::Ordering::Relaxed);
             }
-            Ok(Read::Waiting) => {
+            Read::Waiting => {
                 // Waiting to read: what the writer still holds (a TLS session) goes out first.
                 if let Poll::Ready(Err(e)) = Pin::new(&mut to).poll_flush(cx) {
                     return Poll::Ready(Err(e));
                 }
                 return Poll::Pending;
             }
-            Ok(Read::Ended) => return Poll::Ready(Ok(())),
-            Err(e) => return Poll::Ready(Err(e)),
+            Read::Ended => return Poll::Ready(Ok(())),
         }
     })
     .await?;
     to.shutdown().await
+}
+
+/// Writes as much of `bytes` as `to` takes now; how many it took (fewer when it would block, and
+/// then the task is woken when it can take more).
+fn write_now<W>(to: &mut W, cx: &mut Context<'_>, bytes: &[u8]) -> std::io::Result<usize>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let mut written = 0;
+    while written < bytes.len() {
+        match Pin::new(&mut *to).poll_write(cx, &bytes[written..]) {
+            Poll::Ready(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Poll::Ready(Ok(n)) => written += n,
+            Poll::Ready(Err(e)) => return Err(e),
+            Poll::Pending => break,
+        }
+    }
+    Ok(written)
 }
 
 /// Puts back the two hop-by-hop headers an upgrade needs on each hop (`Upgrade: <protocol>`,
