@@ -126,6 +126,7 @@ fn header_rewrite(c: &mut Criterion) {
         request_id: &id,
         traceparent: Some(&trace),
         tenant_header: &tenant_header,
+        meter: None,
     };
     let plain = forward_settings("");
     let five = forward_settings(
@@ -168,6 +169,7 @@ fn header_rewrite(c: &mut Criterion) {
                         request_id: &id,
                         traceparent: Some(&trace),
                         tenant_header: &tenant_header,
+                        meter: None,
                     },
                     &plain,
                 );

@@ -195,6 +195,11 @@ impl Body for Inbound {
 #[error("request body larger than {0} bytes")]
 pub struct BodyLimitExceeded(pub u64);
 
+/// Counts the bytes of request bodies (a tenant's usage).
+pub trait ByteMeter: Send + Sync {
+    fn add(&self, bytes: u64);
+}
+
 pin_project! {
     /// A client's request body on its way to the backend, counted as it streams (never
     /// buffered) and cut with [`BodyLimitExceeded`] once it passes the limit.
@@ -203,15 +208,21 @@ pin_project! {
         inner: Inbound,
         limit: Option<u64>,
         seen: u64,
+        meter: Option<Arc<dyn ByteMeter>>,
     }
 }
 
 impl RequestBody {
-    pub fn new(inner: Inbound, limit: Option<u64>) -> RequestBody {
+    pub fn new(
+        inner: Inbound,
+        limit: Option<u64>,
+        meter: Option<Arc<dyn ByteMeter>>,
+    ) -> RequestBody {
         RequestBody {
             inner,
             limit,
             seen: 0,
+            meter,
         }
     }
 }
@@ -227,10 +238,16 @@ impl Body for RequestBody {
         let this = self.project();
         match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(limit), Some(data)) = (*this.limit, frame.data_ref()) {
-                    *this.seen += data.len() as u64;
-                    if *this.seen > limit {
-                        return Poll::Ready(Some(Err(Box::new(BodyLimitExceeded(limit)))));
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len() as u64;
+                    *this.seen += n;
+                    if let Some(meter) = this.meter {
+                        meter.add(n);
+                    }
+                    if let Some(limit) = *this.limit {
+                        if *this.seen > limit {
+                            return Poll::Ready(Some(Err(Box::new(BodyLimitExceeded(limit)))));
+                        }
                     }
                 }
                 Poll::Ready(Some(Ok(frame)))

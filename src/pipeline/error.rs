@@ -42,6 +42,10 @@ pub enum GatewayError {
     OriginNotAllowed,
     #[error("the tenant has reached its concurrency limit")]
     ConcurrencyExceeded,
+    #[error("the tenant has reached its request rate")]
+    RateExceeded,
+    #[error("the tenant has used its requests for the day (UTC)")]
+    QuotaExhausted,
     #[error("the request body is larger than this gateway accepts")]
     BodyTooLarge,
     #[error("the request headers are larger than this gateway accepts")]
@@ -71,7 +75,7 @@ impl GatewayError {
             TenantMalformed => StatusCode::BAD_REQUEST,
             TenantInactive | OriginMissing | OriginNotAllowed => StatusCode::FORBIDDEN,
             TenantMisconfigured | StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ConcurrencyExceeded => StatusCode::TOO_MANY_REQUESTS,
+            ConcurrencyExceeded | RateExceeded | QuotaExhausted => StatusCode::TOO_MANY_REQUESTS,
             BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             BadRequest => StatusCode::BAD_REQUEST,
@@ -94,6 +98,8 @@ impl GatewayError {
             OriginMissing => "origin_missing",
             OriginNotAllowed => "origin_not_allowed",
             ConcurrencyExceeded => "tenant_concurrency_exceeded",
+            RateExceeded => "tenant_rate_exceeded",
+            QuotaExhausted => "tenant_quota_exhausted",
             BodyTooLarge => "body_too_large",
             HeadersTooLarge => "headers_too_large",
             BadRequest => "bad_request",
@@ -108,8 +114,8 @@ impl GatewayError {
         use GatewayError::*;
         match self {
             TenantMissing | TenantMalformed | TenantUnknown | TenantInactive | OriginMissing
-            | OriginNotAllowed | ConcurrencyExceeded | BodyTooLarge | HeadersTooLarge
-            | BadRequest | RequestTimeout => Cause::Client,
+            | OriginNotAllowed | ConcurrencyExceeded | RateExceeded | QuotaExhausted
+            | BodyTooLarge | HeadersTooLarge | BadRequest | RequestTimeout => Cause::Client,
             TenantMisconfigured | StoreUnavailable => Cause::Gateway,
             UpstreamUnavailable | UpstreamTimeout => Cause::Upstream,
         }
@@ -169,6 +175,8 @@ mod tests {
                 "tenant_concurrency_exceeded",
                 Cause::Client,
             ),
+            (RateExceeded, 429, "tenant_rate_exceeded", Cause::Client),
+            (QuotaExhausted, 429, "tenant_quota_exhausted", Cause::Client),
             (
                 UpstreamUnavailable,
                 502,

@@ -245,6 +245,14 @@ pub struct Forwarded<'a> {
     pub traceparent: Option<&'a HeaderValue>,
     /// `[tenancy] header`: the client's copy goes on whatever `Connection` names.
     pub tenant_header: &'a HeaderName,
+    /// Counts the request body's bytes for the tenant's usage, when metered.
+    pub meter: Option<&'a Arc<crate::tenants::slots::Slots>>,
+}
+
+/// The tenant's counter of request bytes, when the request is metered.
+fn metered(fwd: &Forwarded<'_>) -> Option<Arc<dyn crate::http::inbound::ByteMeter>> {
+    fwd.meter
+        .map(|s| s.clone() as Arc<dyn crate::http::inbound::ByteMeter>)
 }
 
 /// The upstream side: one pool of keep-alive connections shared by every tenant.
@@ -395,7 +403,7 @@ impl Forwarder {
         let max_body = max_body(tenant, settings);
         check_declared_length(framing, max_body)?;
         let upstream = upstream_for(tenant, settings);
-        let body = RequestBody::new(body, max_body);
+        let body = RequestBody::new(body, max_body, metered(fwd));
         let body = (!http_body::Body::is_end_stream(&body)).then_some(body);
         let mut head = Vec::with_capacity(1024);
         codec::request_line(&mut head, &parts.method, &codec::origin_form(&parts.uri));
@@ -438,7 +446,7 @@ impl Forwarder {
             .unwrap_or_else(|_| Uri::from_static("/"));
         parts.version = Version::HTTP_11;
         parts.headers.insert(header::HOST, upstream.host().clone());
-        let body = RequestBody::new(body, max_body);
+        let body = RequestBody::new(body, max_body, metered(fwd));
         Ok((upstream, Request::from_parts(parts, body)))
     }
 }
@@ -1064,6 +1072,7 @@ mod tests {
             request_id: id,
             traceparent: Some(&TRACE),
             tenant_header: &TENANT_HEADER,
+            meter: None,
         }
     }
 

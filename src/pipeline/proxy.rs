@@ -4,7 +4,7 @@
 //!   preflight? ──► answered here (cors), never forwarded
 //!   1 identify   key from the tenant header → tenant (cache → store)      401/400/403/503
 //!   2 cors       Origin against the tenant's allow-list                   403
-//!   3 limit      take one of the tenant's concurrency slots               429
+//!   3 limit      a concurrency slot, a token of the rate, a unit of quota 429
 //!   4 forward    rewrite headers, stream to the backend and back          502/504
 //! ```
 //!
@@ -29,7 +29,7 @@ use arc_swap::ArcSwap;
 
 use crate::pipeline::error::GatewayError;
 use crate::pipeline::forward::{Forwarded, Forwarder, X_REQUEST_ID};
-use crate::pipeline::{cors, forward, identify};
+use crate::pipeline::{cors, forward, identify, limit};
 use crate::telemetry::trace::{RequestTrace, Tracer};
 use crate::tenants::origin;
 
@@ -42,6 +42,8 @@ pub struct Gateway {
     pub metrics: Arc<crate::telemetry::metrics::Metrics>,
     /// Trace context for every request; OTLP spans when `[tracing]` exports.
     pub tracer: Tracer,
+    /// Whether the limits are this replica's or shares of the cluster's (`[cluster] scope`).
+    pub scope: limit::Scope,
 }
 
 /// The request rules from the config that a reload can change.
@@ -113,6 +115,8 @@ struct RequestContext {
     key: Option<Arc<str>>,
     /// The request's origin, once it is known to be allowed for the tenant.
     allowed_origin: Option<HeaderValue>,
+    /// The limit that refused the request, if one did.
+    refusal: Option<limit::Refusal>,
 }
 
 /// The size of the request head as sent over HTTP/1.1: request line and `name: value` lines.
@@ -139,6 +143,7 @@ impl Gateway {
             entry: None,
             key: None,
             allowed_origin: None,
+            refusal: None,
         };
 
         let policy = self.policy.load_full();
@@ -149,8 +154,13 @@ impl Gateway {
         if let Some(origin) = ctx.allowed_origin.take() {
             cors::decorate(resp.headers_mut(), origin, &policy.cors);
         }
-        if let Some(retired) = ctx.entry.as_ref().and_then(|e| e.retired.as_ref()) {
-            identify::mark_retired(resp.headers_mut(), retired);
+        if let Some(entry) = &ctx.entry {
+            if let Some(retired) = &entry.retired {
+                identify::mark_retired(resp.headers_mut(), retired);
+            }
+            if let Some(refusal) = ctx.refusal {
+                refusal.decorate(resp.headers_mut(), entry);
+            }
         }
         resp.headers_mut()
             .insert(X_REQUEST_ID, ctx.request_id.clone());
@@ -163,6 +173,9 @@ impl Gateway {
             None => ctx.key.as_deref(),
         };
         self.metrics.observe(status, code, elapsed);
+        if let Some(entry) = &ctx.entry {
+            entry.slots.usage.request(status, code);
+        }
         crate::telemetry::logging::access(&crate::telemetry::logging::AccessRecord {
             method: method.as_str(),
             path: uri.path(),
@@ -238,7 +251,10 @@ impl Gateway {
             cors::check_origin(req.headers(), &tenant.origins, policy.require_origin)?;
 
         // 3. limit
-        let slot = entry.slots.try_acquire(tenant.max_concurrent)?;
+        let slot = limit::admit(entry, self.scope).map_err(|refusal| {
+            ctx.refusal = Some(refusal);
+            refusal.error
+        })?;
 
         // 4. forward
         let fwd = Forwarded {
@@ -247,6 +263,7 @@ impl Gateway {
             request_id: &ctx.request_id,
             traceparent: ctx.trace.traceparent.as_ref(),
             tenant_header: &policy.key_sources.header,
+            meter: Some(&entry.slots),
         };
         if forward::is_upgrade(req.headers()) {
             return Box::pin(self.forwarder.upgrade(req, tenant, &fwd, slot)).await;

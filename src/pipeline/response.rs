@@ -85,7 +85,12 @@ where
     let polled = body.as_mut().poll_frame(cx);
     let finished = match &polled {
         Poll::Ready(None) | Poll::Ready(Some(Err(_))) => true,
-        Poll::Ready(Some(Ok(_))) => body.is_end_stream(),
+        Poll::Ready(Some(Ok(frame))) => {
+            if let (Some(data), Some(slot)) = (frame.data_ref(), slot.as_ref()) {
+                slot.slots().usage.bytes_out(data.len() as u64);
+            }
+            body.is_end_stream()
+        }
         Poll::Pending => false,
     };
     if finished {

@@ -6,6 +6,7 @@
 //! tenantgate demo                           zero set-up: sample backend + gateway + tenants
 //! tenantgate backend [--listen ADDR]        the sample backend alone (compose, Kubernetes)
 //! tenantgate tenants list|get|put|import|export|enable|disable|delete --config gateway.toml
+//! tenantgate usage [--tenant KEY] [--since RFC3339] [--format table|json|csv] --config FILE
 //! tenantgate completions bash|zsh|fish|elvish|powershell    shell completion script
 //! tenantgate man                            the manual page (roff)
 //! ```
@@ -74,6 +75,20 @@ enum Command {
     Completions { shell: clap_complete::Shell },
     /// Print the manual page (roff) to standard output: `tenantgate man > tenantgate.1`.
     Man,
+    /// Report usage per tenant and UTC hour (requests by status class, rejections by code,
+    /// bytes in and out) from the usage collection (MongoDB) or file (file store).
+    Usage {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only hours starting at or after this instant (RFC 3339, e.g. 2026-12-01T00:00:00Z).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, value_enum, default_value_t = UsageFormat::Table)]
+        format: UsageFormat,
+    },
     /// Manage tenant documents in the store the config names.
     Tenants {
         /// The gateway config that names the store (required).
@@ -82,6 +97,14 @@ enum Command {
         #[command(subcommand)]
         action: TenantsAction,
     },
+}
+
+/// How `tenantgate usage` prints.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum UsageFormat {
+    Table,
+    Json,
+    Csv,
 }
 
 #[derive(Debug, Subcommand)]
@@ -140,6 +163,12 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Run { config } => run(&config, cli.log_format),
         Command::Check { config } => check(&config),
+        Command::Usage {
+            config,
+            tenant,
+            since,
+            format,
+        } => usage(&config, tenant.as_deref(), since.as_deref(), format),
         Command::Demo { listen } => {
             let _guard = logging::init(cli.log_format);
             runtime().block_on(crate::run::demo::run(listen))
@@ -346,6 +375,86 @@ fn check(path: &Path) -> ExitCode {
         }
         ExitCode::SUCCESS
     })
+}
+
+/// `tenantgate usage`: the usage records of the config's store, summed by tenant and hour.
+fn usage(path: &Path, tenant: Option<&str>, since: Option<&str>, format: UsageFormat) -> ExitCode {
+    use crate::tenants::usage::{HourUsage, Report};
+    let config = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let since = match since.map(crate::tenants::tenant::parse_instant).transpose() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("tenantgate: usage: --since: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if !config.usage.enabled {
+        eprintln!("tenantgate: usage: metering is off in {} ([usage] enabled = false); showing what was recorded before", path.display());
+    }
+    let records: Result<Vec<HourUsage>, String> = match &config.store {
+        StoreConfig::MongoDb(settings) => runtime().block_on(async {
+            let store = MongoStore::connect(settings.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            let coll = store.database().collection(&config.usage.collection);
+            crate::tenants::cluster::read_usage(&coll, tenant)
+                .await
+                .map_err(|e| format!("{}: {e}", settings.describe()))
+        }),
+        StoreConfig::File { .. } => {
+            let file = config.usage.path.clone().unwrap_or_default();
+            match std::fs::read_to_string(&file) {
+                Ok(text) => Ok(text
+                    .lines()
+                    .enumerate()
+                    .filter(|(_, l)| !l.trim().is_empty())
+                    .filter_map(|(i, l)| match serde_json::from_str::<HourUsage>(l) {
+                        Ok(u) => Some(u),
+                        Err(e) => {
+                            eprintln!(
+                                "tenantgate: usage: {} line {}: skipped ({e})",
+                                file.display(),
+                                i + 1
+                            );
+                            None
+                        }
+                    })
+                    .filter(|u| tenant.is_none_or(|t| u.tenant == t))
+                    .collect()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+                Err(e) => Err(format!("cannot read {}: {e}", file.display())),
+            }
+        }
+    };
+    let records = match records {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tenantgate: store unreachable: {e}");
+            return ExitCode::from(EXIT_UNAVAILABLE);
+        }
+    };
+    let mut report = Report::default();
+    for u in records {
+        let starts = crate::tenants::tenant::parse_instant(&u.hour).ok();
+        if let (Some(since), Some(starts)) = (since, starts) {
+            if starts < since {
+                continue;
+            }
+        }
+        report.add(u);
+    }
+    print!(
+        "{}",
+        match format {
+            UsageFormat::Table => report.table(),
+            UsageFormat::Json => report.json() + "\n",
+            UsageFormat::Csv => report.csv(),
+        }
+    );
+    ExitCode::SUCCESS
 }
 
 /// The store the config names, for lookups (`check`) and document management, without the

@@ -14,6 +14,7 @@ use crate::http::upstream::Upstream;
 use crate::pipeline::cors::CorsSettings;
 use crate::pipeline::forward::ForwardSettings;
 use crate::pipeline::proxy::Policy;
+use crate::tenants::cluster::{ClusterSettings, UsageSettings};
 use crate::tenants::directory::CacheSettings;
 
 /// Prefix of the environment variables that override config keys:
@@ -266,6 +267,56 @@ pub struct RawInject {
     pub headers: std::collections::BTreeMap<String, String>,
 }
 
+/// `[cluster]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCluster {
+    pub scope: String,
+    pub replica_id: String,
+    pub collection: String,
+    pub quota_collection: String,
+    pub heartbeat_ms: u64,
+    /// 0: three heartbeats.
+    pub member_timeout_ms: u64,
+    pub flush_ms: u64,
+}
+
+impl Default for RawCluster {
+    fn default() -> Self {
+        RawCluster {
+            scope: "replica".into(),
+            replica_id: String::new(),
+            collection: "gateways".into(),
+            quota_collection: "quotas".into(),
+            heartbeat_ms: 1_000,
+            member_timeout_ms: 0,
+            flush_ms: 1_000,
+        }
+    }
+}
+
+/// `[usage]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawUsage {
+    pub enabled: bool,
+    pub collection: String,
+    /// "": beside the tenants file, `<tenants file>.usage.jsonl`.
+    pub path: String,
+    pub max_pending: u64,
+}
+
+impl Default for RawUsage {
+    fn default() -> Self {
+        RawUsage {
+            enabled: true,
+            collection: "usage".into(),
+            path: String::new(),
+            max_pending: 100_000,
+        }
+    }
+}
+
 /// The file as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -280,6 +331,8 @@ pub struct RawConfig {
     pub tls: RawTls,
     pub tracing: RawTracing,
     pub inject: RawInject,
+    pub cluster: RawCluster,
+    pub usage: RawUsage,
 }
 
 /// Which store holds the tenants.
@@ -314,6 +367,10 @@ pub struct Config {
     pub require_origin: bool,
     pub cors: CorsSettings,
     pub tracing: crate::telemetry::trace::TracingSettings,
+    /// `[cluster]`: per-replica or cluster-wide limits, heartbeats, flushes.
+    pub cluster: ClusterSettings,
+    /// `[usage]`: usage metering.
+    pub usage: UsageSettings,
     /// Threads that serve client connections, each with a single-threaded runtime of its own;
     /// 1 serves them on the caller's runtime. Not a file key: `tenantgate run` sets it from
     /// `TOKIO_WORKER_THREADS`, else the number of cores.
@@ -523,6 +580,8 @@ impl RawConfig {
                 ))
             }
         };
+        let cluster = self.cluster.validate(&store)?;
+        let usage = self.usage.validate(&store)?;
         let c = &self.cache;
         let cache = CacheSettings {
             ttl: Duration::from_secs(positive("[cache] ttl_secs", c.ttl_secs)?),
@@ -617,6 +676,89 @@ impl RawConfig {
             require_origin: self.tenancy.require_origin,
             cors,
             tracing: self.tracing.validate()?,
+            cluster,
+            usage,
+        })
+    }
+}
+
+impl RawCluster {
+    fn validate(&self, store: &StoreConfig) -> Result<ClusterSettings, String> {
+        let shared = match self.scope.as_str() {
+            "replica" => false,
+            "cluster" => true,
+            other => {
+                return Err(format!(
+                    "[cluster] scope: {other:?} is not one of \"replica\", \"cluster\""
+                ))
+            }
+        };
+        let watch_changes = match store {
+            StoreConfig::MongoDb(m) => m.watch_changes,
+            StoreConfig::File { .. } if shared => {
+                return Err("[cluster] scope: \"cluster\" shares limits through MongoDB; it needs [store] kind = \"mongodb\"".into())
+            }
+            StoreConfig::File { .. } => false,
+        };
+        let name = |key: &str, v: &str| {
+            if v.is_empty() || v.contains(['$', '\0']) {
+                Err(format!(
+                    "[cluster] {key}: {v:?} is not a valid collection name"
+                ))
+            } else {
+                Ok(v.to_string())
+            }
+        };
+        let heartbeat = positive("[cluster] heartbeat_ms", self.heartbeat_ms)?;
+        let member_timeout = match self.member_timeout_ms {
+            0 => 3 * heartbeat,
+            n if n <= heartbeat => {
+                return Err(format!(
+                "[cluster] member_timeout_ms: {n} must be longer than heartbeat_ms ({heartbeat})"
+            ))
+            }
+            n => n,
+        };
+        let replica_id = match self.replica_id.as_str() {
+            "" => crate::tenants::cluster::default_replica_id(),
+            id if id.len() <= 200 && !id.contains('\0') => id.to_string(),
+            id => return Err(format!("[cluster] replica_id: {id:?} is not a usable id")),
+        };
+        Ok(ClusterSettings {
+            shared,
+            replica_id,
+            collection: name("collection", &self.collection)?,
+            quota_collection: name("quota_collection", &self.quota_collection)?,
+            heartbeat: Duration::from_millis(heartbeat),
+            member_timeout: Duration::from_millis(member_timeout),
+            flush: Duration::from_millis(positive("[cluster] flush_ms", self.flush_ms)?),
+            watch_changes,
+        })
+    }
+}
+
+impl RawUsage {
+    fn validate(&self, store: &StoreConfig) -> Result<UsageSettings, String> {
+        if self.collection.is_empty() || self.collection.contains(['$', '\0']) {
+            return Err(format!(
+                "[usage] collection: {:?} is not a valid collection name",
+                self.collection
+            ));
+        }
+        let path = match (store, self.path.as_str()) {
+            (_, p) if !p.is_empty() => Some(PathBuf::from(p)),
+            (StoreConfig::File { path, .. }, _) => {
+                let mut file = path.clone().into_os_string();
+                file.push(".usage.jsonl");
+                Some(PathBuf::from(file))
+            }
+            (StoreConfig::MongoDb(_), _) => None,
+        };
+        Ok(UsageSettings {
+            enabled: self.enabled,
+            collection: self.collection.clone(),
+            path,
+            max_pending: positive("[usage] max_pending", self.max_pending)? as usize,
         })
     }
 }

@@ -31,6 +31,7 @@ use crate::pipeline::proxy::{ClientConn, Gateway, Serving};
 use crate::run::config::{Config, StoreConfig};
 use crate::run::reload::Reloader;
 use crate::telemetry::metrics::Metrics;
+use crate::tenants::cluster::Coordinator;
 use crate::tenants::directory::Directory;
 use crate::tenants::store::file::FileStore;
 use crate::tenants::store::mongodb::MongoStore;
@@ -157,9 +158,15 @@ pub async fn start_with_store(
         policy: ArcSwap::from_pointee(config.policy()),
         metrics: metrics.clone(),
         tracer,
+        scope: if config.cluster.shared {
+            crate::pipeline::limit::Scope::Cluster
+        } else {
+            crate::pipeline::limit::Scope::Replica
+        },
     });
     let reloader = Arc::new(Reloader::new(config.clone(), gateway.clone()));
     let (stop, stopped) = watch::channel(false);
+    let limits = limits_in_background(&config, &directory).await?;
     if let Some(admin) = admin {
         tokio::spawn(crate::run::admin::serve(
             admin,
@@ -170,13 +177,12 @@ pub async fn start_with_store(
         ));
     }
     tracing::info!(%addr, tls = acceptor.is_some(), admin = ?admin_addr, store = %directory.store().describe(), "tenantgate listening");
-    let task = tokio::spawn(serve(
-        listener,
-        acceptor,
-        gateway,
-        config,
-        wait_for(stopped),
-    ));
+    let task = tokio::spawn(async move {
+        serve(listener, acceptor, gateway, config, wait_for(stopped)).await;
+        // The requests have finished: the last usage and quota counts are flushed, and the
+        // replica leaves the cluster.
+        limits.finish().await;
+    });
     Ok(Running {
         addr,
         admin_addr,
@@ -201,6 +207,47 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
+}
+
+/// The background side of the limits ([`Coordinator`]): shares, quota totals, usage.
+struct Limits {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Limits {
+    async fn finish(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Starts the [`Coordinator`]; with scope `cluster`, after a first heartbeat (bounded by
+/// `[store] server_selection_timeout_ms`) so that the first requests already get this replica's
+/// share of each tenant.
+async fn limits_in_background(
+    config: &Config,
+    directory: &Arc<Directory>,
+) -> Result<Limits, StartError> {
+    let registry = directory.slot_registry().clone();
+    let mut coordinator = match &config.store {
+        StoreConfig::MongoDb(settings) => {
+            let store = MongoStore::connect(settings.clone()).await?;
+            Coordinator::mongo(
+                config.cluster.clone(),
+                config.usage.clone(),
+                registry,
+                &store.database(),
+            )
+        }
+        StoreConfig::File { .. } => {
+            Coordinator::local(config.cluster.clone(), config.usage.clone(), registry)
+        }
+    };
+    coordinator.join().await;
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(coordinator.run(stopped));
+    Ok(Limits { stop, task })
 }
 
 async fn wait_for(mut stopped: watch::Receiver<bool>) {

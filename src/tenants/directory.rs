@@ -120,7 +120,7 @@ pub struct Directory {
     /// Fresh answers recently read from `tenants`, per thread ([`Recent`]).
     recent: thread_local::ThreadLocal<RefCell<Recent>>,
     in_flight: Mutex<HashMap<Arc<str>, Fetch>>,
-    slots: SlotRegistry,
+    slots: Arc<SlotRegistry>,
     /// Bumped by every invalidation; a fetch writes back only if it is unchanged.
     generation: AtomicU64,
     misses: MissBudget,
@@ -238,7 +238,7 @@ impl Directory {
                 .build_with_hasher(Hasher::default()),
             recent: thread_local::ThreadLocal::new(),
             in_flight: Mutex::new(HashMap::new()),
-            slots: SlotRegistry::default(),
+            slots: Arc::default(),
             generation: AtomicU64::new(0),
             misses: MissBudget::new(settings.miss_lookups_per_sec),
             audit: AuditTrail::new(settings.max_entries.min(1 << 20) as usize),
@@ -449,7 +449,9 @@ impl Directory {
             }
         };
         Resolved::Tenant(Arc::new(TenantEntry {
-            slots: self.slots.counter(&tenant.key),
+            slots: self
+                .slots
+                .counter(&tenant.key, crate::tenants::slots::NotedLimits::of(&tenant)),
             tenant,
             retired,
         }))
@@ -470,6 +472,11 @@ impl Directory {
             self.stats.query_errors.inc();
         }
         result
+    }
+
+    /// Every tenant's live counts (for the background shares and flushes).
+    pub fn slot_registry(&self) -> &Arc<SlotRegistry> {
+        &self.slots
     }
 
     /// Every tenant holding a slot, with its counts.

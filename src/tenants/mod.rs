@@ -5,9 +5,13 @@
 //! Depends on nothing of the request path but [`crate::http`] (a tenant's own backend URL).
 
 pub mod audit;
+pub mod cluster;
 pub mod counter;
 pub mod directory;
 pub mod origin;
+pub mod quota;
+pub mod rate;
 pub mod slots;
 pub mod store;
 pub mod tenant;
+pub mod usage;

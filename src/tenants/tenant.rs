@@ -44,6 +44,29 @@ pub struct TenantDocument {
     /// This tenant's own limits, each overriding the gateway's setting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<LimitsDocument>,
+    /// A request rate (token bucket), shared across replicas with `[cluster] scope = "cluster"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitDocument>,
+    /// Requests per UTC day, counted across replicas with `[cluster] scope = "cluster"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<QuotaDocument>,
+}
+
+/// `rateLimit`: `requestsPerSecond` (a positive number) refilled into a bucket of `burst`
+/// requests (default: the rate rounded up). Unknown fields are refused, like in `limits`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RateLimitDocument {
+    pub requests_per_second: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
+}
+
+/// `quota`: requests per UTC day.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct QuotaDocument {
+    pub requests_per_day: u64,
 }
 
 /// One entry of `retiredKeys`: a former key and when it stops working (RFC 3339; MongoDB dates
@@ -122,6 +145,13 @@ pub struct Tenant {
     pub retired_keys: Box<[RetiredKey]>,
     /// `limits`: what is `None` falls back to the gateway's setting.
     pub limits: Limits,
+    /// `rateLimit`, when set.
+    pub rate: Option<RateLimit>,
+    /// `quota.requestsPerDay`, when set.
+    pub quota: Option<u64>,
+    /// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers) naming every limit of the
+    /// tenant, sent on each of its limit refusals.
+    pub rate_limit_policy: HeaderValue,
     /// The document as stored (`[inject] headers` read fields from it; the audit log compares
     /// versions). Holds the secret too: never logged.
     pub document: Arc<serde_json::Value>,
@@ -194,6 +224,20 @@ pub struct RetiredKey {
     pub deprecation: HeaderValue,
 }
 
+/// A validated `rateLimit`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+impl Eq for RateLimit {}
+
+/// Highest accepted `rateLimit.requestsPerSecond` and `burst`.
+pub const MAX_RATE: f64 = 1_000_000.0;
+/// Highest accepted `quota.requestsPerDay`.
+pub const MAX_QUOTA: u64 = 1_000_000_000_000;
+
 /// A tenant's own limits (`limits`); `None`: the gateway's.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Limits {
@@ -218,6 +262,8 @@ impl fmt::Debug for Tenant {
             .field("upstream", &self.upstream)
             .field("retired_keys", &self.retired_keys)
             .field("limits", &self.limits)
+            .field("rate", &self.rate)
+            .field("quota", &self.quota)
             .finish_non_exhaustive()
     }
 }
@@ -324,7 +370,17 @@ pub fn validate(doc: TenantDocument, document: Arc<serde_json::Value>) -> Result
     };
     let retired_keys = retired_keys(&doc.api_key, &doc.retired_keys)?;
     let limits = limits(doc.limits.unwrap_or_default())?;
+    let rate = doc.rate_limit.as_ref().map(rate_limit).transpose()?;
+    let quota = match doc.quota.as_ref().map(|q| q.requests_per_day) {
+        Some(n) if n == 0 || n > MAX_QUOTA => {
+            return Err(format!(
+                "quota.requestsPerDay must be 1-{MAX_QUOTA}, not {n}"
+            ))
+        }
+        other => other,
+    };
     Ok(Tenant {
+        rate_limit_policy: rate_limit_policy(max as u32, rate, quota),
         key_header: HeaderValue::from_str(&doc.api_key)
             .map_err(|_| "apiKey is not a header value")?,
         key: Arc::from(doc.api_key),
@@ -337,9 +393,44 @@ pub fn validate(doc: TenantDocument, document: Arc<serde_json::Value>) -> Result
         upstream,
         retired_keys,
         limits,
+        rate,
+        quota,
         document,
         rendered: Rendered::default(),
     })
+}
+
+/// `rateLimit`: a rate of (0, 1,000,000] per second and a burst of 1-1,000,000 requests.
+fn rate_limit(doc: &RateLimitDocument) -> Result<RateLimit, String> {
+    let per_second = doc.requests_per_second;
+    if !(per_second > 0.0 && per_second <= MAX_RATE) {
+        return Err(format!(
+            "rateLimit.requestsPerSecond must be greater than 0 and at most {MAX_RATE}, not {per_second}"
+        ));
+    }
+    let burst = doc.burst.unwrap_or(per_second.ceil() as u64);
+    if burst == 0 || burst as f64 > MAX_RATE {
+        return Err(format!("rateLimit.burst must be 1-{MAX_RATE}, not {burst}"));
+    }
+    Ok(RateLimit {
+        per_second,
+        burst: burst as u32,
+    })
+}
+
+/// The `RateLimit-Policy` field of a tenant's limits (draft-ietf-httpapi-ratelimit-headers):
+/// `"concurrency";q=30;qu="concurrent-requests", "rate";q=50;w=1, "day";q=1000;w=86400`. The
+/// rate is given as its burst per the window in which the bucket refills it.
+fn rate_limit_policy(max: u32, rate: Option<RateLimit>, quota: Option<u64>) -> HeaderValue {
+    let mut field = format!("\"concurrency\";q={max};qu=\"concurrent-requests\"");
+    if let Some(r) = rate {
+        let window = (f64::from(r.burst) / r.per_second).ceil().max(1.0) as u64;
+        field.push_str(&format!(", \"rate\";q={};w={window}", r.burst));
+    }
+    if let Some(q) = quota {
+        field.push_str(&format!(", \"day\";q={q};w=86400"));
+    }
+    HeaderValue::from_str(&field).unwrap_or_else(|_| HeaderValue::from_static("\"concurrency\""))
 }
 
 /// `retiredKeys`: valid keys, none equal to `apiKey` or to another, with RFC 3339 instants.
@@ -431,8 +522,41 @@ mod tests {
             "upstream": "http://chat-eu.internal:3000",
             "retiredKeys": [{"key": "tnt_client_a_2025", "until": "2027-01-31T00:00:00Z"}],
             "limits": {"maxBodyBytes": 1024},
+            "rateLimit": {"requestsPerSecond": 50, "burst": 100},
+            "quota": {"requestsPerDay": 1000},
             "someFieldFromTheFuture": 1
         })
+    }
+
+    #[test]
+    fn rates_and_quotas_are_read_with_their_policy_header() {
+        let TenantRecord::Valid(t) = TenantRecord::from_json(doc()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            t.rate,
+            Some(RateLimit {
+                per_second: 50.0,
+                burst: 100
+            })
+        );
+        assert_eq!(t.quota, Some(1000));
+        assert_eq!(
+            t.rate_limit_policy,
+            "\"concurrency\";q=100;qu=\"concurrent-requests\", \"rate\";q=100;w=2, \"day\";q=1000;w=86400"
+        );
+        let mut d = doc();
+        d["rateLimit"] = json!({"requestsPerSecond": 2.5});
+        d.as_object_mut().unwrap().remove("quota");
+        let TenantRecord::Valid(t) = TenantRecord::from_json(d).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            t.rate.unwrap().burst,
+            3,
+            "the burst defaults to the rate, rounded up"
+        );
+        assert_eq!(t.quota, None);
     }
 
     #[test]
@@ -494,6 +618,38 @@ mod tests {
                 "limits.responseTimeoutMs",
             ),
             ("/limits", json!({"maxBodyByte": 10}), "maxBodyByte"),
+            (
+                "/rateLimit",
+                json!({"requestsPerSecond": 0}),
+                "rateLimit.requestsPerSecond",
+            ),
+            (
+                "/rateLimit",
+                json!({"requestsPerSecond": -5}),
+                "rateLimit.requestsPerSecond",
+            ),
+            (
+                "/rateLimit",
+                json!({"requestsPerSecond": 5, "burst": 0}),
+                "rateLimit.burst",
+            ),
+            ("/rateLimit", json!({"burst": 5}), "requestsPerSecond"),
+            (
+                "/rateLimit",
+                json!({"requestsPerSecond": 5, "brust": 5}),
+                "brust",
+            ),
+            (
+                "/quota",
+                json!({"requestsPerDay": 0}),
+                "quota.requestsPerDay",
+            ),
+            (
+                "/quota",
+                json!({"requestsPerDay": 1.5}),
+                "quota.requestsPerDay",
+            ),
+            ("/quota", json!(1000), "quota"),
             (
                 "/retiredKeys/0/until",
                 json!("next week"),

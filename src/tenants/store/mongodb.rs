@@ -208,6 +208,12 @@ impl MongoStore {
         }
     }
 
+    /// The store's database (the cluster's heartbeats, quota totals and usage live beside the
+    /// tenants).
+    pub fn database(&self) -> mongodb::Database {
+        self.collection.client().database(&self.settings.database)
+    }
+
     /// The driver's command counts.
     pub fn commands(&self) -> &Arc<CommandCounts> {
         &self.commands

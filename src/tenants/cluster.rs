@@ -1,0 +1,1014 @@
+//! The background side of the limits: cluster shares, quota totals and usage metering, all off
+//! the request path (which only reads the atomics this module sets, see
+//! [`crate::tenants::slots`]).
+//!
+//! Every `[cluster] heartbeat_ms` a [`Coordinator`]:
+//! 1. reads each tenant's demand on this replica (most slots held at once plus refusals, and
+//!    requests per second at the rate and quota checks);
+//! 2. with `[cluster] scope = "cluster"`: publishes it in this replica's heartbeat document in
+//!    `[cluster] collection` (`_id` = replica id, `seenAt`, `beat`, and per busy tenant its cap,
+//!    demand and *reserve* — the slots it may use until its next heartbeat), reads every
+//!    replica's document, and sets this replica's share of each tenant's cap, rate and remaining
+//!    quota ([`shares`]);
+//! 3. every `[cluster] flush_ms`: adds the requests each tenant accepted to the day's quota total
+//!    (MongoDB `$inc` with scope `cluster`, memory otherwise) and writes the usage counts.
+//!
+//! ## Why the shares never add up to more than the cap
+//! A replica publishes its reserve (`max(target, in flight)`) *before* it reads the others, and
+//! uses `min(reserve, cap − the others' reserves)`. Of any two replicas, the one that read last
+//! saw the other's latest reserve, so the slots in use add up to at most the cap whatever the
+//! timing. Targets follow demand (max-min fair, at least one slot each when the cap allows it),
+//! so an idle replica hands its slots to a busy one within two heartbeats. A replica whose
+//! heartbeat has not changed for `[cluster] member_timeout_ms` is gone: its reserve returns to
+//! the others. A replica that does not list a tenant (yet) is taken to hold its even split
+//! ([`even_split`]), which is what every replica uses for a tenant nobody has reported busy.
+//!
+//! ## When MongoDB is away
+//! Shares stay as they were, quota allowances are not renewed (a replica accepts at most its
+//! share of what was left of the day at the last flush: no fail-open), and usage counts wait in
+//! memory (bounded by `[usage] max_pending` tenant-hours) until a flush succeeds.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::{StreamExt, TryStreamExt};
+use mongodb::bson::{doc, Bson, Document};
+use mongodb::options::ReturnDocument;
+use mongodb::{Collection, Database};
+use tokio::sync::watch;
+
+use crate::tenants::quota;
+use crate::tenants::rate::WHOLE;
+use crate::tenants::slots::{even_split, Place, SlotRegistry, Slots};
+use crate::tenants::usage::{self, HourUsage, Pending};
+
+/// `[cluster]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSettings {
+    /// Limits are shared over the live replicas (`scope = "cluster"`).
+    pub shared: bool,
+    /// This replica's `_id` in the heartbeat collection.
+    pub replica_id: String,
+    pub collection: String,
+    pub quota_collection: String,
+    pub heartbeat: Duration,
+    pub member_timeout: Duration,
+    pub flush: Duration,
+    /// Learn of other replicas' heartbeats from a change stream where the deployment has one.
+    pub watch_changes: bool,
+}
+
+/// `[usage]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageSettings {
+    pub enabled: bool,
+    /// MongoDB store: the collection.
+    pub collection: String,
+    /// File store: the JSON-lines file.
+    pub path: Option<PathBuf>,
+    /// Tenant-hours kept in memory while the store is away.
+    pub max_pending: usize,
+}
+
+/// A replica id for `[cluster] replica_id = ""`: the host name (a pod's name in Kubernetes) and
+/// the process id.
+pub fn default_replica_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .unwrap_or_else(|| "tenantgate".into());
+    format!("{host}-{}-{:04x}", std::process::id(), fastrand::u16(..))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shares: pure functions of what the heartbeat documents say.
+
+/// What one replica said about one tenant in its heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Reported {
+    /// Slots it wants (most held at once lately plus refusals).
+    pub demand: u32,
+    /// Slots it may use until its next heartbeat.
+    pub reserve: u32,
+    /// Requests per second at its rate and quota checks.
+    pub rate: u32,
+}
+
+/// Splits `total` over replicas wanting `wants` (in id order): one each first when `total`
+/// allows it, then max-min fair by what each wants beyond that, then what nobody wants evenly.
+/// The result adds up to `total` (when there is at least one replica).
+pub fn water_fill(total: u32, wants: &[u32]) -> Vec<u32> {
+    let n = wants.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    let mut got: Vec<u32> = (0..n)
+        .map(|i| u32::from(total >= n as u32 || (i as u32) < total))
+        .collect();
+    let mut left = total - got.iter().sum::<u32>();
+    // Max-min fair: serve the smallest wants first, each at most an equal part of what is left.
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&i| (wants[i].saturating_sub(got[i]), i));
+    for (k, &i) in order.iter().enumerate() {
+        let want = wants[i].saturating_sub(got[i]);
+        let fair = left / (n - k) as u32;
+        let give = want.min(fair);
+        got[i] += give;
+        left -= give;
+    }
+    // Headroom nobody asked for, evenly (so a replica can grow into it before it reports).
+    for (i, g) in got.iter_mut().enumerate() {
+        *g += left / n as u32 + u32::from((i as u32) < left % n as u32);
+    }
+    got
+}
+
+/// This replica's slots of a tenant with cap `cap`: `target` (its claim, published before the
+/// others were read) bounded by what the others' reserves leave.
+pub fn usable(cap: u32, target: u32, others_reserved: u32) -> u32 {
+    target.min(cap.saturating_sub(others_reserved))
+}
+
+/// One tenant as the cluster sees it: every live replica's report (absent: not listed).
+#[derive(Debug, Clone, Default)]
+struct TenantView {
+    cap: u32,
+    reports: BTreeMap<String, Reported>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The heartbeat documents.
+
+/// One replica's heartbeat as read back.
+#[derive(Debug, Clone)]
+struct Heartbeat {
+    id: String,
+    beat: i64,
+    tenants: Vec<(String, u32, Reported)>,
+}
+
+fn heartbeat_of(doc: &Document) -> Option<Heartbeat> {
+    let id = doc.get_str("_id").ok()?.to_string();
+    let beat = match doc.get("beat")? {
+        Bson::Int64(n) => *n,
+        Bson::Int32(n) => i64::from(*n),
+        Bson::Double(n) => *n as i64,
+        _ => return None,
+    };
+    let number = |d: &Document, k: &str| -> u32 {
+        match d.get(k) {
+            Some(Bson::Int32(n)) => (*n).max(0) as u32,
+            Some(Bson::Int64(n)) => (*n).clamp(0, i64::from(u32::MAX)) as u32,
+            Some(Bson::Double(n)) => n.clamp(0.0, f64::from(u32::MAX)) as u32,
+            _ => 0,
+        }
+    };
+    let tenants = doc
+        .get_array("tenants")
+        .map(|list| {
+            list.iter()
+                .filter_map(|t| t.as_document())
+                .filter_map(|t| {
+                    let key = t.get_str("key").ok()?.to_string();
+                    let report = Reported {
+                        demand: number(t, "demand"),
+                        reserve: number(t, "reserve"),
+                        rate: number(t, "rate"),
+                    };
+                    Some((key, number(t, "cap"), report))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(Heartbeat { id, beat, tenants })
+}
+
+/// Which replicas are alive: a replica is, until its `beat` has not changed for the member
+/// timeout (by this replica's clock, so clocks need not agree).
+#[derive(Debug, Default)]
+struct Members {
+    /// id → (last beat seen, when it last changed here).
+    seen: HashMap<String, (i64, Instant)>,
+}
+
+impl Members {
+    fn observe(&mut self, beats: &[Heartbeat], now: Instant, timeout: Duration) -> Vec<String> {
+        let mut live = Vec::new();
+        for b in beats {
+            let entry = self.seen.entry(b.id.clone()).or_insert((b.beat, now));
+            if entry.0 != b.beat {
+                *entry = (b.beat, now);
+            }
+            if now.duration_since(entry.1) < timeout {
+                live.push(b.id.clone());
+            }
+        }
+        self.seen.retain(|id, _| beats.iter().any(|b| &b.id == id));
+        live
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The coordinator.
+
+/// Where the shared counts live.
+enum Shared {
+    /// MongoDB: heartbeats, quota totals and usage (when enabled) in collections.
+    Mongo {
+        gateways: Collection<Document>,
+        quotas: Collection<Document>,
+        usage: Option<Collection<Document>>,
+    },
+    /// No shared store: quotas counted in memory, usage appended to a file (when enabled).
+    Local { usage: Option<PathBuf> },
+}
+
+/// A tenant in a heartbeat: its key, its cap, and its counter when this replica has one.
+type Counted = (Arc<str>, u32, Option<Arc<Slots>>);
+
+/// What this replica knows of one tenant between heartbeats.
+#[derive(Debug, Default, Clone, Copy)]
+struct Local {
+    /// Its claim published in the last heartbeat.
+    target: u32,
+    /// Attempts counted at the last heartbeat, for the rate.
+    attempts: u64,
+    rate: u32,
+    /// Heartbeats in a row in which no replica reported demand.
+    quiet: u32,
+}
+
+/// Runs the heartbeat, the shares and the flushes (see the module documentation).
+pub struct Coordinator {
+    settings: ClusterSettings,
+    usage_settings: UsageSettings,
+    registry: Arc<SlotRegistry>,
+    shared: Shared,
+    members: Members,
+    live: usize,
+    /// This replica's place among the live replicas (by id).
+    index: usize,
+    beat: i64,
+    /// Tenants this replica lists in its heartbeat, with what it knows of them.
+    listed: HashMap<Arc<str>, Local>,
+    /// The cluster's view at the last read: tenant → reports of live replicas.
+    view: HashMap<String, TenantView>,
+    pending: Pending,
+    last_heartbeat: Instant,
+    /// Store failures are logged once per outage.
+    failing: bool,
+    /// Heartbeat traffic, for BENCHMARKS and `/metrics`: documents and bytes written and read.
+    pub traffic: Arc<Traffic>,
+}
+
+/// Heartbeat and flush traffic of this replica.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    pub documents_written: std::sync::atomic::AtomicU64,
+    pub bytes_written: std::sync::atomic::AtomicU64,
+    pub documents_read: std::sync::atomic::AtomicU64,
+    pub bytes_read: std::sync::atomic::AtomicU64,
+}
+
+impl Traffic {
+    fn wrote(&self, docs: u64, bytes: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.documents_written.fetch_add(docs, Relaxed);
+        self.bytes_written.fetch_add(bytes, Relaxed);
+    }
+
+    fn read(&self, docs: u64, bytes: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.documents_read.fetch_add(docs, Relaxed);
+        self.bytes_read.fetch_add(bytes, Relaxed);
+    }
+}
+
+fn bson_len(d: &Document) -> u64 {
+    mongodb::bson::to_vec(d).map_or(0, |v| v.len() as u64)
+}
+
+impl Coordinator {
+    /// A coordinator over MongoDB database `db` (heartbeats only with scope `cluster`).
+    pub fn mongo(
+        settings: ClusterSettings,
+        usage_settings: UsageSettings,
+        registry: Arc<SlotRegistry>,
+        db: &Database,
+    ) -> Coordinator {
+        let shared = Shared::Mongo {
+            gateways: db.collection(&settings.collection),
+            quotas: db.collection(&settings.quota_collection),
+            usage: usage_settings
+                .enabled
+                .then(|| db.collection(&usage_settings.collection)),
+        };
+        Coordinator::new(settings, usage_settings, registry, shared)
+    }
+
+    /// A coordinator without a shared store (the file store): per-replica limits, usage to the
+    /// JSON-lines file.
+    pub fn local(
+        settings: ClusterSettings,
+        usage_settings: UsageSettings,
+        registry: Arc<SlotRegistry>,
+    ) -> Coordinator {
+        let usage = usage_settings
+            .enabled
+            .then(|| usage_settings.path.clone())
+            .flatten();
+        Coordinator::new(settings, usage_settings, registry, Shared::Local { usage })
+    }
+
+    fn new(
+        settings: ClusterSettings,
+        usage_settings: UsageSettings,
+        registry: Arc<SlotRegistry>,
+        shared: Shared,
+    ) -> Coordinator {
+        Coordinator {
+            settings,
+            usage_settings,
+            registry,
+            shared,
+            members: Members::default(),
+            live: 1,
+            index: 0,
+            beat: 0,
+            listed: HashMap::new(),
+            view: HashMap::new(),
+            pending: Pending::default(),
+            last_heartbeat: Instant::now(),
+            failing: false,
+            traffic: Arc::default(),
+        }
+    }
+
+    fn cluster(&self) -> Option<&Collection<Document>> {
+        match &self.shared {
+            Shared::Mongo { gateways, .. } if self.settings.shared => Some(gateways),
+            _ => None,
+        }
+    }
+
+    /// Takes part in the cluster before the first request (scope `cluster`): publishes a first
+    /// heartbeat and reads the others', so new counters start with this replica's even split
+    /// over the replicas it saw. Waits at most one member timeout.
+    pub async fn join(&mut self) {
+        if self.cluster().is_none() {
+            return;
+        }
+        self.registry.set_place(Place {
+            shared: true,
+            live: 1,
+            index: 0,
+            assigned: HashMap::new(),
+        });
+        let within = self.settings.member_timeout;
+        if tokio::time::timeout(within, self.heartbeat())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                replica = %self.settings.replica_id,
+                "no first heartbeat within the member timeout; this replica starts alone and shares once MongoDB answers"
+            );
+        } else {
+            tracing::info!(replica = %self.settings.replica_id, replicas = self.live, "joined the cluster");
+        }
+    }
+
+    /// Runs until `stopped` turns true, then flushes once more and leaves the cluster (its
+    /// heartbeat document is deleted, so its share returns to the others at once).
+    pub async fn run(mut self, mut stopped: watch::Receiver<bool>) {
+        let changed = Arc::new(tokio::sync::Notify::new());
+        if let (Some(gateways), true) = (self.cluster(), self.settings.watch_changes) {
+            tokio::spawn(watch_members(gateways.clone(), changed.clone()));
+        }
+        let mut heartbeat = tokio::time::interval(self.settings.heartbeat);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut flush = tokio::time::interval(self.settings.flush);
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let stop = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = heartbeat.tick() => self.heartbeat().await,
+                _ = changed.notified() => self.heartbeat().await,
+                _ = flush.tick() => self.flush().await,
+                _ = quota::flush_asked() => self.flush().await,
+                _ = &mut stop => break,
+            }
+        }
+        self.flush().await;
+        if let Some(gateways) = self.cluster() {
+            let id = self.settings.replica_id.clone();
+            match gateways.delete_one(doc! {"_id": &id}).await {
+                Ok(_) => tracing::info!(replica = %id, "left the cluster"),
+                Err(e) => {
+                    tracing::warn!(replica = %id, error = %e, "could not remove the heartbeat document; the others take this replica's shares after the member timeout")
+                }
+            }
+        }
+    }
+
+    /// One heartbeat: demand in, shares out.
+    async fn heartbeat(&mut self) {
+        let now = Instant::now();
+        let elapsed = now
+            .duration_since(self.last_heartbeat)
+            .as_secs_f64()
+            .max(0.001);
+        self.last_heartbeat = now;
+        // Every tenant this replica counts, and every tenant another replica reports busy.
+        let mut tenants: Vec<Counted> = self
+            .registry
+            .all()
+            .into_iter()
+            .filter_map(|(key, slots)| Some((key, slots.limits()?.cap, Some(slots))))
+            .collect();
+        for (key, view) in &self.view {
+            if !tenants.iter().any(|(k, _, _)| **k == **key) {
+                tenants.push((Arc::from(key.as_str()), view.cap, None));
+            }
+        }
+        // What this replica asks for, and its claims (targets from the last view).
+        let mut reports: Vec<(Arc<str>, u32, Reported)> = Vec::new();
+        for (key, cap, slots) in &tenants {
+            let (demand, in_flight) = match slots {
+                Some(s) => (s.demand(), s.in_flight()),
+                None => (Default::default(), 0),
+            };
+            let known = self.listed.get(key).copied();
+            let rate = known.map_or(0, |l| {
+                (demand.attempts.saturating_sub(l.attempts) as f64 / elapsed).ceil() as u32
+            });
+            let in_view = self.view.contains_key(&**key);
+            if known.is_none() && demand.slots == 0 && rate == 0 && !in_view {
+                continue;
+            }
+            let mut local = known.unwrap_or_default();
+            local.attempts = demand.attempts;
+            local.rate = rate;
+            let cluster_quiet = self
+                .view
+                .get(&**key)
+                .is_none_or(|v| v.reports.values().all(|r| r.demand == 0 && r.rate == 0));
+            local.quiet = if demand.slots == 0 && rate == 0 && cluster_quiet {
+                local.quiet + 1
+            } else {
+                0
+            };
+            // Quiet everywhere for a few heartbeats: every replica is back to its even split.
+            if local.quiet > 2 && in_flight == 0 {
+                self.listed.remove(key);
+                if let Some(s) = slots {
+                    s.set_share(self.even(*cap));
+                    s.set_share_ppm(self.even_ppm());
+                }
+                continue;
+            }
+            let target = self.target(key, *cap, demand.slots);
+            if let Some(s) = slots {
+                // Shrinking is always safe, and immediate.
+                s.set_share(s.share().min(target));
+            }
+            local.target = target;
+            self.listed.insert(key.clone(), local);
+            reports.push((
+                key.clone(),
+                *cap,
+                Reported {
+                    demand: demand.slots,
+                    reserve: target.max(in_flight),
+                    rate,
+                },
+            ));
+        }
+        self.listed
+            .retain(|k, _| tenants.iter().any(|(key, _, _)| key == k));
+
+        let Some(gateways) = self.cluster().cloned() else {
+            return;
+        };
+        self.beat += 1;
+        let id = self.settings.replica_id.clone();
+        let listed: Vec<Document> = reports
+            .iter()
+            .map(|(key, cap, r)| {
+                doc! {"key": &**key, "cap": i64::from(*cap), "demand": i64::from(r.demand),
+                "reserve": i64::from(r.reserve), "rate": i64::from(r.rate)}
+            })
+            .collect();
+        let update = doc! {"$set": {"seenAt": mongodb::bson::DateTime::now(), "beat": self.beat, "tenants": listed}};
+        let written = bson_len(&update);
+        if let Err(e) = gateways
+            .update_one(doc! {"_id": &id}, update)
+            .upsert(true)
+            .await
+        {
+            return self.store_failed("heartbeat", &e);
+        }
+        self.traffic.wrote(1, written);
+        let docs: Vec<Document> = match gateways.find(doc! {}).await {
+            Ok(cursor) => match cursor.try_collect().await {
+                Ok(docs) => docs,
+                Err(e) => return self.store_failed("heartbeat read", &e),
+            },
+            Err(e) => return self.store_failed("heartbeat read", &e),
+        };
+        self.traffic
+            .read(docs.len() as u64, docs.iter().map(bson_len).sum());
+        self.store_back();
+        let beats: Vec<Heartbeat> = docs.iter().filter_map(heartbeat_of).collect();
+        let mut live = self
+            .members
+            .observe(&beats, Instant::now(), self.settings.member_timeout);
+        if !live.contains(&id) {
+            live.push(id.clone());
+        }
+        live.sort();
+        self.live = live.len();
+        self.index = live.iter().position(|m| *m == id).unwrap_or(0);
+        // The view: every live replica's reports, by tenant.
+        self.view.clear();
+        for b in beats.iter().filter(|b| live.contains(&b.id)) {
+            for (key, cap, report) in &b.tenants {
+                let view = self.view.entry(key.clone()).or_default();
+                view.cap = view.cap.max(*cap);
+                view.reports.insert(b.id.clone(), *report);
+            }
+        }
+        self.apply(&tenants, &live);
+    }
+
+    /// This replica's claim on a tenant for the next period, from the last view plus its own
+    /// current demand.
+    fn target(&self, key: &str, cap: u32, demand: u32) -> u32 {
+        let Some(view) = self.view.get(key) else {
+            return self.even(cap);
+        };
+        let id = &self.settings.replica_id;
+        let mut wants: Vec<(String, u32)> = view
+            .reports
+            .iter()
+            .filter(|(m, _)| *m != id)
+            .map(|(m, r)| (m.clone(), r.demand))
+            .collect();
+        wants.push((id.clone(), demand));
+        // Live replicas not listing the tenant yet count as wanting nothing.
+        for k in 0..self.live.saturating_sub(wants.len()) {
+            wants.push((format!("\u{10FFFF}{k}"), 0));
+        }
+        wants.sort();
+        let shares = water_fill(cap, &wants.iter().map(|w| w.1).collect::<Vec<_>>());
+        let mine = wants.iter().position(|w| &w.0 == id).unwrap_or(0);
+        shares[mine]
+    }
+
+    /// Sets every tenant's shares from the view just read, and what new counters start with.
+    fn apply(&mut self, tenants: &[Counted], live: &[String]) {
+        let id = self.settings.replica_id.clone();
+        let mut assigned = HashMap::new();
+        let mut known: Vec<Counted> = tenants.to_vec();
+        for (key, view) in &self.view {
+            if !known.iter().any(|(k, _, _)| **k == **key) {
+                known.push((Arc::from(key.as_str()), view.cap, None));
+            }
+        }
+        for (key, cap, slots) in &known {
+            let Some(view) = self.view.get(&**key) else {
+                if let (Some(s), false) = (slots, self.listed.contains_key(key)) {
+                    s.set_share(self.even(*cap));
+                    s.set_share_ppm(self.even_ppm());
+                }
+                continue;
+            };
+            // What this replica claimed before reading; nothing when it did not list the tenant.
+            let target = self.listed.get(key).map_or(0, |l| l.target);
+            // Others' reserves; a live replica not listing the tenant holds its even split.
+            let others: u32 = live
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| **m != id)
+                .map(|(i, m)| match view.reports.get(m) {
+                    Some(r) => r.reserve,
+                    None => even_split(*cap, live.len(), i),
+                })
+                .sum();
+            let share = usable(*cap, target, others);
+            // Rate and remaining quota: max-min fair over requests per second.
+            let wants: Vec<u32> = live
+                .iter()
+                .map(|m| {
+                    if *m == id {
+                        self.listed.get(key).map_or(0, |l| l.rate)
+                    } else {
+                        view.reports.get(m).map_or(0, |r| r.rate)
+                    }
+                })
+                .collect();
+            let total: u64 = wants.iter().map(|&w| u64::from(w)).sum();
+            let ppm = if total == 0 {
+                self.even_ppm()
+            } else {
+                let scaled: Vec<u32> = wants
+                    .iter()
+                    .map(|&w| (u64::from(w) * u64::from(WHOLE) / total) as u32)
+                    .collect();
+                water_fill(WHOLE, &scaled)[self.index.min(live.len() - 1)]
+            };
+            match slots {
+                Some(s) => {
+                    s.set_share(share);
+                    s.set_share_ppm(ppm);
+                }
+                None => {
+                    assigned.insert(key.clone(), (share, ppm));
+                }
+            }
+        }
+        self.registry.set_place(Place {
+            shared: true,
+            live: self.live,
+            index: self.index,
+            assigned,
+        });
+    }
+
+    fn even(&self, cap: u32) -> u32 {
+        if self.settings.shared {
+            even_split(cap, self.live, self.index)
+        } else {
+            u32::MAX
+        }
+    }
+
+    fn even_ppm(&self) -> u32 {
+        if self.settings.shared {
+            even_split(WHOLE, self.live, self.index)
+        } else {
+            WHOLE
+        }
+    }
+
+    /// Adds accepted requests to the day's quota totals and writes usage counts.
+    async fn flush(&mut self) {
+        let counters = self.registry.all();
+        self.flush_quotas(&counters).await;
+        if self.usage_settings.enabled {
+            let hour = usage::hour_of(SystemTime::now());
+            for (key, slots) in &counters {
+                if let Some(u) = slots.usage.take(key, hour) {
+                    self.pending.add(u, self.usage_settings.max_pending);
+                }
+            }
+            self.write_usage().await;
+        }
+        self.registry
+            .forget_idle(|s| s.in_flight() == 0 && s.quota.unflushed().is_empty());
+    }
+
+    async fn flush_quotas(&mut self, counters: &[(Arc<str>, Arc<Slots>)]) {
+        let quotas = match &self.shared {
+            Shared::Mongo { quotas, .. } if self.settings.shared => Some(quotas.clone()),
+            _ => None,
+        };
+        let mut failed = None;
+        for (key, slots) in counters {
+            let Some(per_day) = slots.limits().and_then(|l| l.quota) else {
+                continue;
+            };
+            let taken = slots.quota.unflushed();
+            let Some(quotas) = &quotas else {
+                // Per replica: the total is this replica's own.
+                let total = slots.quota.used();
+                slots
+                    .quota
+                    .flushed(taken, total, per_day.saturating_sub(total));
+                continue;
+            };
+            if taken.before > 0 {
+                let id = format!("{key}/{}", taken.day.saturating_sub(1));
+                let update =
+                    doc! {"$inc": {"count": taken.before as i64}, "$set": {"tenant": &**key}};
+                if let Err(e) = quotas
+                    .update_one(doc! {"_id": id}, update)
+                    .upsert(true)
+                    .await
+                {
+                    failed = Some(e);
+                    break;
+                }
+                self.traffic.wrote(1, 64);
+            }
+            let id = format!("{key}/{}", taken.day);
+            let update = doc! {"$inc": {"count": taken.count as i64}, "$set": {"tenant": &**key, "day": i64::from(taken.day)}};
+            match quotas
+                .find_one_and_update(doc! {"_id": &id}, update)
+                .upsert(true)
+                .return_document(ReturnDocument::After)
+                .await
+            {
+                Ok(found) => {
+                    self.traffic.wrote(1, 96);
+                    self.traffic.read(1, 96);
+                    let total = found
+                        .and_then(|d| match d.get("count") {
+                            Some(Bson::Int64(n)) => Some((*n).max(0) as u64),
+                            Some(Bson::Int32(n)) => Some((*n).max(0) as u64),
+                            Some(Bson::Double(n)) => Some(n.max(0.0) as u64),
+                            _ => None,
+                        })
+                        .unwrap_or(taken.count);
+                    let left = per_day.saturating_sub(total);
+                    let allowance = (u128::from(left) * u128::from(slots.share_ppm()))
+                        .div_ceil(u128::from(WHOLE));
+                    slots.quota.flushed(taken, total, allowance as u64);
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        match failed {
+            Some(e) => self.store_failed("quota flush", &e),
+            None if quotas.is_some() => self.store_back(),
+            None => {}
+        }
+    }
+
+    async fn write_usage(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let records = self.pending.take();
+        match &self.shared {
+            Shared::Mongo {
+                usage: Some(coll), ..
+            } => {
+                let coll = coll.clone();
+                let mut failed: Vec<HourUsage> = Vec::new();
+                let mut error = None;
+                let mut writes = futures_util::stream::iter(records.into_iter().map(|u| {
+                    let coll = coll.clone();
+                    async move {
+                        let result = write_usage_doc(&coll, &u).await;
+                        (u, result)
+                    }
+                }))
+                .buffer_unordered(16);
+                let mut written = 0u64;
+                while let Some((u, result)) = writes.next().await {
+                    match result {
+                        Ok(bytes) => {
+                            written += 1;
+                            self.traffic.wrote(1, bytes);
+                        }
+                        Err(e) => {
+                            failed.push(u);
+                            error = Some(e);
+                        }
+                    }
+                }
+                drop(writes);
+                for u in failed {
+                    self.pending.add(u, self.usage_settings.max_pending);
+                }
+                match error {
+                    Some(e) => self.store_failed("usage flush", &e),
+                    None => tracing::debug!(records = written, "usage flushed"),
+                }
+            }
+            Shared::Local { usage: Some(path) } => {
+                let mut text = String::new();
+                for u in &records {
+                    if let Ok(line) = serde_json::to_string(u) {
+                        text.push_str(&line);
+                        text.push('\n');
+                    }
+                }
+                let written = {
+                    use tokio::io::AsyncWriteExt;
+                    match tokio::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                        .await
+                    {
+                        Ok(mut file) => file.write_all(text.as_bytes()).await,
+                        Err(e) => Err(e),
+                    }
+                };
+                if let Err(e) = written {
+                    if !self.failing {
+                        tracing::error!(path = %path.display(), error = %e, "cannot append usage records; they wait in memory");
+                        self.failing = true;
+                    }
+                    for u in records {
+                        self.pending.add(u, self.usage_settings.max_pending);
+                    }
+                } else {
+                    self.failing = false;
+                }
+            }
+            _ => {}
+        }
+        if self.pending.dropped > 0 {
+            tracing::error!(
+                dropped = self.pending.dropped,
+                "usage records dropped: the store stayed away longer than [usage] max_pending tenant-hours allow"
+            );
+            self.pending.dropped = 0;
+        }
+    }
+
+    fn store_failed(&mut self, what: &str, e: &mongodb::error::Error) {
+        if !self.failing {
+            tracing::warn!(what, error = %e, "MongoDB unreachable: keeping the last shares and quota allowances, usage waits in memory");
+            self.failing = true;
+        }
+    }
+
+    fn store_back(&mut self) {
+        if self.failing {
+            tracing::info!("MongoDB reachable again: shares, quotas and usage flushed");
+            self.failing = false;
+        }
+    }
+}
+
+/// One tenant-hour of usage as a batched `$inc` upsert; the bytes sent.
+async fn write_usage_doc(
+    coll: &Collection<Document>,
+    u: &HourUsage,
+) -> Result<u64, mongodb::error::Error> {
+    let mut inc = Document::new();
+    for (k, n) in &u.requests {
+        inc.insert(format!("requests.{k}"), *n as i64);
+    }
+    for (k, n) in &u.rejections {
+        inc.insert(format!("rejections.{k}"), *n as i64);
+    }
+    inc.insert("bytesIn", u.bytes_in as i64);
+    inc.insert("bytesOut", u.bytes_out as i64);
+    let update = doc! {"$inc": inc, "$set": {"tenant": &u.tenant, "hour": &u.hour}};
+    let bytes = bson_len(&update);
+    coll.update_one(doc! {"_id": format!("{}/{}", u.tenant, u.hour)}, update)
+        .upsert(true)
+        .await?;
+    Ok(bytes)
+}
+
+/// Reads usage records back from MongoDB (for `tenantgate usage`).
+pub async fn read_usage(
+    coll: &Collection<Document>,
+    tenant: Option<&str>,
+) -> Result<Vec<HourUsage>, mongodb::error::Error> {
+    let filter = match tenant {
+        Some(t) => doc! {"tenant": t},
+        None => doc! {},
+    };
+    let docs: Vec<Document> = coll.find(filter).await?.try_collect().await?;
+    let number = |b: &Bson| match b {
+        Bson::Int64(n) => (*n).max(0) as u64,
+        Bson::Int32(n) => (*n).max(0) as u64,
+        Bson::Double(n) => n.max(0.0) as u64,
+        _ => 0,
+    };
+    let counts = |d: &Document, k: &str| -> BTreeMap<String, u64> {
+        d.get_document(k)
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), number(v))).collect())
+            .unwrap_or_default()
+    };
+    Ok(docs
+        .iter()
+        .filter_map(|d| {
+            Some(HourUsage {
+                tenant: d.get_str("tenant").ok()?.to_string(),
+                hour: d.get_str("hour").ok()?.to_string(),
+                requests: counts(d, "requests"),
+                rejections: counts(d, "rejections"),
+                bytes_in: d.get("bytesIn").map_or(0, number),
+                bytes_out: d.get("bytesOut").map_or(0, number),
+            })
+        })
+        .collect())
+}
+
+/// Wakes the coordinator whenever another replica's heartbeat changes, where the deployment has
+/// change streams; without them (a standalone server, the test server) it stops after the
+/// first failure and the heartbeat's own reads are how changes are learnt.
+async fn watch_members(gateways: Collection<Document>, changed: Arc<tokio::sync::Notify>) {
+    let mut stream = match gateways.watch().await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::info!(error = %e, "no change stream on the heartbeat collection; membership is read every heartbeat");
+            return;
+        }
+    };
+    loop {
+        match stream.next().await {
+            Some(Ok(_)) => changed.notify_one(),
+            Some(Err(e)) => {
+                tracing::info!(error = %e, "heartbeat change stream ended; membership is read every heartbeat");
+                return;
+            }
+            None => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn even_splits_add_up_to_the_cap() {
+        for (cap, n) in [(30, 3), (31, 3), (2, 3), (1, 1), (100, 7)] {
+            let sum: u32 = (0..n).map(|i| even_split(cap, n, i)).sum();
+            assert_eq!(sum, cap, "{cap} over {n}");
+        }
+        assert_eq!(even_split(2, 3, 2), 0);
+    }
+
+    #[test]
+    fn water_fill_follows_demand_gives_one_each_and_adds_up() {
+        assert_eq!(water_fill(30, &[40, 5, 0]), vec![24, 5, 1]);
+        assert_eq!(water_fill(30, &[0, 0, 0]), vec![10, 10, 10]);
+        assert_eq!(water_fill(30, &[30, 30, 30]), vec![10, 10, 10]);
+        assert_eq!(water_fill(30, &[2, 2, 2]), vec![10, 10, 10]);
+        assert_eq!(water_fill(2, &[5, 5, 5]), vec![1, 1, 0]);
+        for wants in [vec![7, 0, 100, 3], vec![1, 1, 1, 1], vec![1000, 999, 0, 0]] {
+            for total in [0, 1, 3, 4, 29, 1000] {
+                let got = water_fill(total, &wants);
+                assert_eq!(
+                    got.iter().sum::<u32>(),
+                    total,
+                    "{total} over {wants:?}: {got:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_replica_grows_only_into_what_the_others_do_not_reserve() {
+        assert_eq!(usable(30, 24, 10), 20);
+        assert_eq!(usable(30, 24, 6), 24);
+        assert_eq!(usable(30, 5, 40), 0);
+    }
+
+    #[test]
+    fn members_are_gone_once_their_beat_stops_changing() {
+        let mut m = Members::default();
+        let t0 = Instant::now();
+        let hb = |id: &str, beat| Heartbeat {
+            id: id.into(),
+            beat,
+            tenants: vec![],
+        };
+        let timeout = Duration::from_secs(3);
+        assert_eq!(m.observe(&[hb("a", 1), hb("b", 7)], t0, timeout).len(), 2);
+        let t1 = t0 + Duration::from_secs(2);
+        assert_eq!(m.observe(&[hb("a", 2), hb("b", 7)], t1, timeout).len(), 2);
+        let t2 = t0 + Duration::from_secs(4);
+        assert_eq!(m.observe(&[hb("a", 3), hb("b", 7)], t2, timeout), vec!["a"]);
+        assert_eq!(
+            m.observe(&[hb("a", 4), hb("b", 8)], t2, timeout).len(),
+            2,
+            "b beats again"
+        );
+    }
+
+    #[test]
+    fn heartbeat_documents_read_back() {
+        let d = doc! {"_id": "r1", "beat": 3_i64, "tenants": [
+            {"key": "tnt_a", "cap": 30, "demand": 12_i64, "reserve": 20_i64, "rate": 4},
+            {"nokey": 1}
+        ]};
+        let hb = heartbeat_of(&d).unwrap();
+        assert_eq!((hb.id.as_str(), hb.beat), ("r1", 3));
+        assert_eq!(
+            hb.tenants,
+            vec![(
+                "tnt_a".to_string(),
+                30,
+                Reported {
+                    demand: 12,
+                    reserve: 20,
+                    rate: 4
+                }
+            )]
+        );
+    }
+}
