@@ -8,10 +8,11 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::mongo::*;
 use common::*;
 use futures::StreamExt;
 use mongodb::bson::{doc, Document};
@@ -32,105 +33,6 @@ fn shared_uri() -> String {
 /// A collection name no other test (or earlier run) uses.
 fn collection(test: &str) -> String {
     format!("{test}_{}_{:x}", std::process::id(), fastrand::u64(..))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A test server of the test's own, which it may stop, pause and restart (same port and data).
-struct OwnServer {
-    port: u16,
-    data: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-impl OwnServer {
-    /// A port and data directory, with no server running yet.
-    fn unstarted() -> OwnServer {
-        OwnServer {
-            port: free_port(),
-            data: tempfile::tempdir().unwrap(),
-            child: None,
-        }
-    }
-
-    async fn start() -> OwnServer {
-        let mut server = OwnServer::unstarted();
-        server.restart().await;
-        server
-    }
-
-    fn uri(&self) -> String {
-        // serverMonitoringMode=poll: see scripts/test.sh (a test-server quirk).
-        format!(
-            "mongodb://127.0.0.1:{}/?directConnection=true&serverMonitoringMode=poll",
-            self.port
-        )
-    }
-
-    /// Starts the server and waits for a real ping.
-    async fn restart(&mut self) {
-        assert!(self.child.is_none(), "already running");
-        let python = std::env::var("TEST_SMONGO_PYTHON")
-            .expect("TEST_SMONGO_PYTHON is not set: run the tests with `bash scripts/test.sh`");
-        let child = Command::new(python)
-            .args(["-m", "smongo.wire", "--host", "127.0.0.1", "--port"])
-            .arg(self.port.to_string())
-            .arg("--db-path")
-            .arg(self.data.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("cannot start the test server");
-        self.child = Some(child);
-        let client = mongo_client(&self.uri()).await;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while client
-            .database("admin")
-            .run_command(doc! {"ping": 1})
-            .await
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "test server did not answer ping");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn signal(&self, name: &str) {
-        let pid = self.child.as_ref().expect("not running").id();
-        let ok = Command::new("kill")
-            .args([format!("-{name}"), pid.to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{name} {pid}");
-    }
-
-    /// Stops the server (SIGTERM) and waits for it to exit.
-    fn stop(&mut self) {
-        self.signal("TERM");
-        self.child.take().unwrap().wait().unwrap();
-    }
-}
-
-impl Drop for OwnServer {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-async fn mongo_client(uri: &str) -> mongodb::Client {
-    let mut options = mongodb::options::ClientOptions::parse(uri).await.unwrap();
-    options.server_selection_timeout = Some(Duration::from_millis(500));
-    mongodb::Client::with_options(options).unwrap()
 }
 
 async fn tenants(uri: &str, coll: &str) -> mongodb::Collection<Document> {

@@ -151,6 +151,10 @@ struct TenantView {
 struct Heartbeat {
     id: String,
     beat: i64,
+    /// It shut down and handed its shares back.
+    left: bool,
+    /// `seenAt` by the server's clock, milliseconds since 1970, when the server stored it.
+    seen_at: Option<i64>,
     tenants: Vec<(String, u32, Reported)>,
 }
 
@@ -187,31 +191,81 @@ fn heartbeat_of(doc: &Document) -> Option<Heartbeat> {
                 .collect()
         })
         .unwrap_or_default();
-    Some(Heartbeat { id, beat, tenants })
+    let left = doc.get_bool("left").unwrap_or(false);
+    // A date on MongoDB; the test server stores `$currentDate` as RFC 3339 text.
+    let seen_at = match doc.get("seenAt") {
+        Some(Bson::DateTime(t)) => Some(t.timestamp_millis()),
+        Some(Bson::String(text)) => crate::tenants::tenant::parse_instant(text)
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_millis() as i64),
+        _ => None,
+    };
+    Some(Heartbeat {
+        id,
+        beat,
+        left,
+        seen_at,
+        tenants,
+    })
 }
 
-/// Which replicas are alive: a replica is, until its `beat` has not changed for the member
-/// timeout (by this replica's clock, so clocks need not agree).
+/// Which replicas are alive: a replica is until its last heartbeat is a member timeout old, or
+/// it has said goodbye. "Old" is by the server's clock (every `seenAt` is the server's
+/// `$currentDate`, and this replica's own, written just before the read, is the server's
+/// now), so replicas' clocks need not agree; where the server gives no dates, by how long the
+/// replica's `beat` has not changed on this replica's clock. A replica missing from one read
+/// keeps its last heartbeat until then: only the timeout or its goodbye hands its shares on.
 #[derive(Debug, Default)]
 struct Members {
-    /// id → (last beat seen, when it last changed here).
-    seen: HashMap<String, (i64, Instant)>,
+    /// id → (its last heartbeat, when its beat last changed here).
+    seen: HashMap<String, (Heartbeat, Instant)>,
 }
 
 impl Members {
-    fn observe(&mut self, beats: &[Heartbeat], now: Instant, timeout: Duration) -> Vec<String> {
-        let mut live = Vec::new();
-        for b in beats {
-            let entry = self.seen.entry(b.id.clone()).or_insert((b.beat, now));
-            if entry.0 != b.beat {
-                *entry = (b.beat, now);
+    /// The live replicas' heartbeats after reading `beats`, and the ids of documents of
+    /// replicas gone long enough to be removed (with the beat they were seen at).
+    fn observe(
+        &mut self,
+        beats: &[Heartbeat],
+        (now, server_now): (Instant, Option<i64>),
+        timeout: Duration,
+    ) -> (Vec<Heartbeat>, Vec<(String, i64)>) {
+        let age = |hb: &Heartbeat, changed: &Instant| match (server_now, hb.seen_at) {
+            (Some(server), Some(seen)) => {
+                Duration::from_millis(server.saturating_sub(seen).max(0) as u64)
             }
-            if now.duration_since(entry.1) < timeout {
-                live.push(b.id.clone());
+            _ => now.duration_since(*changed),
+        };
+        for b in beats {
+            match self.seen.get_mut(&b.id) {
+                Some((kept, changed)) => {
+                    if kept.beat != b.beat {
+                        *changed = now;
+                    }
+                    *kept = b.clone();
+                }
+                None => {
+                    self.seen.insert(b.id.clone(), (b.clone(), now));
+                }
             }
         }
-        self.seen.retain(|id, _| beats.iter().any(|b| &b.id == id));
-        live
+        let mut stale = Vec::new();
+        self.seen.retain(|id, (hb, changed)| {
+            let present = beats.iter().any(|b| &b.id == id);
+            let quiet = age(hb, changed);
+            if present && (hb.left || quiet >= 10 * timeout) {
+                stale.push((id.clone(), hb.beat));
+            }
+            present || quiet < timeout
+        });
+        let live = self
+            .seen
+            .values()
+            .filter(|(hb, changed)| !hb.left && age(hb, changed) < timeout)
+            .map(|(hb, _)| hb.clone())
+            .collect();
+        (live, stale)
     }
 }
 
@@ -253,6 +307,9 @@ pub struct Coordinator {
     shared: Shared,
     members: Members,
     live: usize,
+    /// The live replicas at the last read, and whether that read found them changed.
+    members_last: Vec<String>,
+    membership_changed: bool,
     /// This replica's place among the live replicas (by id).
     index: usize,
     beat: i64,
@@ -340,6 +397,8 @@ impl Coordinator {
             shared,
             members: Members::default(),
             live: 1,
+            members_last: Vec::new(),
+            membership_changed: false,
             index: 0,
             beat: 0,
             listed: HashMap::new(),
@@ -404,18 +463,27 @@ impl Coordinator {
             tokio::select! {
                 _ = heartbeat.tick() => self.heartbeat().await,
                 _ = changed.notified() => self.heartbeat().await,
-                _ = flush.tick() => self.flush().await,
-                _ = quota::flush_asked() => self.flush().await,
+                // A replica came or went: claim the new shares at once rather than a
+                // heartbeat later (claims are published before they are used).
+                _ = std::future::ready(()), if self.membership_changed => {
+                    self.membership_changed = false;
+                    self.heartbeat().await;
+                }
+                _ = flush.tick() => self.flush(false).await,
+                _ = quota::flush_asked() => self.flush(false).await,
                 _ = &mut stop => break,
             }
         }
-        self.flush().await;
+        self.flush(true).await;
         if let Some(gateways) = self.cluster() {
+            // Goodbye: no reserves any more, and `left` so the others take them at once.
             let id = self.settings.replica_id.clone();
-            match gateways.delete_one(doc! {"_id": &id}).await {
+            let goodbye = doc! {"$set": {"left": true, "tenants": [], "beat": self.beat + 1,
+            "seenAt": mongodb::bson::DateTime::now()}};
+            match gateways.update_one(doc! {"_id": &id}, goodbye).await {
                 Ok(_) => tracing::info!(replica = %id, "left the cluster"),
                 Err(e) => {
-                    tracing::warn!(replica = %id, error = %e, "could not remove the heartbeat document; the others take this replica's shares after the member timeout")
+                    tracing::warn!(replica = %id, error = %e, "could not say goodbye in the heartbeat collection; the others take this replica's shares after the member timeout")
                 }
             }
         }
@@ -509,7 +577,7 @@ impl Coordinator {
                 "reserve": i64::from(r.reserve), "rate": i64::from(r.rate)}
             })
             .collect();
-        let update = doc! {"$set": {"seenAt": mongodb::bson::DateTime::now(), "beat": self.beat, "tenants": listed}};
+        let update = doc! {"$currentDate": {"seenAt": true}, "$set": {"beat": self.beat, "left": false, "tenants": listed}};
         let written = bson_len(&update);
         if let Err(e) = gateways
             .update_one(doc! {"_id": &id}, update)
@@ -530,13 +598,25 @@ impl Coordinator {
             .read(docs.len() as u64, docs.iter().map(bson_len).sum());
         self.store_back();
         let beats: Vec<Heartbeat> = docs.iter().filter_map(heartbeat_of).collect();
-        let mut live = self
-            .members
-            .observe(&beats, Instant::now(), self.settings.member_timeout);
+        let server_now = beats.iter().find(|b| b.id == id).and_then(|b| b.seen_at);
+        let (beats, stale) = self.members.observe(
+            &beats,
+            (Instant::now(), server_now),
+            self.settings.member_timeout,
+        );
+        // Documents of replicas long gone are removed (unless they beat again meanwhile).
+        for (gone, beat) in stale {
+            if gone != id {
+                let _ = gateways.delete_one(doc! {"_id": &gone, "beat": beat}).await;
+            }
+        }
+        let mut live: Vec<String> = beats.iter().map(|b| b.id.clone()).collect();
         if !live.contains(&id) {
             live.push(id.clone());
         }
         live.sort();
+        self.membership_changed = live != self.members_last;
+        self.members_last = live.clone();
         self.live = live.len();
         self.index = live.iter().position(|m| *m == id).unwrap_or(0);
         // The view: every live replica's reports, by tenant.
@@ -662,9 +742,9 @@ impl Coordinator {
     }
 
     /// Adds accepted requests to the day's quota totals and writes usage counts.
-    async fn flush(&mut self) {
+    async fn flush(&mut self, leaving: bool) {
         let counters = self.registry.all();
-        self.flush_quotas(&counters).await;
+        self.flush_quotas(&counters, leaving).await;
         if self.usage_settings.enabled {
             let hour = usage::hour_of(SystemTime::now());
             for (key, slots) in &counters {
@@ -678,7 +758,10 @@ impl Coordinator {
             .forget_idle(|s| s.in_flight() == 0 && s.quota.unflushed().is_empty());
     }
 
-    async fn flush_quotas(&mut self, counters: &[(Arc<str>, Arc<Slots>)]) {
+    /// Quotas per replica: the day's total is this replica's own. With scope `cluster`: a
+    /// lease of the day's quota in MongoDB (see [`lease`]) sized to twice what the replica used
+    /// in the last interval, excess leases given back (all of it when `leaving`).
+    async fn flush_quotas(&mut self, counters: &[(Arc<str>, Arc<Slots>)], leaving: bool) {
         let quotas = match &self.shared {
             Shared::Mongo { quotas, .. } if self.settings.shared => Some(quotas.clone()),
             _ => None,
@@ -690,50 +773,20 @@ impl Coordinator {
             };
             let taken = slots.quota.unflushed();
             let Some(quotas) = &quotas else {
-                // Per replica: the total is this replica's own.
                 let total = slots.quota.used();
                 slots
                     .quota
                     .flushed(taken, total, per_day.saturating_sub(total));
                 continue;
             };
-            if taken.before > 0 {
-                let id = format!("{key}/{}", taken.day.saturating_sub(1));
-                let update =
-                    doc! {"$inc": {"count": taken.before as i64}, "$set": {"tenant": &**key}};
-                if let Err(e) = quotas
-                    .update_one(doc! {"_id": id}, update)
-                    .upsert(true)
-                    .await
-                {
-                    failed = Some(e);
-                    break;
-                }
-                self.traffic.wrote(1, 64);
-            }
+            let (unused, unleased) = slots.quota.lease_left(taken);
+            let want = if leaving { 0 } else { (2 * taken.count).max(1) };
             let id = format!("{key}/{}", taken.day);
-            let update = doc! {"$inc": {"count": taken.count as i64}, "$set": {"tenant": &**key, "day": i64::from(taken.day)}};
-            match quotas
-                .find_one_and_update(doc! {"_id": &id}, update)
-                .upsert(true)
-                .return_document(ReturnDocument::After)
-                .await
-            {
-                Ok(found) => {
-                    self.traffic.wrote(1, 96);
-                    self.traffic.read(1, 96);
-                    let total = found
-                        .and_then(|d| match d.get("count") {
-                            Some(Bson::Int64(n)) => Some((*n).max(0) as u64),
-                            Some(Bson::Int32(n)) => Some((*n).max(0) as u64),
-                            Some(Bson::Double(n)) => Some(n.max(0.0) as u64),
-                            _ => None,
-                        })
-                        .unwrap_or(taken.count);
-                    let left = per_day.saturating_sub(total);
-                    let allowance = (u128::from(left) * u128::from(slots.share_ppm()))
-                        .div_ceil(u128::from(WHOLE));
-                    slots.quota.flushed(taken, total, allowance as u64);
+            match lease(quotas, &id, key, taken.day, per_day, unused, unleased, want).await {
+                Ok((held, total)) => {
+                    self.traffic.wrote(2, 200);
+                    self.traffic.read(1, 100);
+                    slots.quota.flushed(taken, total, held);
                 }
                 Err(e) => {
                     failed = Some(e);
@@ -846,6 +899,62 @@ impl Coordinator {
             self.failing = false;
         }
     }
+}
+
+/// A number field of a document, whatever numeric type the server stored.
+fn count_of(doc: &Document, field: &str) -> u64 {
+    match doc.get(field) {
+        Some(Bson::Int64(n)) => (*n).max(0) as u64,
+        Some(Bson::Int32(n)) => (*n).max(0) as u64,
+        Some(Bson::Double(n)) => n.max(0.0) as u64,
+        _ => 0,
+    }
+}
+
+/// Settles one tenant's lease of the day's quota in the quota document `id`, whose `count` is
+/// every request leased so far today (used, or held by a replica to use): requests accepted
+/// before any lease (`unleased`) are added, and the replica's unused lease (`unused`) is
+/// brought to `want` — the excess given back, more leased only while `count` stays within
+/// `per_day` (a conditional `$inc`, so replicas never lease more than the quota between them).
+/// Returns the requests the replica may accept now and the day's count.
+#[allow(clippy::too_many_arguments)]
+async fn lease(
+    quotas: &Collection<Document>,
+    id: &str,
+    tenant: &str,
+    day: u32,
+    per_day: u64,
+    unused: u64,
+    unleased: u64,
+    want: u64,
+) -> Result<(u64, u64), mongodb::error::Error> {
+    let change = unleased as i64 + want.min(unused) as i64 - unused as i64;
+    let settled = quotas
+        .find_one_and_update(
+            doc! {"_id": id},
+            doc! {"$inc": {"count": change}, "$set": {"tenant": tenant, "day": i64::from(day)}},
+        )
+        .upsert(true)
+        .return_document(ReturnDocument::After)
+        .await?;
+    let mut count = settled.map_or(0, |d| count_of(&d, "count"));
+    let mut held = want.min(unused);
+    let more = want.saturating_sub(unused);
+    if more > 0 && count < per_day {
+        let grant = more.min(per_day - count);
+        let leased = quotas
+            .find_one_and_update(
+                doc! {"_id": id, "count": {"$lte": (per_day - grant) as i64}},
+                doc! {"$inc": {"count": grant as i64}},
+            )
+            .return_document(ReturnDocument::After)
+            .await?;
+        if let Some(d) = leased {
+            held += grant;
+            count = count_of(&d, "count");
+        }
+    }
+    Ok((held, count))
 }
 
 /// One tenant-hour of usage as a batched `$inc` upsert; the bytes sent.
@@ -975,18 +1084,76 @@ mod tests {
         let hb = |id: &str, beat| Heartbeat {
             id: id.into(),
             beat,
+            left: false,
+            seen_at: None,
             tenants: vec![],
         };
         let timeout = Duration::from_secs(3);
-        assert_eq!(m.observe(&[hb("a", 1), hb("b", 7)], t0, timeout).len(), 2);
-        let t1 = t0 + Duration::from_secs(2);
-        assert_eq!(m.observe(&[hb("a", 2), hb("b", 7)], t1, timeout).len(), 2);
-        let t2 = t0 + Duration::from_secs(4);
-        assert_eq!(m.observe(&[hb("a", 3), hb("b", 7)], t2, timeout), vec!["a"]);
+        let ids = |(live, _): (Vec<Heartbeat>, _)| {
+            let mut ids: Vec<String> = live.into_iter().map(|h| h.id).collect();
+            ids.sort();
+            ids
+        };
+        let at = |secs| (t0 + Duration::from_secs(secs), None);
         assert_eq!(
-            m.observe(&[hb("a", 4), hb("b", 8)], t2, timeout).len(),
-            2,
+            ids(m.observe(&[hb("a", 1), hb("b", 7)], at(0), timeout)),
+            ["a", "b"]
+        );
+        assert_eq!(
+            ids(m.observe(&[hb("a", 2)], at(2), timeout)),
+            ["a", "b"],
+            "missing from one read is not gone"
+        );
+        assert_eq!(
+            ids(m.observe(&[hb("a", 3), hb("b", 7)], at(4), timeout)),
+            ["a"]
+        );
+        assert_eq!(
+            ids(m.observe(&[hb("a", 4), hb("b", 8)], at(4), timeout)),
+            ["a", "b"],
             "b beats again"
+        );
+        let mut bye = hb("b", 9);
+        bye.left = true;
+        let (live, stale) = m.observe(&[hb("a", 5), bye], at(4), timeout);
+        assert_eq!(live.len(), 1, "a goodbye is gone at once");
+        assert_eq!(stale, vec![("b".to_string(), 9)]);
+    }
+
+    #[test]
+    fn with_the_servers_clock_a_member_is_gone_a_timeout_after_its_last_heartbeat() {
+        let mut m = Members::default();
+        let t0 = Instant::now();
+        let hb = |id: &str, beat, seen_at| Heartbeat {
+            id: id.into(),
+            beat,
+            left: false,
+            seen_at: Some(seen_at),
+            tenants: vec![],
+        };
+        let timeout = Duration::from_millis(600);
+        // First seen long after its last heartbeat (a replica started next to a dead one).
+        let (live, _) = m.observe(
+            &[hb("me", 1, 10_000), hb("dead", 4, 9_000)],
+            (t0, Some(10_000)),
+            timeout,
+        );
+        assert_eq!(live.len(), 1);
+        let (live, _) = m.observe(
+            &[hb("me", 2, 10_200), hb("b", 1, 10_100)],
+            (t0, Some(10_200)),
+            timeout,
+        );
+        assert_eq!(live.len(), 2);
+        let (live, _) = m.observe(
+            &[hb("me", 3, 10_700), hb("b", 1, 10_100)],
+            (t0, Some(10_700)),
+            timeout,
+        );
+        assert_eq!(
+            live.len(),
+            1,
+            "600 ms after b's last heartbeat by the server's clock"
         );
     }
 

@@ -149,6 +149,16 @@ impl DayCount {
         self.pending_before.fetch_sub(taken.before, Relaxed);
     }
 
+    /// Of the requests this replica may accept (its lease, with scope `cluster`), how many
+    /// `taken` left unused, and how many it accepted before it held any (before its first
+    /// flush of the day).
+    pub fn lease_left(&self, taken: Unflushed) -> (u64, u64) {
+        match self.allowance.load(Relaxed) {
+            UNFLUSHED => (0, taken.count),
+            allowance => (allowance.saturating_sub(taken.count), 0),
+        }
+    }
+
     /// The day's total as of the last flush, plus what this replica accepted since.
     pub fn used(&self) -> u64 {
         self.total

@@ -2,6 +2,8 @@
 //! temporary directory, and small HTTP client helpers.
 #![allow(dead_code)]
 
+pub mod mongo;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -170,7 +172,7 @@ pub fn write_json(path: &std::path::Path, v: &Value) {
 }
 
 /// A response read to the end.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Reply {
     pub status: StatusCode,
     pub headers: HeaderMap,
@@ -222,6 +224,17 @@ pub fn h2_client() -> HttpClient {
 
 /// Sends a request with the given headers and reads the whole response.
 pub async fn send(client: &HttpClient, method: &str, url: &str, headers: &[(&str, &str)]) -> Reply {
+    try_send(client, method, url, headers).await.unwrap()
+}
+
+/// [`send`], with a failed exchange (refused connection, connection closed mid-response) as
+/// an error.
+pub async fn try_send(
+    client: &HttpClient,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<Reply, String> {
     let mut req = Request::builder().method(method).uri(url);
     for (k, v) in headers {
         req = req.header(*k, *v);
@@ -229,14 +242,14 @@ pub async fn send(client: &HttpClient, method: &str, url: &str, headers: &[(&str
     let resp = client
         .request(req.body(Full::new(Bytes::new())).unwrap())
         .await
-        .unwrap();
+        .map_err(|e| e.to_string())?;
     let (parts, body) = resp.into_parts();
-    let body = body.collect().await.unwrap().to_bytes();
-    Reply {
+    let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok(Reply {
         status: parts.status,
         headers: parts.headers,
         body,
-    }
+    })
 }
 
 pub async fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
