@@ -27,7 +27,7 @@
 //! | read the head: framing, `Host`, target form, head size (the gateway is the only author of framing) | [`http::codec`], [`http::server`] | 400 / 408 / 431 |
 //! | 1. identify the tenant from its key | [`pipeline::identify`] | 401 / 400 / 403 / 503 |
 //! | 2. check the browser origin (and answer preflights) | [`pipeline::cors`], [`tenants::origin`] | 403 |
-//! | 3. take one of the tenant's concurrency slots | [`tenants::slots`] | 429 |
+//! | 3. take a concurrency slot, a token of the rate, a unit of the day's quota | [`pipeline::limit`], [`tenants::slots`] | 429 |
 //! | 4. rewrite headers, stream to the backend and back (or splice an upgrade) | [`pipeline::forward`], [`http::client`], [`http::pool`] | 400 / 413 / 502 / 504 |
 //! | every refusal as the contract's JSON | [`pipeline::error`] | |
 //!
@@ -38,6 +38,11 @@
 //! per observed document change). A tenant's lifecycle — retired keys, its own limits, fields
 //! injected as headers — is read in [`tenants::tenant`] and applied by the stages: retired keys
 //! in [`pipeline::identify`], limits and `[inject] headers` in [`pipeline::forward`].
+//!
+//! Off the request path: [`tenants::cluster`] shares each tenant's cap, rate and quota between
+//! replicas through MongoDB (`[cluster] scope = "cluster"`) and flushes usage
+//! ([`tenants::usage`]); the request path only reads the atomics it sets ([`tenants::rate`],
+//! [`tenants::quota`], [`tenants::slots`]).
 #![forbid(unsafe_code)]
 
 pub mod http;

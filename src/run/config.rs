@@ -720,7 +720,8 @@ impl RawCluster {
             n => n,
         };
         let replica_id = match self.replica_id.as_str() {
-            "" => crate::tenants::cluster::default_replica_id(),
+            // Generated when the coordinator starts (so a reload compares equal).
+            "" => String::new(),
             id if id.len() <= 200 && !id.contains('\0') => id.to_string(),
             id => return Err(format!("[cluster] replica_id: {id:?} is not a usable id")),
         };

@@ -73,6 +73,8 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         ("[tracing]", old.tracing == new.tracing),
         ("[store]", old.store == new.store),
         ("[cache]", old.cache == new.cache),
+        ("[cluster]", old.cluster == new.cluster),
+        ("[usage]", old.usage == new.usage),
         (
             "[upstream] connect_timeout_ms / pool_* / ca_file",
             o.connect_timeout == n.connect_timeout

@@ -147,10 +147,12 @@ pub async fn start_with_store(
         crate::telemetry::trace::Tracer::new(&config.tracing).map_err(StartError::Tracing)?;
     let directory = Directory::new(store, config.cache.clone());
     let forwarder = Forwarder::new(config.forward.clone(), connector);
+    let cluster_traffic = crate::tenants::cluster::Traffic::default();
     let metrics = Arc::new(Metrics::new(
         &directory,
         &forwarder.upstream_response,
         config.metrics_top_tenants,
+        &cluster_traffic,
     ));
     let gateway = Arc::new(Gateway {
         directory: directory.clone(),
@@ -166,7 +168,7 @@ pub async fn start_with_store(
     });
     let reloader = Arc::new(Reloader::new(config.clone(), gateway.clone()));
     let (stop, stopped) = watch::channel(false);
-    let limits = limits_in_background(&config, &directory).await?;
+    let limits = limits_in_background(&config, &directory, cluster_traffic).await?;
     if let Some(admin) = admin {
         tokio::spawn(crate::run::admin::serve(
             admin,
@@ -228,6 +230,7 @@ impl Limits {
 async fn limits_in_background(
     config: &Config,
     directory: &Arc<Directory>,
+    traffic: crate::tenants::cluster::Traffic,
 ) -> Result<Limits, StartError> {
     let registry = directory.slot_registry().clone();
     let mut coordinator = match &config.store {
@@ -238,11 +241,15 @@ async fn limits_in_background(
                 config.usage.clone(),
                 registry,
                 &store.database(),
+                traffic,
             )
         }
-        StoreConfig::File { .. } => {
-            Coordinator::local(config.cluster.clone(), config.usage.clone(), registry)
-        }
+        StoreConfig::File { .. } => Coordinator::local(
+            config.cluster.clone(),
+            config.usage.clone(),
+            registry,
+            traffic,
+        ),
     };
     coordinator.join().await;
     let (stop, stopped) = watch::channel(false);

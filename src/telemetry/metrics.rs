@@ -162,8 +162,34 @@ impl Metrics {
         directory: &Arc<Directory>,
         upstream_response: &Latency,
         top_tenants: usize,
+        cluster: &crate::tenants::cluster::Traffic,
     ) -> Metrics {
         let mut registry = Registry::default();
+        registry.register(
+            "tenantgate_cluster_documents_written",
+            "Documents written for heartbeats, quota leases and usage",
+            cluster.documents_written.clone(),
+        );
+        registry.register(
+            "tenantgate_cluster_bytes_written",
+            "BSON bytes of the heartbeat, quota and usage updates sent",
+            cluster.bytes_written.clone(),
+        );
+        registry.register(
+            "tenantgate_cluster_documents_read",
+            "Documents read back: heartbeats of every replica, quota counts",
+            cluster.documents_read.clone(),
+        );
+        registry.register(
+            "tenantgate_cluster_bytes_read",
+            "BSON bytes of the documents read back",
+            cluster.bytes_read.clone(),
+        );
+        registry.register(
+            "tenantgate_cluster_replicas",
+            "Live replicas sharing the limits at the last heartbeat (1 with scope replica)",
+            cluster.replicas.clone(),
+        );
         let requests = Arc::new(StatusCounts::default());
         let rejections = Family::default();
         let duration = Latency::default();

@@ -37,6 +37,8 @@ use futures_util::{StreamExt, TryStreamExt};
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::options::ReturnDocument;
 use mongodb::{Collection, Database};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
 
 use crate::tenants::quota;
@@ -49,7 +51,8 @@ use crate::tenants::usage::{self, HourUsage, Pending};
 pub struct ClusterSettings {
     /// Limits are shared over the live replicas (`scope = "cluster"`).
     pub shared: bool,
-    /// This replica's `_id` in the heartbeat collection.
+    /// This replica's `_id` in the heartbeat collection ("": [`default_replica_id`], made when
+    /// the coordinator starts).
     pub replica_id: String,
     pub collection: String,
     pub quota_collection: String,
@@ -321,30 +324,31 @@ pub struct Coordinator {
     last_heartbeat: Instant,
     /// Store failures are logged once per outage.
     failing: bool,
-    /// Heartbeat traffic, for BENCHMARKS and `/metrics`: documents and bytes written and read.
-    pub traffic: Arc<Traffic>,
+    /// Heartbeat and flush traffic, for `/metrics`.
+    traffic: Traffic,
 }
 
-/// Heartbeat and flush traffic of this replica.
-#[derive(Debug, Default)]
+/// Heartbeat and flush traffic of this replica, and the replicas it sees (exported on
+/// `/metrics` as `tenantgate_cluster_*`).
+#[derive(Debug, Default, Clone)]
 pub struct Traffic {
-    pub documents_written: std::sync::atomic::AtomicU64,
-    pub bytes_written: std::sync::atomic::AtomicU64,
-    pub documents_read: std::sync::atomic::AtomicU64,
-    pub bytes_read: std::sync::atomic::AtomicU64,
+    pub documents_written: Counter,
+    pub bytes_written: Counter,
+    pub documents_read: Counter,
+    pub bytes_read: Counter,
+    /// Live replicas at the last heartbeat (scope `cluster`; 1 otherwise).
+    pub replicas: Gauge,
 }
 
 impl Traffic {
     fn wrote(&self, docs: u64, bytes: u64) {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.documents_written.fetch_add(docs, Relaxed);
-        self.bytes_written.fetch_add(bytes, Relaxed);
+        self.documents_written.inc_by(docs);
+        self.bytes_written.inc_by(bytes);
     }
 
     fn read(&self, docs: u64, bytes: u64) {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.documents_read.fetch_add(docs, Relaxed);
-        self.bytes_read.fetch_add(bytes, Relaxed);
+        self.documents_read.inc_by(docs);
+        self.bytes_read.inc_by(bytes);
     }
 }
 
@@ -359,6 +363,7 @@ impl Coordinator {
         usage_settings: UsageSettings,
         registry: Arc<SlotRegistry>,
         db: &Database,
+        traffic: Traffic,
     ) -> Coordinator {
         let shared = Shared::Mongo {
             gateways: db.collection(&settings.collection),
@@ -367,7 +372,7 @@ impl Coordinator {
                 .enabled
                 .then(|| db.collection(&usage_settings.collection)),
         };
-        Coordinator::new(settings, usage_settings, registry, shared)
+        Coordinator::new(settings, usage_settings, registry, shared, traffic)
     }
 
     /// A coordinator without a shared store (the file store): per-replica limits, usage to the
@@ -376,20 +381,32 @@ impl Coordinator {
         settings: ClusterSettings,
         usage_settings: UsageSettings,
         registry: Arc<SlotRegistry>,
+        traffic: Traffic,
     ) -> Coordinator {
         let usage = usage_settings
             .enabled
             .then(|| usage_settings.path.clone())
             .flatten();
-        Coordinator::new(settings, usage_settings, registry, Shared::Local { usage })
+        Coordinator::new(
+            settings,
+            usage_settings,
+            registry,
+            Shared::Local { usage },
+            traffic,
+        )
     }
 
     fn new(
-        settings: ClusterSettings,
+        mut settings: ClusterSettings,
         usage_settings: UsageSettings,
         registry: Arc<SlotRegistry>,
         shared: Shared,
+        traffic: Traffic,
     ) -> Coordinator {
+        traffic.replicas.set(1);
+        if settings.replica_id.is_empty() {
+            settings.replica_id = default_replica_id();
+        }
         Coordinator {
             settings,
             usage_settings,
@@ -406,7 +423,7 @@ impl Coordinator {
             pending: Pending::default(),
             last_heartbeat: Instant::now(),
             failing: false,
-            traffic: Arc::default(),
+            traffic,
         }
     }
 
@@ -618,6 +635,7 @@ impl Coordinator {
         self.membership_changed = live != self.members_last;
         self.members_last = live.clone();
         self.live = live.len();
+        self.traffic.replicas.set(self.live as i64);
         self.index = live.iter().position(|m| *m == id).unwrap_or(0);
         // The view: every live replica's reports, by tenant.
         self.view.clear();

@@ -1,7 +1,8 @@
 //! Where tenants come from and what the gateway keeps of each: the document and its
 //! validation ([`tenant`], [`origin`]), the stores ([`store`]: the JSON file and MongoDB), the
-//! cache in front of them ([`directory`]), the audit log of document changes ([`audit`]) and
-//! each tenant's concurrency slots ([`slots`]).
+//! cache in front of them ([`directory`]), the audit log of document changes ([`audit`]),
+//! each tenant's live counts ([`slots`]: concurrency, [`rate`], [`quota`], [`usage`]) and the
+//! background that shares them between replicas and writes them down ([`cluster`]).
 //! Depends on nothing of the request path but [`crate::http`] (a tenant's own backend URL).
 
 pub mod audit;

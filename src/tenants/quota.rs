@@ -2,10 +2,10 @@
 //!
 //! The request path only compares and adds atomics: a request is accepted while the requests
 //! accepted since the last flush stay under the replica's allowance. The flush (in the
-//! background, every `[cluster] flush_ms`) adds them to the day's total — in MongoDB with one
-//! `$inc` per busy tenant under `[cluster] scope = "cluster"`, in memory otherwise — and sets the
-//! next allowance from what is left of the day's quota (with scope `cluster`: the replica's
-//! share of it, by demand).
+//! background, every `[cluster] flush_ms`, [`crate::tenants::cluster`]) sets the next allowance:
+//! per replica, what is left of the day's quota after this replica's own count; with
+//! `[cluster] scope = "cluster"`, this replica's lease of the day's count in MongoDB (leased with
+//! a conditional `$inc`, so the replicas never hold more than the quota between them).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, SystemTime};
@@ -55,7 +55,8 @@ pub struct DayCount {
     pending: AtomicU64,
     /// Accepted on the day before `day` and not yet flushed (a day that ended between flushes).
     pending_before: AtomicU64,
-    /// How many this replica may accept before its next flush ([`UNFLUSHED`]: not yet known).
+    /// How many this replica may accept before its next flush — its lease, with scope
+    /// `cluster` ([`UNFLUSHED`]: no flush yet today).
     allowance: AtomicU64,
     /// The day's total as of the last flush (the cluster's, or this replica's).
     total: AtomicU64,
