@@ -400,7 +400,7 @@ fn usage(path: &Path, tenant: Option<&str>, since: Option<&str>, format: UsageFo
                 .await
                 .map_err(|e| e.to_string())?;
             let coll = store.database().collection(&config.usage.collection);
-            crate::tenants::cluster::read_usage(&coll, tenant)
+            crate::tenants::metering::read_usage(&coll, tenant)
                 .await
                 .map_err(|e| format!("{}: {e}", settings.describe()))
         }),

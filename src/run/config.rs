@@ -14,8 +14,9 @@ use crate::http::upstream::Upstream;
 use crate::pipeline::cors::CorsSettings;
 use crate::pipeline::forward::ForwardSettings;
 use crate::pipeline::proxy::Policy;
-use crate::tenants::cluster::{ClusterSettings, UsageSettings};
+use crate::tenants::cluster::ClusterSettings;
 use crate::tenants::directory::CacheSettings;
+use crate::tenants::metering::UsageSettings;
 
 /// Prefix of the environment variables that override config keys:
 /// `TENANTGATE_<SECTION>_<KEY>`, e.g. `TENANTGATE_STORE_URI` (so a password need not sit in a

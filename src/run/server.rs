@@ -33,6 +33,7 @@ use crate::run::reload::Reloader;
 use crate::telemetry::metrics::Metrics;
 use crate::tenants::cluster::Coordinator;
 use crate::tenants::directory::Directory;
+use crate::tenants::metering::UsageWriter;
 use crate::tenants::store::file::FileStore;
 use crate::tenants::store::mongodb::MongoStore;
 use crate::tenants::store::{StoreError, TenantStore};
@@ -211,50 +212,57 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// The background side of the limits ([`Coordinator`]): shares, quota totals, usage.
+/// The background side of the limits: the [`Coordinator`] (shares, quota leases) and the
+/// [`UsageWriter`].
 struct Limits {
     stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    tasks: [JoinHandle<()>; 2],
 }
 
 impl Limits {
     async fn finish(self) {
         let _ = self.stop.send(true);
-        let _ = self.task.await;
+        for task in self.tasks {
+            let _ = task.await;
+        }
     }
 }
 
-/// Starts the [`Coordinator`]; with scope `cluster`, after a first heartbeat (bounded by
-/// `[store] server_selection_timeout_ms`) so that the first requests already get this replica's
-/// share of each tenant.
+/// Starts the [`Coordinator`] — with scope `cluster`, after a first heartbeat (bounded by the
+/// member timeout) so that the first requests already get this replica's share of each tenant —
+/// and the [`UsageWriter`].
 async fn limits_in_background(
     config: &Config,
     directory: &Arc<Directory>,
     traffic: crate::tenants::cluster::Traffic,
 ) -> Result<Limits, StartError> {
     let registry = directory.slot_registry().clone();
-    let mut coordinator = match &config.store {
+    let every = config.cluster.flush;
+    let (mut coordinator, usage) = match &config.store {
         StoreConfig::MongoDb(settings) => {
-            let store = MongoStore::connect(settings.clone()).await?;
-            Coordinator::mongo(
-                config.cluster.clone(),
-                config.usage.clone(),
-                registry,
-                &store.database(),
-                traffic,
+            let db = MongoStore::connect(settings.clone()).await?.database();
+            (
+                Coordinator::mongo(
+                    config.cluster.clone(),
+                    registry.clone(),
+                    &db,
+                    traffic.clone(),
+                ),
+                UsageWriter::mongo(&config.usage, every, registry, db, traffic),
             )
         }
-        StoreConfig::File { .. } => Coordinator::local(
-            config.cluster.clone(),
-            config.usage.clone(),
-            registry,
-            traffic,
+        StoreConfig::File { .. } => (
+            Coordinator::local(config.cluster.clone(), registry.clone(), traffic.clone()),
+            UsageWriter::file(&config.usage, every, registry, traffic),
         ),
     };
     coordinator.join().await;
     let (stop, stopped) = watch::channel(false);
-    let task = tokio::spawn(coordinator.run(stopped));
-    Ok(Limits { stop, task })
+    let tasks = [
+        tokio::spawn(coordinator.run(stopped.clone())),
+        tokio::spawn(usage.run(stopped)),
+    ];
+    Ok(Limits { stop, tasks })
 }
 
 async fn wait_for(mut stopped: watch::Receiver<bool>) {

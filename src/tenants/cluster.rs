@@ -10,8 +10,10 @@
 //!    demand and *reserve* — the slots it may use until its next heartbeat), reads every
 //!    replica's document, and sets this replica's share of each tenant's cap, rate and remaining
 //!    quota ([`shares`]);
-//! 3. every `[cluster] flush_ms`: adds the requests each tenant accepted to the day's quota total
-//!    (MongoDB `$inc` with scope `cluster`, memory otherwise) and writes the usage counts.
+//! 3. every `[cluster] flush_ms`: settles each tenant's quota — a lease of the day's count in
+//!    MongoDB with scope `cluster` ([`lease`]), this replica's own count otherwise.
+//!
+//! Usage counts are written by a task of their own ([`crate::tenants::metering`]).
 //!
 //! ## Why the shares never add up to more than the cap
 //! A replica publishes its reserve (`max(target, in flight)`) *before* it reads the others, and
@@ -24,14 +26,12 @@
 //! ([`even_split`]), which is what every replica uses for a tenant nobody has reported busy.
 //!
 //! ## When MongoDB is away
-//! Shares stay as they were, quota allowances are not renewed (a replica accepts at most its
-//! share of what was left of the day at the last flush: no fail-open), and usage counts wait in
-//! memory (bounded by `[usage] max_pending` tenant-hours) until a flush succeeds.
+//! Shares stay as they were and quota leases are not renewed (a replica accepts at most what it
+//! holds leased: no fail-open); usage counts wait in memory ([`crate::tenants::metering`]).
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, TryStreamExt};
 use mongodb::bson::{doc, Bson, Document};
@@ -44,7 +44,6 @@ use tokio::sync::watch;
 use crate::tenants::quota;
 use crate::tenants::rate::WHOLE;
 use crate::tenants::slots::{even_split, Place, SlotRegistry, Slots};
-use crate::tenants::usage::{self, HourUsage, Pending};
 
 /// `[cluster]`, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,18 +60,6 @@ pub struct ClusterSettings {
     pub flush: Duration,
     /// Learn of other replicas' heartbeats from a change stream where the deployment has one.
     pub watch_changes: bool,
-}
-
-/// `[usage]`, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UsageSettings {
-    pub enabled: bool,
-    /// MongoDB store: the collection.
-    pub collection: String,
-    /// File store: the JSON-lines file.
-    pub path: Option<PathBuf>,
-    /// Tenant-hours kept in memory while the store is away.
-    pub max_pending: usize,
 }
 
 /// A replica id for `[cluster] replica_id = ""`: the host name (a pod's name in Kubernetes) and
@@ -228,13 +215,18 @@ struct Members {
 impl Members {
     /// The live replicas' heartbeats after reading `beats`, and the ids of documents of
     /// replicas gone long enough to be removed (with the beat they were seen at).
+    /// `blind`: this replica could not read the heartbeats for a while (MongoDB was away for
+    /// everyone, most likely), so an old heartbeat says nothing yet and nobody is gone but those
+    /// who said goodbye.
     fn observe(
         &mut self,
         beats: &[Heartbeat],
         (now, server_now): (Instant, Option<i64>),
         timeout: Duration,
+        blind: bool,
     ) -> (Vec<Heartbeat>, Vec<(String, i64)>) {
         let age = |hb: &Heartbeat, changed: &Instant| match (server_now, hb.seen_at) {
+            _ if blind => Duration::ZERO,
             (Some(server), Some(seen)) => {
                 Duration::from_millis(server.saturating_sub(seen).max(0) as u64)
             }
@@ -277,14 +269,13 @@ impl Members {
 
 /// Where the shared counts live.
 enum Shared {
-    /// MongoDB: heartbeats, quota totals and usage (when enabled) in collections.
+    /// MongoDB: heartbeats and quota leases in collections.
     Mongo {
         gateways: Collection<Document>,
         quotas: Collection<Document>,
-        usage: Option<Collection<Document>>,
     },
-    /// No shared store: quotas counted in memory, usage appended to a file (when enabled).
-    Local { usage: Option<PathBuf> },
+    /// No shared store: quotas counted in memory.
+    Local,
 }
 
 /// A tenant in a heartbeat: its key, its cap, and its counter when this replica has one.
@@ -305,7 +296,6 @@ struct Local {
 /// Runs the heartbeat, the shares and the flushes (see the module documentation).
 pub struct Coordinator {
     settings: ClusterSettings,
-    usage_settings: UsageSettings,
     registry: Arc<SlotRegistry>,
     shared: Shared,
     members: Members,
@@ -320,8 +310,11 @@ pub struct Coordinator {
     listed: HashMap<Arc<str>, Local>,
     /// The cluster's view at the last read: tenant → reports of live replicas.
     view: HashMap<String, TenantView>,
-    pending: Pending,
     last_heartbeat: Instant,
+    /// When this replica last read the heartbeats, and until when it counts nobody as gone
+    /// after a gap in its reads.
+    last_read: Option<Instant>,
+    blind_until: Option<Instant>,
     /// Store failures are logged once per outage.
     failing: bool,
     /// Heartbeat and flush traffic, for `/metrics`.
@@ -341,7 +334,7 @@ pub struct Traffic {
 }
 
 impl Traffic {
-    fn wrote(&self, docs: u64, bytes: u64) {
+    pub(crate) fn wrote(&self, docs: u64, bytes: u64) {
         self.documents_written.inc_by(docs);
         self.bytes_written.inc_by(bytes);
     }
@@ -360,7 +353,6 @@ impl Coordinator {
     /// A coordinator over MongoDB database `db` (heartbeats only with scope `cluster`).
     pub fn mongo(
         settings: ClusterSettings,
-        usage_settings: UsageSettings,
         registry: Arc<SlotRegistry>,
         db: &Database,
         traffic: Traffic,
@@ -368,37 +360,21 @@ impl Coordinator {
         let shared = Shared::Mongo {
             gateways: db.collection(&settings.collection),
             quotas: db.collection(&settings.quota_collection),
-            usage: usage_settings
-                .enabled
-                .then(|| db.collection(&usage_settings.collection)),
         };
-        Coordinator::new(settings, usage_settings, registry, shared, traffic)
+        Coordinator::new(settings, registry, shared, traffic)
     }
 
-    /// A coordinator without a shared store (the file store): per-replica limits, usage to the
-    /// JSON-lines file.
+    /// A coordinator without a shared store (the file store): per-replica limits.
     pub fn local(
         settings: ClusterSettings,
-        usage_settings: UsageSettings,
         registry: Arc<SlotRegistry>,
         traffic: Traffic,
     ) -> Coordinator {
-        let usage = usage_settings
-            .enabled
-            .then(|| usage_settings.path.clone())
-            .flatten();
-        Coordinator::new(
-            settings,
-            usage_settings,
-            registry,
-            Shared::Local { usage },
-            traffic,
-        )
+        Coordinator::new(settings, registry, Shared::Local, traffic)
     }
 
     fn new(
         mut settings: ClusterSettings,
-        usage_settings: UsageSettings,
         registry: Arc<SlotRegistry>,
         shared: Shared,
         traffic: Traffic,
@@ -409,7 +385,6 @@ impl Coordinator {
         }
         Coordinator {
             settings,
-            usage_settings,
             registry,
             shared,
             members: Members::default(),
@@ -420,8 +395,9 @@ impl Coordinator {
             beat: 0,
             listed: HashMap::new(),
             view: HashMap::new(),
-            pending: Pending::default(),
             last_heartbeat: Instant::now(),
+            last_read: None,
+            blind_until: None,
             failing: false,
             traffic,
         }
@@ -521,8 +497,10 @@ impl Coordinator {
             .into_iter()
             .filter_map(|(key, slots)| Some((key, slots.limits()?.cap, Some(slots))))
             .collect();
+        let counted: std::collections::HashSet<Arc<str>> =
+            tenants.iter().map(|(k, _, _)| k.clone()).collect();
         for (key, view) in &self.view {
-            if !tenants.iter().any(|(k, _, _)| **k == **key) {
+            if !counted.contains(key.as_str()) {
                 tenants.push((Arc::from(key.as_str()), view.cap, None));
             }
         }
@@ -579,8 +557,8 @@ impl Coordinator {
                 },
             ));
         }
-        self.listed
-            .retain(|k, _| tenants.iter().any(|(key, _, _)| key == k));
+        let all: std::collections::HashSet<&str> = tenants.iter().map(|(k, _, _)| &**k).collect();
+        self.listed.retain(|k, _| all.contains(&**k));
 
         let Some(gateways) = self.cluster().cloned() else {
             return;
@@ -590,8 +568,16 @@ impl Coordinator {
         let listed: Vec<Document> = reports
             .iter()
             .map(|(key, cap, r)| {
-                doc! {"key": &**key, "cap": i64::from(*cap), "demand": i64::from(r.demand),
-                "reserve": i64::from(r.reserve), "rate": i64::from(r.rate)}
+                // Zero demand and rate are left out (an idle replica's entry is its reserve).
+                let mut entry =
+                    doc! {"key": &**key, "cap": i64::from(*cap), "reserve": i64::from(r.reserve)};
+                if r.demand > 0 {
+                    entry.insert("demand", i64::from(r.demand));
+                }
+                if r.rate > 0 {
+                    entry.insert("rate", i64::from(r.rate));
+                }
+                entry
             })
             .collect();
         let update = doc! {"$currentDate": {"seenAt": true}, "$set": {"beat": self.beat, "left": false, "tenants": listed}};
@@ -616,10 +602,24 @@ impl Coordinator {
         self.store_back();
         let beats: Vec<Heartbeat> = docs.iter().filter_map(heartbeat_of).collect();
         let server_now = beats.iter().find(|b| b.id == id).and_then(|b| b.seen_at);
+        // After this replica missed heartbeats (MongoDB away, or too slow), the others' last
+        // heartbeats are old because nobody could write one: they get a member timeout from now
+        // before any counts as gone (else the first replica back would take every share while
+        // the others still use theirs).
+        let read_at = Instant::now();
+        if self
+            .last_read
+            .is_some_and(|at| read_at.duration_since(at) > 2 * self.settings.heartbeat)
+        {
+            self.blind_until = Some(read_at + self.settings.member_timeout);
+        }
+        self.last_read = Some(read_at);
+        let blind = self.blind_until.is_some_and(|until| read_at < until);
         let (beats, stale) = self.members.observe(
             &beats,
-            (Instant::now(), server_now),
+            (read_at, server_now),
             self.settings.member_timeout,
+            blind,
         );
         // Documents of replicas long gone are removed (unless they beat again meanwhile).
         for (gone, beat) in stale {
@@ -655,21 +655,22 @@ impl Coordinator {
         let Some(view) = self.view.get(key) else {
             return self.even(cap);
         };
-        let id = &self.settings.replica_id;
-        let mut wants: Vec<(String, u32)> = view
+        let id = self.settings.replica_id.as_str();
+        let mut wants: Vec<(&str, u32)> = view
             .reports
             .iter()
             .filter(|(m, _)| *m != id)
-            .map(|(m, r)| (m.clone(), r.demand))
+            .map(|(m, r)| (m.as_str(), r.demand))
             .collect();
-        wants.push((id.clone(), demand));
-        // Live replicas not listing the tenant yet count as wanting nothing.
-        for k in 0..self.live.saturating_sub(wants.len()) {
-            wants.push((format!("\u{10FFFF}{k}"), 0));
+        wants.push((id, demand));
+        // Live replicas not listing the tenant yet count as wanting nothing (after the others:
+        // `\u{10FFFF}` sorts last).
+        for _ in 0..self.live.saturating_sub(wants.len()) {
+            wants.push(("\u{10FFFF}", 0));
         }
-        wants.sort();
+        wants.sort_unstable();
         let shares = water_fill(cap, &wants.iter().map(|w| w.1).collect::<Vec<_>>());
-        let mine = wants.iter().position(|w| &w.0 == id).unwrap_or(0);
+        let mine = wants.iter().position(|w| w.0 == id).unwrap_or(0);
         shares[mine]
     }
 
@@ -678,8 +679,10 @@ impl Coordinator {
         let id = self.settings.replica_id.clone();
         let mut assigned = HashMap::new();
         let mut known: Vec<Counted> = tenants.to_vec();
+        let counted: std::collections::HashSet<&str> =
+            tenants.iter().map(|(k, _, _)| &**k).collect();
         for (key, view) in &self.view {
-            if !known.iter().any(|(k, _, _)| **k == **key) {
+            if !counted.contains(key.as_str()) {
                 known.push((Arc::from(key.as_str()), view.cap, None));
             }
         }
@@ -760,20 +763,10 @@ impl Coordinator {
     }
 
     /// Adds accepted requests to the day's quota totals and writes usage counts.
+    /// Settles the quota leases (usage has a task of its own, [`crate::tenants::metering`]).
     async fn flush(&mut self, leaving: bool) {
         let counters = self.registry.all();
         self.flush_quotas(&counters, leaving).await;
-        if self.usage_settings.enabled {
-            let hour = usage::hour_of(SystemTime::now());
-            for (key, slots) in &counters {
-                if let Some(u) = slots.usage.take(key, hour) {
-                    self.pending.add(u, self.usage_settings.max_pending);
-                }
-            }
-            self.write_usage().await;
-        }
-        self.registry
-            .forget_idle(|s| s.in_flight() == 0 && s.quota.unflushed().is_empty());
     }
 
     /// Quotas per replica: the day's total is this replica's own. With scope `cluster`: a
@@ -816,91 +809,6 @@ impl Coordinator {
             Some(e) => self.store_failed("quota flush", &e),
             None if quotas.is_some() => self.store_back(),
             None => {}
-        }
-    }
-
-    async fn write_usage(&mut self) {
-        if self.pending.is_empty() {
-            return;
-        }
-        let records = self.pending.take();
-        match &self.shared {
-            Shared::Mongo {
-                usage: Some(coll), ..
-            } => {
-                let coll = coll.clone();
-                let mut failed: Vec<HourUsage> = Vec::new();
-                let mut error = None;
-                let mut writes = futures_util::stream::iter(records.into_iter().map(|u| {
-                    let coll = coll.clone();
-                    async move {
-                        let result = write_usage_doc(&coll, &u).await;
-                        (u, result)
-                    }
-                }))
-                .buffer_unordered(16);
-                let mut written = 0u64;
-                while let Some((u, result)) = writes.next().await {
-                    match result {
-                        Ok(bytes) => {
-                            written += 1;
-                            self.traffic.wrote(1, bytes);
-                        }
-                        Err(e) => {
-                            failed.push(u);
-                            error = Some(e);
-                        }
-                    }
-                }
-                drop(writes);
-                for u in failed {
-                    self.pending.add(u, self.usage_settings.max_pending);
-                }
-                match error {
-                    Some(e) => self.store_failed("usage flush", &e),
-                    None => tracing::debug!(records = written, "usage flushed"),
-                }
-            }
-            Shared::Local { usage: Some(path) } => {
-                let mut text = String::new();
-                for u in &records {
-                    if let Ok(line) = serde_json::to_string(u) {
-                        text.push_str(&line);
-                        text.push('\n');
-                    }
-                }
-                let written = {
-                    use tokio::io::AsyncWriteExt;
-                    match tokio::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(path)
-                        .await
-                    {
-                        Ok(mut file) => file.write_all(text.as_bytes()).await,
-                        Err(e) => Err(e),
-                    }
-                };
-                if let Err(e) = written {
-                    if !self.failing {
-                        tracing::error!(path = %path.display(), error = %e, "cannot append usage records; they wait in memory");
-                        self.failing = true;
-                    }
-                    for u in records {
-                        self.pending.add(u, self.usage_settings.max_pending);
-                    }
-                } else {
-                    self.failing = false;
-                }
-            }
-            _ => {}
-        }
-        if self.pending.dropped > 0 {
-            tracing::error!(
-                dropped = self.pending.dropped,
-                "usage records dropped: the store stayed away longer than [usage] max_pending tenant-hours allow"
-            );
-            self.pending.dropped = 0;
         }
     }
 
@@ -973,64 +881,6 @@ async fn lease(
         }
     }
     Ok((held, count))
-}
-
-/// One tenant-hour of usage as a batched `$inc` upsert; the bytes sent.
-async fn write_usage_doc(
-    coll: &Collection<Document>,
-    u: &HourUsage,
-) -> Result<u64, mongodb::error::Error> {
-    let mut inc = Document::new();
-    for (k, n) in &u.requests {
-        inc.insert(format!("requests.{k}"), *n as i64);
-    }
-    for (k, n) in &u.rejections {
-        inc.insert(format!("rejections.{k}"), *n as i64);
-    }
-    inc.insert("bytesIn", u.bytes_in as i64);
-    inc.insert("bytesOut", u.bytes_out as i64);
-    let update = doc! {"$inc": inc, "$set": {"tenant": &u.tenant, "hour": &u.hour}};
-    let bytes = bson_len(&update);
-    coll.update_one(doc! {"_id": format!("{}/{}", u.tenant, u.hour)}, update)
-        .upsert(true)
-        .await?;
-    Ok(bytes)
-}
-
-/// Reads usage records back from MongoDB (for `tenantgate usage`).
-pub async fn read_usage(
-    coll: &Collection<Document>,
-    tenant: Option<&str>,
-) -> Result<Vec<HourUsage>, mongodb::error::Error> {
-    let filter = match tenant {
-        Some(t) => doc! {"tenant": t},
-        None => doc! {},
-    };
-    let docs: Vec<Document> = coll.find(filter).await?.try_collect().await?;
-    let number = |b: &Bson| match b {
-        Bson::Int64(n) => (*n).max(0) as u64,
-        Bson::Int32(n) => (*n).max(0) as u64,
-        Bson::Double(n) => n.max(0.0) as u64,
-        _ => 0,
-    };
-    let counts = |d: &Document, k: &str| -> BTreeMap<String, u64> {
-        d.get_document(k)
-            .map(|m| m.iter().map(|(k, v)| (k.clone(), number(v))).collect())
-            .unwrap_or_default()
-    };
-    Ok(docs
-        .iter()
-        .filter_map(|d| {
-            Some(HourUsage {
-                tenant: d.get_str("tenant").ok()?.to_string(),
-                hour: d.get_str("hour").ok()?.to_string(),
-                requests: counts(d, "requests"),
-                rejections: counts(d, "rejections"),
-                bytes_in: d.get("bytesIn").map_or(0, number),
-                bytes_out: d.get("bytesOut").map_or(0, number),
-            })
-        })
-        .collect())
 }
 
 /// Wakes the coordinator whenever another replica's heartbeat changes, where the deployment has
@@ -1114,26 +964,26 @@ mod tests {
         };
         let at = |secs| (t0 + Duration::from_secs(secs), None);
         assert_eq!(
-            ids(m.observe(&[hb("a", 1), hb("b", 7)], at(0), timeout)),
+            ids(m.observe(&[hb("a", 1), hb("b", 7)], at(0), timeout, false)),
             ["a", "b"]
         );
         assert_eq!(
-            ids(m.observe(&[hb("a", 2)], at(2), timeout)),
+            ids(m.observe(&[hb("a", 2)], at(2), timeout, false)),
             ["a", "b"],
             "missing from one read is not gone"
         );
         assert_eq!(
-            ids(m.observe(&[hb("a", 3), hb("b", 7)], at(4), timeout)),
+            ids(m.observe(&[hb("a", 3), hb("b", 7)], at(4), timeout, false)),
             ["a"]
         );
         assert_eq!(
-            ids(m.observe(&[hb("a", 4), hb("b", 8)], at(4), timeout)),
+            ids(m.observe(&[hb("a", 4), hb("b", 8)], at(4), timeout, false)),
             ["a", "b"],
             "b beats again"
         );
         let mut bye = hb("b", 9);
         bye.left = true;
-        let (live, stale) = m.observe(&[hb("a", 5), bye], at(4), timeout);
+        let (live, stale) = m.observe(&[hb("a", 5), bye], at(4), timeout, false);
         assert_eq!(live.len(), 1, "a goodbye is gone at once");
         assert_eq!(stale, vec![("b".to_string(), 9)]);
     }
@@ -1155,18 +1005,21 @@ mod tests {
             &[hb("me", 1, 10_000), hb("dead", 4, 9_000)],
             (t0, Some(10_000)),
             timeout,
+            false,
         );
         assert_eq!(live.len(), 1);
         let (live, _) = m.observe(
             &[hb("me", 2, 10_200), hb("b", 1, 10_100)],
             (t0, Some(10_200)),
             timeout,
+            false,
         );
         assert_eq!(live.len(), 2);
         let (live, _) = m.observe(
             &[hb("me", 3, 10_700), hb("b", 1, 10_100)],
             (t0, Some(10_700)),
             timeout,
+            false,
         );
         assert_eq!(
             live.len(),

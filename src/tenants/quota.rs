@@ -167,9 +167,9 @@ impl DayCount {
             .saturating_add(self.pending.load(Relaxed))
     }
 
-    /// Whether the day's total has been read at least once.
-    pub fn known(&self) -> bool {
-        self.allowance.load(Relaxed) != UNFLUSHED
+    /// Whether requests of `today` have been counted (accepted here, or leased).
+    pub fn counts_on(&self, today: u32) -> bool {
+        self.day.load(Relaxed) == today && self.used() > 0
     }
 }
 
@@ -189,7 +189,8 @@ mod tests {
         assert_eq!(q.used(), 94);
         assert_eq!((0..10).filter(|_| q.try_take(today, 4)).count(), 3);
         assert_eq!(q.used(), 97);
-        assert!(q.known());
+        assert!(q.counts_on(today));
+        assert!(!q.counts_on(today + 1));
     }
 
     #[test]
