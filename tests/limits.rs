@@ -12,6 +12,17 @@ use serde_json::{json, Value};
 
 const A: &str = "https://app.example";
 
+/// A config naming the gateway's tenants file, for the CLI.
+fn store_config(gw: &Gateway) -> std::path::PathBuf {
+    write_config(
+        gw.dir.path(),
+        &format!(
+            "[store]\nkind = \"file\"\npath = {:?}\n",
+            gw.tenants_path.display().to_string()
+        ),
+    )
+}
+
 fn with(mut t: Value, extra: Value) -> Value {
     for (k, v) in extra.as_object().unwrap() {
         t[k] = v.clone();
@@ -105,13 +116,7 @@ async fn bad_rates_and_quotas_make_only_their_tenant_misconfigured_and_are_refus
     assert_eq!(reply.error_code(), "tenant_misconfigured");
     assert_eq!(as_tenant(&c, &gw.url("/x"), "tnt_ok", A).await.status, 200);
 
-    let cfg = write_config(
-        gw.dir.path(),
-        &format!(
-            "[store]\nkind = \"file\"\npath = {:?}\n",
-            gw.tenants_path.display().to_string()
-        ),
-    );
+    let cfg = store_config(&gw);
     let cfg = cfg.to_str().unwrap();
     for (doc, field) in [
         (bad, "rateLimit.requestsPerSecond"),
@@ -172,13 +177,7 @@ async fn usage_is_metered_per_tenant_and_hour_and_reported_as_table_json_and_csv
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let cfg = write_config(
-        gw.dir.path(),
-        &format!(
-            "[store]\nkind = \"file\"\npath = {:?}\n",
-            gw.tenants_path.display().to_string()
-        ),
-    );
+    let cfg = store_config(&gw);
     let cfg = cfg.to_str().unwrap();
     let (code, out, err) = tenantgate(&["usage", "--config", cfg, "--format", "json"], None);
     assert_eq!(code, 0, "{err}");

@@ -89,6 +89,8 @@ pub struct Reported {
     pub reserve: u32,
     /// Requests per second at its rate and quota checks.
     pub rate: u32,
+    /// The tenant's `rateLimit` in requests per second, rounded up (0: none).
+    pub limit: u32,
 }
 
 /// Splits `total` over replicas wanting `wants` (in id order): one each first when `total`
@@ -99,9 +101,15 @@ pub fn water_fill(total: u32, wants: &[u32]) -> Vec<u32> {
     if n == 0 {
         return Vec::new();
     }
-    let mut got: Vec<u32> = (0..n)
-        .map(|i| u32::from(total >= n as u32 || (i as u32) < total))
-        .collect();
+    // One each; when there are fewer than replicas, to those who want most (then by id).
+    let mut got = vec![u32::from(total >= n as u32); n];
+    if total < n as u32 {
+        let mut by_want: Vec<usize> = (0..n).collect();
+        by_want.sort_by_key(|&i| (std::cmp::Reverse(wants[i]), i));
+        for &i in by_want.iter().take(total as usize) {
+            got[i] = 1;
+        }
+    }
     let mut left = total - got.iter().sum::<u32>();
     // Max-min fair: serve the smallest wants first, each at most an equal part of what is left.
     let mut order: Vec<usize> = (0..n).collect();
@@ -175,6 +183,7 @@ fn heartbeat_of(doc: &Document) -> Option<Heartbeat> {
                         demand: number(t, "demand"),
                         reserve: number(t, "reserve"),
                         rate: number(t, "rate"),
+                        limit: number(t, "limit"),
                     };
                     Some((key, number(t, "cap"), report))
                 })
@@ -286,8 +295,6 @@ type Counted = (Arc<str>, u32, Option<Arc<Slots>>);
 struct Local {
     /// Its claim published in the last heartbeat.
     target: u32,
-    /// Attempts counted at the last heartbeat, for the rate.
-    attempts: u64,
     rate: u32,
     /// Heartbeats in a row in which no replica reported demand.
     quiet: u32,
@@ -308,6 +315,8 @@ pub struct Coordinator {
     beat: i64,
     /// Tenants this replica lists in its heartbeat, with what it knows of them.
     listed: HashMap<Arc<str>, Local>,
+    /// Each rate-limited tenant's attempts at the last heartbeat (for its requests per second).
+    attempts: HashMap<Arc<str>, u64>,
     /// The cluster's view at the last read: tenant → reports of live replicas.
     view: HashMap<String, TenantView>,
     last_heartbeat: Instant,
@@ -394,6 +403,7 @@ impl Coordinator {
             index: 0,
             beat: 0,
             listed: HashMap::new(),
+            attempts: HashMap::new(),
             view: HashMap::new(),
             last_heartbeat: Instant::now(),
             last_read: None,
@@ -504,29 +514,45 @@ impl Coordinator {
                 tenants.push((Arc::from(key.as_str()), view.cap, None));
             }
         }
-        // What this replica asks for, and its claims (targets from the last view).
+        // What this replica asks for, and its claims (targets from the last view). A tenant is
+        // coordinated only while some replica wants more than its even split of the cap or of
+        // the rate: below that, every replica's even split is enough and nothing is written.
         let mut reports: Vec<(Arc<str>, u32, Reported)> = Vec::new();
+        let mut attempts = HashMap::new();
         for (key, cap, slots) in &tenants {
             let (demand, in_flight) = match slots {
                 Some(s) => (s.demand(), s.in_flight()),
                 None => (Default::default(), 0),
             };
+            let limit = slots
+                .as_ref()
+                .and_then(|s| s.limits())
+                .and_then(|l| l.rate)
+                .unwrap_or(0);
+            let rate = match (limit, self.attempts.get(key)) {
+                (0, _) => 0,
+                (_, Some(before)) => {
+                    (demand.attempts.saturating_sub(*before) as f64 / elapsed).ceil() as u32
+                }
+                (_, None) => 0,
+            };
+            if limit > 0 {
+                attempts.insert(key.clone(), demand.attempts);
+            }
+            let wants_more = demand.slots > self.even(*cap) || rate > self.even(limit);
             let known = self.listed.get(key).copied();
-            let rate = known.map_or(0, |l| {
-                (demand.attempts.saturating_sub(l.attempts) as f64 / elapsed).ceil() as u32
-            });
-            let in_view = self.view.contains_key(&**key);
-            if known.is_none() && demand.slots == 0 && rate == 0 && !in_view {
+            let view = self.view.get(&**key);
+            if known.is_none() && !wants_more && view.is_none() {
                 continue;
             }
             let mut local = known.unwrap_or_default();
-            local.attempts = demand.attempts;
             local.rate = rate;
-            let cluster_quiet = self
-                .view
-                .get(&**key)
-                .is_none_or(|v| v.reports.values().all(|r| r.demand == 0 && r.rate == 0));
-            local.quiet = if demand.slots == 0 && rate == 0 && cluster_quiet {
+            let cluster_quiet = view.is_none_or(|v| {
+                v.reports.iter().all(|(m, r)| {
+                    r.demand <= self.even_for(m, *cap) && r.rate <= self.even_for(m, r.limit)
+                })
+            });
+            local.quiet = if !wants_more && cluster_quiet {
                 local.quiet + 1
             } else {
                 0
@@ -554,11 +580,13 @@ impl Coordinator {
                     demand: demand.slots,
                     reserve: target.max(in_flight),
                     rate,
+                    limit,
                 },
             ));
         }
         let all: std::collections::HashSet<&str> = tenants.iter().map(|(k, _, _)| &**k).collect();
         self.listed.retain(|k, _| all.contains(&**k));
+        self.attempts = attempts;
 
         let Some(gateways) = self.cluster().cloned() else {
             return;
@@ -576,6 +604,9 @@ impl Coordinator {
                 }
                 if r.rate > 0 {
                     entry.insert("rate", i64::from(r.rate));
+                }
+                if r.limit > 0 {
+                    entry.insert("limit", i64::from(r.limit));
                 }
                 entry
             })
@@ -746,6 +777,16 @@ impl Coordinator {
         });
     }
 
+    /// The even split of `cap` of the live replica `member` (by its place among them).
+    fn even_for(&self, member: &str, cap: u32) -> u32 {
+        let index = self
+            .members_last
+            .iter()
+            .position(|m| m == member)
+            .unwrap_or(0);
+        even_split(cap, self.members_last.len(), index)
+    }
+
     fn even(&self, cap: u32) -> u32 {
         if self.settings.shared {
             even_split(cap, self.live, self.index)
@@ -827,14 +868,19 @@ impl Coordinator {
     }
 }
 
-/// A number field of a document, whatever numeric type the server stored.
-fn count_of(doc: &Document, field: &str) -> u64 {
-    match doc.get(field) {
-        Some(Bson::Int64(n)) => (*n).max(0) as u64,
-        Some(Bson::Int32(n)) => (*n).max(0) as u64,
-        Some(Bson::Double(n)) => n.max(0.0) as u64,
+/// A count as the server stored it (32 or 64 bits, or a double); 0 for anything else.
+pub fn count(value: &Bson) -> u64 {
+    match value {
+        Bson::Int64(n) => (*n).max(0) as u64,
+        Bson::Int32(n) => (*n).max(0) as u64,
+        Bson::Double(n) => n.max(0.0) as u64,
         _ => 0,
     }
+}
+
+/// A count field of a document (0 when missing).
+fn count_of(doc: &Document, field: &str) -> u64 {
+    doc.get(field).map_or(0, count)
 }
 
 /// Settles one tenant's lease of the day's quota in the quota document `id`, whose `count` is
@@ -926,6 +972,11 @@ mod tests {
         assert_eq!(water_fill(30, &[30, 30, 30]), vec![10, 10, 10]);
         assert_eq!(water_fill(30, &[2, 2, 2]), vec![10, 10, 10]);
         assert_eq!(water_fill(2, &[5, 5, 5]), vec![1, 1, 0]);
+        assert_eq!(
+            water_fill(1, &[0, 0, 3]),
+            vec![0, 0, 1],
+            "a cap below the replica count goes to demand"
+        );
         for wants in [vec![7, 0, 100, 3], vec![1, 1, 1, 1], vec![1000, 999, 0, 0]] {
             for total in [0, 1, 3, 4, 29, 1000] {
                 let got = water_fill(total, &wants);
@@ -1031,7 +1082,7 @@ mod tests {
     #[test]
     fn heartbeat_documents_read_back() {
         let d = doc! {"_id": "r1", "beat": 3_i64, "tenants": [
-            {"key": "tnt_a", "cap": 30, "demand": 12_i64, "reserve": 20_i64, "rate": 4},
+            {"key": "tnt_a", "cap": 30, "demand": 12_i64, "reserve": 20_i64, "rate": 4, "limit": 50},
             {"nokey": 1}
         ]};
         let hb = heartbeat_of(&d).unwrap();
@@ -1044,7 +1095,8 @@ mod tests {
                 Reported {
                     demand: 12,
                     reserve: 20,
-                    rate: 4
+                    rate: 4,
+                    limit: 50
                 }
             )]
         );

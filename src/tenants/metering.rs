@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures_util::TryStreamExt;
-use mongodb::bson::{doc, Bson, Document};
+use mongodb::bson::{doc, Document};
 use mongodb::{Collection, Database};
 use tokio::sync::watch;
 
@@ -270,12 +270,7 @@ pub async fn read_usage(
         None => doc! {},
     };
     let docs: Vec<Document> = coll.find(filter).await?.try_collect().await?;
-    let number = |b: &Bson| match b {
-        Bson::Int64(n) => (*n).max(0) as u64,
-        Bson::Int32(n) => (*n).max(0) as u64,
-        Bson::Double(n) => n.max(0.0) as u64,
-        _ => 0,
-    };
+    let number = crate::tenants::cluster::count;
     let counts = |d: &Document, k: &str| -> BTreeMap<String, u64> {
         d.get_document(k)
             .map(|m| m.iter().map(|(k, v)| (k.clone(), number(v))).collect())

@@ -47,6 +47,7 @@ pub struct Slots {
     /// a cap of 0: not noted yet.
     noted_cap: AtomicU32,
     noted_quota: AtomicU64,
+    noted_rate: AtomicU32,
     pub bucket: Bucket,
     pub quota: DayCount,
     pub usage: Counts,
@@ -57,6 +58,8 @@ pub struct Slots {
 pub struct NotedLimits {
     pub cap: u32,
     pub quota: Option<u64>,
+    /// `rateLimit.requestsPerSecond`, rounded up.
+    pub rate: Option<u32>,
 }
 
 impl NotedLimits {
@@ -64,6 +67,7 @@ impl NotedLimits {
         NotedLimits {
             cap: tenant.max_concurrent,
             quota: tenant.quota,
+            rate: tenant.rate.map(|r| r.per_second.ceil() as u32),
         }
     }
 }
@@ -87,6 +91,7 @@ impl Default for Slots {
             share_ppm: AtomicU32::new(rate::WHOLE),
             noted_cap: AtomicU32::new(0),
             noted_quota: AtomicU64::new(0),
+            noted_rate: AtomicU32::new(0),
             bucket: Bucket::default(),
             quota: DayCount::default(),
             usage: Counts::default(),
@@ -126,15 +131,19 @@ impl Slots {
         self.noted_cap.store(limits.cap, Ordering::Relaxed);
         self.noted_quota
             .store(limits.quota.unwrap_or(0), Ordering::Relaxed);
+        self.noted_rate
+            .store(limits.rate.unwrap_or(0), Ordering::Relaxed);
     }
 
     /// The tenant's limits as last noted.
     pub fn limits(&self) -> Option<NotedLimits> {
         let cap = self.noted_cap.load(Ordering::Relaxed);
         let quota = self.noted_quota.load(Ordering::Relaxed);
+        let rate = self.noted_rate.load(Ordering::Relaxed);
         (cap > 0).then_some(NotedLimits {
             cap,
             quota: (quota > 0).then_some(quota),
+            rate: (rate > 0).then_some(rate),
         })
     }
 
@@ -338,6 +347,7 @@ mod tests {
         let limits = NotedLimits {
             cap: 1,
             quota: None,
+            rate: None,
         };
         let first = reg.counter(&key, limits);
         let guard = first.try_acquire(1).unwrap();
