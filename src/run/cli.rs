@@ -396,10 +396,10 @@ fn usage(path: &Path, tenant: Option<&str>, since: Option<&str>, format: UsageFo
     }
     let records: Result<Vec<HourUsage>, String> = match &config.store {
         StoreConfig::MongoDb(settings) => runtime().block_on(async {
-            let store = MongoStore::connect(settings.clone())
+            let db = MongoStore::background_database(settings)
                 .await
                 .map_err(|e| e.to_string())?;
-            let coll = store.database().collection(&config.usage.collection);
+            let coll = db.collection(&config.usage.collection);
             crate::tenants::metering::read_usage(&coll, tenant)
                 .await
                 .map_err(|e| format!("{}: {e}", settings.describe()))

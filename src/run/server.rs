@@ -240,7 +240,7 @@ async fn limits_in_background(
     let every = config.cluster.flush;
     let (mut coordinator, usage) = match &config.store {
         StoreConfig::MongoDb(settings) => {
-            let db = MongoStore::connect(settings.clone()).await?.database();
+            let db = MongoStore::background_database(settings).await?;
             (
                 Coordinator::mongo(
                     config.cluster.clone(),
