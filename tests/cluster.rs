@@ -29,6 +29,10 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 
 const HEARTBEAT_MS: u64 = 200;
+
+/// One test at a time: each runs three or four gateway processes and a database on two cores,
+/// and asserts timings (hand-over, rate) that a neighbour's load would skew.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const MEMBER_TIMEOUT_MS: u64 = 3 * HEARTBEAT_MS;
 
 // ---------------------------------------------------------------------------------------------
@@ -439,6 +443,7 @@ async fn settle() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shares_of_a_cap_never_add_up_past_it_and_follow_an_uneven_load() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::start(
         "cap",
         &[tenant_with(
@@ -487,6 +492,7 @@ async fn shares_of_a_cap_never_add_up_past_it_and_follow_an_uneven_load() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_scope_replica_each_replica_has_the_whole_cap() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::start(
         "replica",
         &[tenant_with(
@@ -513,6 +519,7 @@ async fn with_scope_replica_each_replica_has_the_whole_cap() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_replicas_share_reaches_the_others_and_a_new_replica_takes_one() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::start(
         "handover",
         &[tenant_with("tnt_ho", 30, Value::Object(Default::default()))],
@@ -591,6 +598,7 @@ async fn a_killed_replicas_share_reaches_the_others_and_a_new_replica_takes_one(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_is_shared_over_the_replicas() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let rate = serde_json::json!({"rateLimit": {"requestsPerSecond": 50, "burst": 10}});
     let cluster = Cluster::start(
         "rate",
@@ -629,6 +637,7 @@ async fn a_rate_is_shared_over_the_replicas() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daily_quota_is_counted_over_the_replicas_in_mongodb() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let quota = serde_json::json!({"quota": {"requestsPerDay": 1000}});
     let cluster = Cluster::start(
         "quota",
@@ -707,6 +716,7 @@ async fn a_daily_quota_is_counted_over_the_replicas_in_mongodb() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_mongodb_stopped_cached_tenants_keep_their_shares_and_usage_is_flushed_later() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let mut cluster = Cluster::start(
         "outage",
         &[tenant_with(
@@ -910,6 +920,7 @@ fn stop_process(child: &mut Child) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_soak_leaks_no_slot_and_leaves_no_request_unanswered() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     // Bounded: CHAOS_SECS (default 24) of mixed traffic through three replicas while a
     // replica, the backend and MongoDB are restarted and a replica reloads its config.
     let secs: u64 = std::env::var("CHAOS_SECS")

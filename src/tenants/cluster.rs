@@ -929,20 +929,33 @@ async fn lease(
     Ok((held, count))
 }
 
-/// Wakes the coordinator whenever another replica's heartbeat changes, where the deployment has
-/// change streams; without them (a standalone server, the test server) it stops after the
-/// first failure and the heartbeat's own reads are how changes are learnt.
+/// Wakes the coordinator when a replica joins (its first heartbeat inserts its document) or says
+/// goodbye, where the deployment has change streams (a replica set); without them (a standalone
+/// server, the test server) it stops after the first failure and the heartbeat's own reads are
+/// how changes are learnt. Ordinary heartbeats are filtered out on the server: waking on each
+/// would multiply every replica's heartbeats by the number of replicas.
 async fn watch_members(gateways: Collection<Document>, changed: Arc<tokio::sync::Notify>) {
-    let mut stream = match gateways.watch().await {
-        Ok(s) => s,
+    let membership = doc! {"$match": {"$or": [
+        {"operationType": {"$in": ["insert", "delete", "replace"]}},
+        {"updateDescription.updatedFields.left": true},
+    ]}};
+    match gateways.watch().pipeline([membership]).await {
+        Ok(events) => wake_on(events, || changed.notify_one()).await,
         Err(e) => {
-            tracing::info!(error = %e, "no change stream on the heartbeat collection; membership is read every heartbeat");
-            return;
+            tracing::info!(error = %e, "no change stream on the heartbeat collection; membership is read every heartbeat")
         }
-    };
+    }
+}
+
+/// Calls `wake` for each event until the stream fails or ends.
+async fn wake_on<S, T, E>(mut events: S, wake: impl Fn())
+where
+    S: futures_util::Stream<Item = Result<T, E>> + Unpin,
+    E: std::fmt::Display,
+{
     loop {
-        match stream.next().await {
-            Some(Ok(_)) => changed.notify_one(),
+        match events.next().await {
+            Some(Ok(_)) => wake(),
             Some(Err(e)) => {
                 tracing::info!(error = %e, "heartbeat change stream ended; membership is read every heartbeat");
                 return;
@@ -955,6 +968,21 @@ async fn watch_members(gateways: Collection<Document>, changed: Arc<tokio::sync:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn membership_events_wake_the_heartbeat_until_the_stream_fails() {
+        let woken = std::sync::atomic::AtomicU32::new(0);
+        let events = futures_util::stream::iter(vec![Ok(1), Ok(2), Err("no resume token"), Ok(3)]);
+        wake_on(events, || {
+            woken.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        })
+        .await;
+        assert_eq!(
+            woken.into_inner(),
+            2,
+            "woken per event, and not after the failure"
+        );
+    }
 
     #[test]
     fn even_splits_add_up_to_the_cap() {
