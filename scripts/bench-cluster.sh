@@ -26,18 +26,7 @@ source scripts/lib/bench-common.sh
 venv=${TENANTGATE_TEST_VENV:-$PWD/.venv}
 log() { printf '[bench-cluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-db_port=$(free_port)
-"$venv/bin/python" -m smongo.wire --host 127.0.0.1 --port "$db_port" --db-path "$WORK/db" >"$WORK/db.log" 2>&1 &
-PIDS+=($!)
-uri="mongodb://127.0.0.1:$db_port/?directConnection=true&serverMonitoringMode=poll"
-"$venv/bin/python" -c "
-import sys, time
-from pymongo import MongoClient
-c = MongoClient(sys.argv[1], serverSelectionTimeoutMS=200)
-for _ in range(150):
-    try: c.admin.command('ping'); break
-    except Exception: time.sleep(0.1)
-" "$uri"
+start_smongo "$venv"
 cat >"$WORK/import.toml" <<EOF
 [store]
 kind = "mongodb"

@@ -46,19 +46,7 @@ taskset -c "$LOADGEN_CPUS" "$UPSTREAM_BIN" --listen "127.0.0.1:$up_port" --threa
 PIDS+=($!)
 
 # The MongoDB-wire test server, holding the same tenants.
-db_port=$(free_port)
-"$venv/bin/python" -m smongo.wire --host 127.0.0.1 --port "$db_port" --db-path "$WORK/db" >"$WORK/db.log" 2>&1 &
-PIDS+=($!)
-# serverMonitoringMode=poll: see scripts/test.sh (a test-server quirk).
-uri="mongodb://127.0.0.1:$db_port/?directConnection=true&serverMonitoringMode=poll"
-"$venv/bin/python" -c "
-import sys, time
-from pymongo import MongoClient
-c = MongoClient(sys.argv[1], serverSelectionTimeoutMS=200)
-for _ in range(150):
-    try: c.admin.command('ping'); break
-    except Exception: time.sleep(0.1)
-" "$uri"
+start_smongo "$venv"
 
 gateway_config() { # name port kind
     cat >"$WORK/$1.toml" <<EOF

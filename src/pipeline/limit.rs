@@ -74,10 +74,10 @@ pub fn admit(entry: &TenantEntry, scope: Scope) -> Result<SlotGuard, Refusal> {
         return Ok(slot);
     }
     let slots = &entry.slots;
-    let share = slots.attempt();
     // The rate first: a request refused for its rate costs no quota (one refused for its
     // quota has used a token of the rate).
     if let Some(limit) = tenant.rate {
+        let share = slots.attempt();
         if let Err(wait) = slots.bucket.try_take(limit, share, rate::now_ns()) {
             return Err(Refusal {
                 error: GatewayError::RateExceeded,
@@ -87,8 +87,8 @@ pub fn admit(entry: &TenantEntry, scope: Scope) -> Result<SlotGuard, Refusal> {
     }
     if let Some(per_day) = tenant.quota {
         let now = SystemTime::now();
-        // Before the day's total is known: all of it per replica; a thousandth of it when it is
-        // shared, until the first flush (within `[cluster] flush_ms`) reads the total.
+        // Before the day's first flush: all of it per replica; a thousandth of it when it is
+        // shared, until the first lease (the flush is asked for at once).
         let first = match scope {
             Scope::Replica => per_day,
             Scope::Cluster => per_day.div_ceil(1000),

@@ -259,8 +259,8 @@ async fn limits_in_background(
     coordinator.join().await;
     let (stop, stopped) = watch::channel(false);
     let tasks = [
-        tokio::spawn(coordinator.run(stopped.clone())),
-        tokio::spawn(usage.run(stopped)),
+        tokio::spawn(coordinator.run(wait_for(stopped.clone()))),
+        tokio::spawn(usage.run(wait_for(stopped))),
     ];
     Ok(Limits { stop, tasks })
 }

@@ -4,7 +4,7 @@
 //!
 //! Every `[cluster] heartbeat_ms` a [`Coordinator`]:
 //! 1. reads each tenant's demand on this replica (most slots held at once plus refusals, and
-//!    requests per second at the rate and quota checks);
+//!    requests per second at the rate check);
 //! 2. with `[cluster] scope = "cluster"`: publishes it in this replica's heartbeat document in
 //!    `[cluster] collection` (`_id` = replica id, `seenAt`, `beat`, and per busy tenant its cap,
 //!    demand and *reserve* — the slots it may use until its next heartbeat), reads every
@@ -39,7 +39,6 @@ use mongodb::options::ReturnDocument;
 use mongodb::{Collection, Database};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::sync::watch;
 
 use crate::tenants::quota;
 use crate::tenants::rate::WHOLE;
@@ -87,7 +86,7 @@ pub struct Reported {
     pub demand: u32,
     /// Slots it may use until its next heartbeat.
     pub reserve: u32,
-    /// Requests per second at its rate and quota checks.
+    /// Requests per second at its rate check.
     pub rate: u32,
     /// The tenant's `rateLimit` in requests per second, rounded up (0: none).
     pub limit: u32,
@@ -306,12 +305,10 @@ pub struct Coordinator {
     registry: Arc<SlotRegistry>,
     shared: Shared,
     members: Members,
-    live: usize,
-    /// The live replicas at the last read, and whether that read found them changed.
+    /// The live replicas at the last read (sorted by id; empty before the first), and whether
+    /// that read found them changed.
     members_last: Vec<String>,
     membership_changed: bool,
-    /// This replica's place among the live replicas (by id).
-    index: usize,
     beat: i64,
     /// Tenants this replica lists in its heartbeat, with what it knows of them.
     listed: HashMap<Arc<str>, Local>,
@@ -397,10 +394,8 @@ impl Coordinator {
             registry,
             shared,
             members: Members::default(),
-            live: 1,
             members_last: Vec::new(),
             membership_changed: false,
-            index: 0,
             beat: 0,
             listed: HashMap::new(),
             attempts: HashMap::new(),
@@ -443,13 +438,13 @@ impl Coordinator {
                 "no first heartbeat within the member timeout; this replica starts alone and shares once MongoDB answers"
             );
         } else {
-            tracing::info!(replica = %self.settings.replica_id, replicas = self.live, "joined the cluster");
+            tracing::info!(replica = %self.settings.replica_id, replicas = self.live(), "joined the cluster");
         }
     }
 
-    /// Runs until `stopped` turns true, then flushes once more and leaves the cluster (its
-    /// heartbeat document is deleted, so its share returns to the others at once).
-    pub async fn run(mut self, mut stopped: watch::Receiver<bool>) {
+    /// Runs until `stop` resolves, then settles the quota leases once more and says goodbye (its
+    /// share returns to the others at once).
+    pub async fn run(mut self, stop: impl std::future::Future<Output = ()>) {
         let changed = Arc::new(tokio::sync::Notify::new());
         if let (Some(gateways), true) = (self.cluster(), self.settings.watch_changes) {
             tokio::spawn(watch_members(gateways.clone(), changed.clone()));
@@ -458,9 +453,6 @@ impl Coordinator {
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut flush = tokio::time::interval(self.settings.flush);
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let stop = async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        };
         tokio::pin!(stop);
         loop {
             tokio::select! {
@@ -481,8 +473,8 @@ impl Coordinator {
         if let Some(gateways) = self.cluster() {
             // Goodbye: no reserves any more, and `left` so the others take them at once.
             let id = self.settings.replica_id.clone();
-            let goodbye = doc! {"$set": {"left": true, "tenants": [], "beat": self.beat + 1,
-            "seenAt": mongodb::bson::DateTime::now()}};
+            let goodbye = doc! {"$currentDate": {"seenAt": true},
+            "$set": {"left": true, "tenants": [], "beat": self.beat + 1}};
             match gateways.update_one(doc! {"_id": &id}, goodbye).await {
                 Ok(_) => tracing::info!(replica = %id, "left the cluster"),
                 Err(e) => {
@@ -492,8 +484,12 @@ impl Coordinator {
         }
     }
 
-    /// One heartbeat: demand in, shares out.
+    /// One heartbeat: demand in, shares out (scope `cluster` only: per replica, every counter
+    /// keeps the whole of its limits).
     async fn heartbeat(&mut self) {
+        let Some(gateways) = self.cluster().cloned() else {
+            return;
+        };
         let now = Instant::now();
         let elapsed = now
             .duration_since(self.last_heartbeat)
@@ -588,9 +584,6 @@ impl Coordinator {
         self.listed.retain(|k, _| all.contains(&**k));
         self.attempts = attempts;
 
-        let Some(gateways) = self.cluster().cloned() else {
-            return;
-        };
         self.beat += 1;
         let id = self.settings.replica_id.clone();
         let listed: Vec<Document> = reports
@@ -665,9 +658,7 @@ impl Coordinator {
         live.sort();
         self.membership_changed = live != self.members_last;
         self.members_last = live.clone();
-        self.live = live.len();
-        self.traffic.replicas.set(self.live as i64);
-        self.index = live.iter().position(|m| *m == id).unwrap_or(0);
+        self.traffic.replicas.set(live.len() as i64);
         // The view: every live replica's reports, by tenant.
         self.view.clear();
         for b in beats.iter().filter(|b| live.contains(&b.id)) {
@@ -696,7 +687,7 @@ impl Coordinator {
         wants.push((id, demand));
         // Live replicas not listing the tenant yet count as wanting nothing (after the others:
         // `\u{10FFFF}` sorts last).
-        for _ in 0..self.live.saturating_sub(wants.len()) {
+        for _ in 0..self.live().saturating_sub(wants.len()) {
             wants.push(("\u{10FFFF}", 0));
         }
         wants.sort_unstable();
@@ -738,7 +729,7 @@ impl Coordinator {
                 })
                 .sum();
             let share = usable(*cap, target, others);
-            // Rate and remaining quota: max-min fair over requests per second.
+            // The rate: max-min fair over requests per second.
             let wants: Vec<u32> = live
                 .iter()
                 .map(|m| {
@@ -757,7 +748,7 @@ impl Coordinator {
                     .iter()
                     .map(|&w| (u64::from(w) * u64::from(WHOLE) / total) as u32)
                     .collect();
-                water_fill(WHOLE, &scaled)[self.index.min(live.len() - 1)]
+                water_fill(WHOLE, &scaled)[self.index().min(live.len() - 1)]
             };
             match slots {
                 Some(s) => {
@@ -771,8 +762,8 @@ impl Coordinator {
         }
         self.registry.set_place(Place {
             shared: true,
-            live: self.live,
-            index: self.index,
+            live: self.live(),
+            index: self.index(),
             assigned,
         });
     }
@@ -787,9 +778,22 @@ impl Coordinator {
         even_split(cap, self.members_last.len(), index)
     }
 
+    /// Live replicas (this one alone before the first read).
+    fn live(&self) -> usize {
+        self.members_last.len().max(1)
+    }
+
+    /// This replica's place among the live replicas (by id).
+    fn index(&self) -> usize {
+        self.members_last
+            .iter()
+            .position(|m| *m == self.settings.replica_id)
+            .unwrap_or(0)
+    }
+
     fn even(&self, cap: u32) -> u32 {
         if self.settings.shared {
-            even_split(cap, self.live, self.index)
+            even_split(cap, self.live(), self.index())
         } else {
             u32::MAX
         }
@@ -797,7 +801,7 @@ impl Coordinator {
 
     fn even_ppm(&self) -> u32 {
         if self.settings.shared {
-            even_split(WHOLE, self.live, self.index)
+            even_split(WHOLE, self.live(), self.index())
         } else {
             WHOLE
         }

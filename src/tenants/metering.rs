@@ -16,7 +16,6 @@ use std::time::{Duration, SystemTime};
 use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Document};
 use mongodb::{Collection, Database};
-use tokio::sync::watch;
 
 use crate::tenants::cluster::Traffic;
 use crate::tenants::quota;
@@ -108,13 +107,10 @@ impl UsageWriter {
         }
     }
 
-    /// Flushes every `[cluster] flush_ms` until `stopped` turns true, then once more.
-    pub async fn run(mut self, mut stopped: watch::Receiver<bool>) {
+    /// Flushes every `[cluster] flush_ms` until `stop` resolves, then once more.
+    pub async fn run(mut self, stop: impl std::future::Future<Output = ()>) {
         let mut tick = tokio::time::interval(self.every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let stop = async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        };
         tokio::pin!(stop);
         loop {
             tokio::select! {

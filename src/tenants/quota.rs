@@ -53,8 +53,6 @@ pub struct DayCount {
     day: AtomicU32,
     /// Accepted since the last flush.
     pending: AtomicU64,
-    /// Accepted on the day before `day` and not yet flushed (a day that ended between flushes).
-    pending_before: AtomicU64,
     /// How many this replica may accept before its next flush — its lease, with scope
     /// `cluster` ([`UNFLUSHED`]: no flush yet today).
     allowance: AtomicU64,
@@ -67,7 +65,6 @@ impl Default for DayCount {
         DayCount {
             day: AtomicU32::new(day_of(SystemTime::now())),
             pending: AtomicU64::new(0),
-            pending_before: AtomicU64::new(0),
             allowance: AtomicU64::new(UNFLUSHED),
             total: AtomicU64::new(0),
         }
@@ -79,20 +76,18 @@ impl Default for DayCount {
 pub struct Unflushed {
     pub day: u32,
     pub count: u64,
-    /// Counted on the day before `day`.
-    pub before: u64,
 }
 
 impl Unflushed {
     pub fn is_empty(&self) -> bool {
-        self.count == 0 && self.before == 0
+        self.count == 0
     }
 }
 
 impl DayCount {
-    /// Counts one request of day `today` if the allowance has room. Before the first flush the
-    /// allowance is `first` (the whole quota per replica scope; a thousandth of it with scope
-    /// `cluster`, until the day's total has been read).
+    /// Counts one request of day `today` if the allowance has room. Before the day's first
+    /// flush the allowance is `first` (the whole quota per replica scope; a thousandth of it with
+    /// scope `cluster`, until the first lease).
     pub fn try_take(&self, today: u32, first: u64) -> bool {
         if self.day.load(Relaxed) != today {
             self.roll(today);
@@ -112,7 +107,8 @@ impl DayCount {
         true
     }
 
-    /// A new day: what was pending belongs to the day before, the total starts again.
+    /// A new day: the count starts again (what was pending was the day before's: within its
+    /// lease with scope `cluster`, of no further use per replica).
     #[cold]
     fn roll(&self, today: u32) {
         let seen = self.day.load(Relaxed);
@@ -122,8 +118,7 @@ impl DayCount {
                 .compare_exchange(seen, today, Relaxed, Relaxed)
                 .is_ok()
         {
-            let moved = self.pending.swap(0, Relaxed);
-            self.pending_before.fetch_add(moved, Relaxed);
+            self.pending.store(0, Relaxed);
             self.total.store(0, Relaxed);
             self.allowance.store(UNFLUSHED, Relaxed);
         }
@@ -135,7 +130,6 @@ impl DayCount {
         Unflushed {
             day: self.day.load(Relaxed),
             count: self.pending.load(Relaxed),
-            before: self.pending_before.load(Relaxed),
         }
     }
 
@@ -147,7 +141,6 @@ impl DayCount {
             self.total.store(total, Relaxed);
             self.allowance.store(allowance, Relaxed);
         }
-        self.pending_before.fetch_sub(taken.before, Relaxed);
     }
 
     /// Of the requests this replica may accept (its lease, with scope `cluster`), how many
@@ -183,7 +176,7 @@ mod tests {
         let today = day_of(SystemTime::now());
         assert_eq!((0..10).filter(|_| q.try_take(today, 4)).count(), 4);
         let taken = q.unflushed();
-        assert_eq!((taken.count, taken.before), (4, 0));
+        assert_eq!(taken.count, 4);
         // Another replica used 90 of 100; this one may take 3 of the 6 left.
         q.flushed(taken, 94, 3);
         assert_eq!(q.used(), 94);
@@ -202,7 +195,7 @@ mod tests {
         assert!(!q.try_take(today, 1));
         assert!(q.try_take(today + 1, 5), "a new day has its quota again");
         let taken = q.unflushed();
-        assert_eq!((taken.day, taken.count, taken.before), (today + 1, 1, 0));
+        assert_eq!((taken.day, taken.count), (today + 1, 1));
         assert_eq!(q.used(), 1);
     }
 

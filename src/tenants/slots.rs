@@ -38,10 +38,10 @@ pub struct Slots {
     /// cluster's last look ([`Slots::demand`]).
     peak: AtomicU32,
     refused: AtomicU32,
-    /// Requests that reached the rate and quota checks: the demand behind this replica's share
+    /// Requests that reached the rate check: the demand behind this replica's share
     /// of them.
     attempts: AtomicU64,
-    /// This replica's share of the tenant's rate and remaining quota, parts per million.
+    /// This replica's share of the tenant's rate, parts per million.
     share_ppm: AtomicU32,
     /// The tenant's cap and quota as last loaded (for the background shares and flushes);
     /// a cap of 0: not noted yet.
@@ -104,7 +104,7 @@ impl Default for Slots {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Demand {
     pub slots: u32,
-    /// Requests that reached the rate and quota checks since the counter was made.
+    /// Requests that reached the rate check since the counter was made.
     pub attempts: u64,
 }
 
@@ -168,22 +168,17 @@ impl Slots {
         }
     }
 
-    /// Counts a request that reached the rate and quota checks; returns this replica's share of
-    /// them (parts per million).
+    /// Counts a request that reached the rate check; returns this replica's share of the rate
+    /// (parts per million).
     pub fn attempt(&self) -> u32 {
         self.attempts.fetch_add(1, Ordering::Relaxed);
         self.share_ppm.load(Ordering::Relaxed)
     }
 
-    /// Sets this replica's share of the tenant's rate and remaining quota (parts per million).
+    /// Sets this replica's share of the tenant's rate (parts per million).
     pub fn set_share_ppm(&self, ppm: u32) {
         self.share_ppm
             .store(ppm.min(rate::WHOLE), Ordering::Relaxed);
-    }
-
-    /// This replica's share of the tenant's rate and remaining quota (parts per million).
-    pub fn share_ppm(&self) -> u32 {
-        self.share_ppm.load(Ordering::Relaxed)
     }
 
     /// Slots taken right now.
